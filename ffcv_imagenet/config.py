@@ -1,0 +1,202 @@
+"""Every hyperparameter, declared once: name, type, default and help.
+
+Layers, lowest first: the defaults below < a YAML recipe in rcfg/ < command-line
+overrides in the same dotted names (``--training.epochs=16``). Unknown keys and
+wrong types fail at load time with one line naming the key, before any work.
+
+The result is a plain tree of dataclasses passed explicitly into functions, so
+every module can be tested without parsing a command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A recipe problem, reported to the user as one line."""
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A dataclass field carrying its help string (shown by ``--help-config``)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class DataConfig:
+    train_dataset: str = _help(".beton written by write_datasets.py for training", "")
+    val_dataset: str = _help(".beton written by write_datasets.py for validation", "")
+    num_workers: int = _help("decode threads per rank; 0 = this rank's share of the cores", 0)
+    in_memory: bool = _help("the dataset fits in RAM (OS page cache); else use order: quasi_random", True)
+    order: str = _help("train traversal: random | quasi_random", "random")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _help("torchvision architecture: resnet18 | resnet50", "resnet50")
+    use_blurpool: bool = _help("blur before every strided conv (Zhang 2019), as ffcv-imagenet", True)
+    num_classes: int = _help("0 = take it from the train .beton's class list", 0)
+
+
+@dataclass
+class ResolutionConfig:
+    min_res: int = _help("training resolution before the ramp", 160)
+    max_res: int = _help("training resolution after the ramp", 192)
+    start_ramp: int = _help("last epoch at min_res (ffcv-imagenet convention)", 0)
+    end_ramp: int = _help("first epoch at max_res", 0)
+
+
+@dataclass
+class LRConfig:
+    lr_per_256: float = _help("peak learning rate per 256 images of global batch", 0.1)
+    schedule: str = _help("shape after warm-up: linear | cosine | step", "linear")
+    warmup_epochs: float = _help("linear warm-up from warmup_start_factor*peak to peak", 2.0)
+    warmup_start_factor: float = _help("warm-up starts at this fraction of the peak", 1e-4)
+    end_factor: float = _help("linear/cosine decay ends at this fraction of the peak", 0.0)
+    step_ratio: float = _help("step schedule: multiply the LR by this ...", 0.1)
+    step_length: int = _help("step schedule: ... every this many epochs", 30)
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = _help("number of epochs", 16)
+    batch_size: int = _help("images per rank per step; global batch = batch_size x ranks", 512)
+    optimizer: str = _help("sgd", "sgd")
+    momentum: float = _help("SGD momentum", 0.9)
+    nesterov: bool = _help("Nesterov momentum", False)
+    weight_decay: float = _help("L2 on conv/linear weights; BN and biases get none", 5e-5)
+    label_smoothing: float = _help("cross-entropy label smoothing", 0.1)
+    precision: str = _help("fp32 | bf16 | fp16 (fp16 uses a GradScaler)", "fp16")
+    channels_last: bool = _help("NHWC memory format for the model and its inputs", True)
+    seed: int = _help("seed for weights, data order and augmentation", 0)
+    max_bad_steps: int = _help("stop after this many consecutive non-finite losses", 20)
+    compile: bool = _help("torch.compile the model", False)
+
+
+@dataclass
+class ValidationConfig:
+    batch_size: int = _help("images per rank per validation step", 256)
+    resolution: int = _help("center-crop side at evaluation", 256)
+    crop_ratio: float = _help("center crop covers this fraction of the shorter side", 224 / 256)
+    flip_tta: bool = _help("average logits over the image and its mirror", True)
+    every: int = _help("evaluate every N epochs (the last epoch always)", 1)
+
+
+@dataclass
+class LoggingConfig:
+    folder: str = _help("run folder: logs, checkpoints, final weights", "runs/default")
+    resume: bool = _help("continue from the run folder's last checkpoint if there is one", True)
+    progress: bool = _help("tqdm progress bar on rank 0", True)
+
+
+@dataclass
+class DistConfig:
+    backend: str = _help("auto (nccl on GPU, gloo on CPU) | nccl | gloo", "auto")
+    device: str = _help("auto | cuda | cpu", "auto")
+    timeout_s: int = _help("collective timeout: a dead rank makes the others fail after this", 600)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
+    lr: LRConfig = field(default_factory=LRConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.order": ("random", "quasi_random"),
+    "model.arch": ("resnet18", "resnet50"),
+    "lr.schedule": ("linear", "cosine", "step"),
+    "training.optimizer": ("sgd",),
+    "training.precision": ("fp32", "bf16", "fp16"),
+    "dist.backend": ("auto", "nccl", "gloo"),
+    "dist.device": ("auto", "cuda", "cpu"),
+}
+
+
+def _one_line(err: OmegaConfBaseException) -> str:
+    """OmegaConf errors span several lines; keep the message and the full key."""
+    message = str(err).splitlines()[0]
+    key = getattr(err, "full_key", None)
+    return f"{key}: {message}" if key else message
+
+
+def _parse_override(arg: str) -> str:
+    """``--training.epochs=16`` -> ``training.epochs=16`` (OmegaConf dotlist)."""
+    body = arg[2:] if arg.startswith("--") else arg
+    if "=" not in body or "." not in body.split("=", 1)[0]:
+        raise ConfigError(f"override {arg!r} is not of the form --section.key=value")
+    return body
+
+
+def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults < recipe YAML < overrides; raises ConfigError naming the bad key."""
+    merged = OmegaConf.structured(Config)
+    layers = []
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist")
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+        if not isinstance(content, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of sections")
+        layers.append(OmegaConf.create(content))
+    dotlist = [_parse_override(arg) for arg in overrides]
+    try:
+        layers.append(OmegaConf.from_dotlist(dotlist))
+        for layer in layers:
+            merged = OmegaConf.merge(merged, layer)
+        config: Config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err)) from err
+    check_choices(config)
+    return config
+
+
+def check_choices(config: Config) -> None:
+    for dotted, allowed in CHOICES.items():
+        value = get_value(config, dotted)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def get_value(config: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved recipe, loadable again by load_config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def describe() -> str:
+    """Every key with its type, default and help: the reference for recipe writers."""
+    lines = []
+    for section in dataclasses.fields(Config):
+        lines.append(f"{section.name}:")
+        for param in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+            default = param.default if param.default is not dataclasses.MISSING else param.default_factory()  # type: ignore[misc]
+            type_name = param.type if isinstance(param.type, str) else param.type.__name__
+            lines.append(f"  {param.name} ({type_name}, default {default!r}): {param.metadata.get('help', '')}")
+    return "\n".join(lines)
