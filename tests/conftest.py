@@ -1,0 +1,34 @@
+"""Shared, session-scoped data: numba compiles each FFCV pipeline once per process,
+and converting the demo set takes seconds, so every test reuses these."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ffcv_imagenet.demo_data import make_demo_imagefolder
+
+DEMO_CLASSES = 6
+DEMO_TRAIN_PER_CLASS = 24
+DEMO_VAL_PER_CLASS = 7  # 42 val images: does not divide evenly across 2 ranks x batch 8
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo_images")
+    return make_demo_imagefolder(root, num_classes=DEMO_CLASSES, train_per_class=DEMO_TRAIN_PER_CLASS,
+                                 val_per_class=DEMO_VAL_PER_CLASS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_betons(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{'train': Path, 'val': Path}: the demo ImageFolder converted the way users convert."""
+    from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+
+    out = tmp_path_factory.mktemp("demo_betons")
+    settings = ConversionSettings(max_resolution=256, num_workers=2)
+    train = out / "train.beton"
+    val = out / "val.beton"
+    convert_imagefolder(demo_root / "train", train, settings, progress=False)
+    convert_imagefolder(demo_root / "val", val, settings, class_map=train, progress=False)
+    return {"train": train, "val": val}
