@@ -336,6 +336,7 @@ def convert_imagefolder(root: str | Path, out_path: str | Path,
     check_writable_dir(out_path.parent)
     classes = _classes_for(root, Path(class_map) if class_map else None)
     candidates, skipped = scan_imagefolder(root, classes)
+    _require_images_per_class(root, candidates, classes)  # fail before the per-file check
     good, unreadable = check_samples(candidates, settings.workers, progress)
     skipped += unreadable
     _require_images_per_class(root, good, classes)
