@@ -48,10 +48,18 @@ class ModelConfig:
 
 @dataclass
 class ResolutionConfig:
-    min_res: int = _help("training resolution before the ramp", 160)
-    max_res: int = _help("training resolution after the ramp", 192)
-    start_ramp: int = _help("last epoch at min_res (ffcv-imagenet convention)", 0)
-    end_ramp: int = _help("first epoch at max_res", 0)
+    ramp: str = _help("progressive-resizing style: ffcv (epochs) | composer (fractions of training)", "ffcv")
+    min_res: int = _help("ffcv ramp: training resolution up to start_ramp", 160)
+    max_res: int = _help("both ramps: resolution at the end of the ramp", 192)
+    start_ramp: int = _help("ffcv ramp: last epoch at min_res", 0)
+    end_ramp: int = _help("ffcv ramp: first epoch at max_res", 0)
+    initial_scale: float = _help("composer ramp: starting side as a fraction of max_res", 0.5)
+    delay_fraction: float = _help("composer ramp: fraction of training held at initial_scale", 0.5)
+    finetune_fraction: float = _help("composer ramp: fraction of training (at its end) at full max_res", 0.2)
+    size_increment: int = _help("composer ramp: resolutions are multiples of this", 32)
+    fixres_epochs: int = _help("last epochs in the FixRes phase; -1 = max(1, round(epochs/10)), 0 = none", 0)
+    fixres_res: int = _help("FixRes phase resolution (at least the main phase's largest)", 224)
+    fixres_crop_ratio: float = _help("FixRes: crop side / resized shorter side (resize to res/ratio)", 224 / 256)
 
 
 @dataclass
@@ -118,6 +126,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.order": ("random", "quasi_random"),
+    "resolution.ramp": ("ffcv", "composer"),
     "model.arch": ("resnet18", "resnet50"),
     "lr.schedule": ("linear", "cosine", "step"),
     "training.optimizer": ("sgd",),
@@ -156,6 +165,9 @@ def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ())
             raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from err
         if not isinstance(content, dict):
             raise ConfigError(f"recipe {path} must be a mapping of sections")
+        for section, body in content.items():
+            if not isinstance(body, dict):
+                raise ConfigError(f"{section}: recipe {path} must give this section as a mapping of keys")
         layers.append(OmegaConf.create(content))
     dotlist = [_parse_override(arg) for arg in overrides]
     try:

@@ -1,25 +1,43 @@
 """The resolution schedule: a pure function of (recipe, epoch).
 
 Each epoch gets a training resolution and a crop mode:
-- ``rrc``: RandomResizedCrop + flip (the main phase, with progressive resizing);
-- ``fixres``: resize the shorter side to res*256/224, random res x res crop, flip.
+- ``rrc``: RandomResizedCrop + flip, the main phase, whose resolution ramps up
+  (progressive resizing, in ffcv-imagenet's or Composer's style);
+- ``fixres``: the last ``fixres_epochs`` epochs: resize the shorter side to
+  res / fixres_crop_ratio, take a random res x res crop, flip. Minimal
+  augmentation at a higher resolution closes the train/test resolution gap
+  (Touvron et al., "Fixing the train-test resolution discrepancy", 2019).
+
+``python -m ffcv_imagenet.schedule --config rcfg/rn50_88.yaml`` prints the table.
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from .config import ResolutionConfig
+from .config import ConfigError, ResolutionConfig, load_config
 
 RES_MULTIPLE = 32  # ffcv-imagenet rounds ramp resolutions to a multiple of 32
+FIXRES_AUTO = -1
+FIXRES_AUTO_SHARE = 0.1  # auto FixRes phase: about the last tenth of training
+RRC, FIXRES = "rrc", "fixres"
 
 
 @dataclass(frozen=True)
 class EpochPlan:
     epoch: int
     res: int
-    crop_mode: str  # "rrc" | "fixres"
+    crop_mode: str  # RRC | FIXRES
+
+
+def fixres_epochs(cfg: ResolutionConfig, epochs: int) -> int:
+    if cfg.fixres_epochs == FIXRES_AUTO:
+        return max(1, round(epochs * FIXRES_AUTO_SHARE))
+    return cfg.fixres_epochs
 
 
 def ffcv_ramp_res(cfg: ResolutionConfig, epoch: int) -> int:
@@ -32,9 +50,99 @@ def ffcv_ramp_res(cfg: ResolutionConfig, epoch: int) -> int:
     return int(np.round(interp / RES_MULTIPLE)) * RES_MULTIPLE
 
 
+def composer_ramp_res(cfg: ResolutionConfig, epoch: int, epochs: int) -> int:
+    """Composer's progressive resizing, by fraction of training elapsed at the epoch's start."""
+    elapsed = epoch / epochs
+    ramp_end = 1.0 - cfg.finetune_fraction
+    if elapsed < cfg.delay_fraction:
+        scale = cfg.initial_scale
+    elif elapsed >= ramp_end:
+        scale = 1.0
+    else:
+        progress = (elapsed - cfg.delay_fraction) / (ramp_end - cfg.delay_fraction)
+        scale = cfg.initial_scale + (1.0 - cfg.initial_scale) * progress
+    steps = int(scale * cfg.max_res / cfg.size_increment)  # round down, as Composer does
+    return max(1, steps) * cfg.size_increment
+
+
+def main_phase_res(cfg: ResolutionConfig, epoch: int, epochs: int) -> int:
+    if cfg.ramp == "ffcv":
+        return ffcv_ramp_res(cfg, epoch)
+    return composer_ramp_res(cfg, epoch, epochs)
+
+
 def plan_for_epoch(cfg: ResolutionConfig, epochs: int, epoch: int) -> EpochPlan:
-    return EpochPlan(epoch=epoch, res=ffcv_ramp_res(cfg, epoch), crop_mode="rrc")
+    if epoch >= epochs - fixres_epochs(cfg, epochs):
+        return EpochPlan(epoch=epoch, res=cfg.fixres_res, crop_mode=FIXRES)
+    return EpochPlan(epoch=epoch, res=main_phase_res(cfg, epoch, epochs), crop_mode=RRC)
 
 
 def full_schedule(cfg: ResolutionConfig, epochs: int) -> list[EpochPlan]:
     return [plan_for_epoch(cfg, epochs, epoch) for epoch in range(epochs)]
+
+
+def validate(cfg: ResolutionConfig, epochs: int) -> None:
+    """Refuse impossible schedules before any work, naming the value."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(epochs > 0, f"training.epochs must be positive: {epochs}")
+    for key in ("min_res", "max_res", "fixres_res", "size_increment"):
+        need(getattr(cfg, key) > 0, f"resolution.{key} must be positive: {getattr(cfg, key)}")
+    need(cfg.min_res <= cfg.max_res, f"resolution.min_res {cfg.min_res} is above max_res {cfg.max_res}")
+    need(cfg.start_ramp <= cfg.end_ramp,
+         f"resolution.end_ramp {cfg.end_ramp} is before start_ramp {cfg.start_ramp}")
+    need(0.0 < cfg.initial_scale <= 1.0, f"resolution.initial_scale must be in (0, 1]: {cfg.initial_scale}")
+    need(0.0 <= cfg.delay_fraction < 1.0, f"resolution.delay_fraction must be in [0, 1): {cfg.delay_fraction}")
+    need(0.0 <= cfg.finetune_fraction < 1.0,
+         f"resolution.finetune_fraction must be in [0, 1): {cfg.finetune_fraction}")
+    need(cfg.delay_fraction + cfg.finetune_fraction < 1.0,
+         f"resolution.delay_fraction + finetune_fraction must be below 1: "
+         f"{cfg.delay_fraction} + {cfg.finetune_fraction}")
+    need(cfg.fixres_epochs >= FIXRES_AUTO, f"resolution.fixres_epochs must be -1 (auto), 0 or more: {cfg.fixres_epochs}")
+    phase = fixres_epochs(cfg, epochs)
+    need(phase < epochs, f"resolution.fixres_epochs {phase} leaves no main-phase epoch in {epochs} epochs")
+    need(0.0 < cfg.fixres_crop_ratio <= 1.0, f"resolution.fixres_crop_ratio must be in (0, 1]: {cfg.fixres_crop_ratio}")
+    if phase:
+        largest = max(main_phase_res(cfg, epoch, epochs) for epoch in range(epochs - phase))
+        need(cfg.fixres_res >= largest,
+             f"resolution.fixres_res {cfg.fixres_res} is below the main phase's {largest}: FixRes trains higher")
+
+
+def phases(plans: Sequence[EpochPlan]) -> list[tuple[int, int, int, str]]:
+    """Consecutive epochs with the same resolution and crop mode: (first, last, res, mode)."""
+    rows: list[tuple[int, int, int, str]] = []
+    for plan in plans:
+        if rows and rows[-1][2:] == (plan.res, plan.crop_mode):
+            rows[-1] = (rows[-1][0], plan.epoch, plan.res, plan.crop_mode)
+        else:
+            rows.append((plan.epoch, plan.epoch, plan.res, plan.crop_mode))
+    return rows
+
+
+def format_table(plans: Sequence[EpochPlan]) -> str:
+    lines = ["epochs    | res | crop mode", "----------+-----+----------"]
+    for first, last, res, mode in phases(plans):
+        span = f"{first}-{last}" if last > first else f"{first}"
+        lines.append(f"{span:<9} | {res:>3} | {mode}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ffcv_imagenet.schedule",
+                                     description="print a recipe's resolution schedule")
+    parser.add_argument("--config", required=True, help="recipe YAML in rcfg/")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        config = load_config(args.config, overrides)
+        validate(config.resolution, config.training.epochs)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(full_schedule(config.resolution, config.training.epochs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
