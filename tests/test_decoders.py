@@ -1,0 +1,82 @@
+"""The FixRes decoder against torchvision's Resize + RandomCrop, on real files through FFCV's loader."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.loader import Loader, OrderOption
+from PIL import Image
+from torchvision.transforms import v2
+
+from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+from ffcv_imagenet.decoders import FIXRES_CROP_RATIO, FixResCropDecoder, fixres_crop_window
+
+RES = 64
+SOURCE_HW = (150, 200)
+MIN_PSNR_DB = 30.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def test_window_side_and_uniform_position() -> None:
+    np.random.seed(0)
+    height, width = 300, 400
+    windows = np.array([fixres_crop_window(height, width, None, FIXRES_CROP_RATIO) for _ in range(4000)])
+    side = int(FIXRES_CROP_RATIO * 300)  # 262
+    assert (windows[:, 2] == side).all() and (windows[:, 3] == side).all()
+    tops, lefts = windows[:, 0], windows[:, 1]
+    assert tops.min() == 0 and tops.max() == height - side  # every position reachable, none outside
+    assert lefts.min() == 0 and lefts.max() == width - side
+    # uniform: mean in the middle, and each quarter of the range gets about a quarter of the draws
+    assert abs(lefts.mean() - (width - side) / 2) < 3
+    quarters = np.histogram(lefts, bins=4, range=(0, width - side + 1))[0] / len(lefts)
+    assert np.all(np.abs(quarters - 0.25) < 0.04)
+
+
+def test_invalid_ratio_is_refused() -> None:
+    with pytest.raises(ValueError, match="ratio"):
+        FixResCropDecoder((RES, RES), ratio=1.5)
+
+
+@pytest.fixture(scope="module")
+def photo_beton(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """One smooth photo stored raw, 48 times: every record differs only by its random window."""
+    base = tmp_path_factory.mktemp("fixres")
+    rng = np.random.default_rng(3)
+    coarse = Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8))
+    pixels = np.asarray(coarse.resize(SOURCE_HW[::-1], Image.BICUBIC))
+    for k in range(48):
+        folder = base / "tree" / "only"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{k}.png")
+    out = base / "photo.beton"
+    convert_imagefolder(base / "tree", out, ConversionSettings(write_mode="raw", num_workers=1), progress=False)
+    return out, pixels
+
+
+def test_matches_torchvision_resize_and_random_crop(photo_beton: tuple[Path, np.ndarray]) -> None:
+    path, pixels = photo_beton
+    loader = Loader(str(path), batch_size=48, num_workers=1, order=OrderOption.SEQUENTIAL, seed=0,
+                    pipelines={"image": [FixResCropDecoder((RES, RES))], "label": [IntDecoder()]})
+    images, _ = next(iter(loader))
+    assert images.shape == (48, RES, RES, 3) and images.dtype == np.uint8
+
+    # torchvision's FixRes transform: shorter side to int(res / ratio), then a res x res crop
+    resized = v2.Resize(int(RES / FIXRES_CROP_RATIO), antialias=True)(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
+    resized = resized.permute(1, 2, 0).numpy()
+    offsets = [(i, j) for i in range(resized.shape[0] - RES + 1) for j in range(resized.shape[1] - RES + 1)]
+    best = []
+    for image in images:
+        scores = [psnr(image, resized[i:i + RES, j:j + RES]) for i, j in offsets]
+        best.append((max(scores), offsets[int(np.argmax(scores))]))
+    print("FixRes vs torchvision PSNR dB: min %.1f mean %.1f" % (min(s for s, _ in best), np.mean([s for s, _ in best])))
+    assert min(score for score, _ in best) >= MIN_PSNR_DB, [round(s, 1) for s, _ in best]
+    lefts = [offset[1] for _, offset in best]
+    span = resized.shape[1] - RES
+    assert min(lefts) <= 0.25 * span and max(lefts) >= 0.75 * span  # windows spread over the image
