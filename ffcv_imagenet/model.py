@@ -1,0 +1,65 @@
+"""torchvision ResNets, optionally with BlurPool, and their export as plain torchvision weights."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+
+from .config import ModelConfig
+
+BLUR_KERNEL_1D = (1.0, 2.0, 1.0)  # binomial filter of Zhang, "Making CNNs shift-invariant again" (2019)
+BLUR_MIN_IN_CHANNELS = 16  # ffcv-imagenet leaves the 3-channel stem convolution alone
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
+
+
+class BlurPoolConv2d(nn.Module):
+    """Low-pass filter the input, then run the wrapped strided convolution: less aliasing."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        kernel_1d = torch.tensor(BLUR_KERNEL_1D)
+        kernel = torch.outer(kernel_1d, kernel_1d)
+        kernel = kernel / kernel.sum()  # sums to one: a flat image stays flat
+        self.conv = conv
+        self.register_buffer("blur_filter", kernel.expand(conv.in_channels, 1, 3, 3).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blurred = F.conv2d(x, self.blur_filter, padding=1, groups=self.conv.in_channels)
+        return self.conv(blurred)
+
+
+def apply_blurpool(module: nn.Module) -> int:
+    """Wrap every strided convolution with enough input channels; returns how many."""
+    wrapped = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d) and max(child.stride) > 1 and child.in_channels >= BLUR_MIN_IN_CHANNELS:
+            setattr(module, name, BlurPoolConv2d(child))
+            wrapped += 1
+        else:
+            wrapped += apply_blurpool(child)
+    return wrapped
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """A freshly initialised torchvision ResNet (no pretrained weights)."""
+    model = getattr(models, cfg.arch)(weights=None, num_classes=num_classes)
+    if cfg.use_blurpool:
+        apply_blurpool(model)
+    return model
+
+
+def torchvision_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights that ``torchvision.models.<arch>(num_classes=...).load_state_dict`` accepts.
+
+    Blur filters are fixed, not learned, so dropping them loses nothing; a user
+    who wants BlurPool at inference wraps the convolutions again with apply_blurpool.
+    """
+    plain = {}
+    for key, value in model.state_dict().items():
+        for prefix in WRAPPER_PREFIXES:
+            key = key.replace(prefix, "")
+        if key.endswith("blur_filter"):
+            continue
+        plain[key.replace(".conv.", ".")] = value.detach().cpu().clone()
+    return plain
