@@ -1,79 +1,93 @@
 """ImageFolder tree -> FFCV ``.beton``: the one-time conversion.
 
-Three stages, each over every core:
-1. scan: class folders and candidate files (hidden files and non-image files are
-   reported, never read as images);
-2. check: a cheap structural probe per file (JPEG end-of-image marker, PNG
-   chunk CRCs, a full decode for the rare other formats) so that truncated,
-   empty and garbage files are skipped before any writing starts;
-3. write: FFCV's DatasetWriter, whose workers decode each image once (JPEGs
-   much larger than the target are decoded at a reduced DCT scale) and encode
-   it. A file that still fails there is excluded and the write repeated, so
-   nothing bad reaches the ``.beton``.
-
-The ``.beton`` is written under a temporary name and renamed when complete.
+1. classes: the class folders of ``root`` (sorted), or the class list of a train
+   conversion that a val conversion must follow;
+2. scan: candidate files per class (hidden and non-image files are reported);
+3. check and select: a cheap probe per file, in parallel, only as many files as
+   the selection needs (a per-class cap or a seeded subset probes just those);
+4. write: FFCV's DatasetWriter, every core decoding each image once, under a
+   temporary name renamed when complete; then the sidecar JSON (class list,
+   counts, settings) and the ``.skipped`` report beside it.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import tempfile
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
-from ffcv.fields import IntField, RGBImageField
-from ffcv.writer import DatasetWriter
-from PIL import Image
 from tqdm import tqdm
 
 from .fileio import atomic_path, atomic_write_text, check_writable_dir
+from .image_files import Sample, Skipped, is_hidden, probe, scan_class
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
+if TYPE_CHECKING:
+    from ffcv.fields import RGBImageField
+
+# FFCV is imported where records are read or written, not here: importing it pulls in
+# torch and numba (about 4 s), and bad input should fail in a fraction of that.
+
 WRITE_MODES = ("raw", "jpg", "proportion", "smart")
-JPEG_EOI = b"\xff\xd9"
-JPEG_TAIL_BYTES = 4096  # some cameras append bytes after the end-of-image marker
-WHITE = (255, 255, 255)  # transparent pixels are composited over white
+MAX_RESOLUTION_LIMIT = 8192  # a raw record of this side fills a 256 MiB page per worker
+PROBE_CHUNKS_PER_WORKER = 4
+KIB = 1024
 
 
 class ConversionError(RuntimeError):
     """A problem with the input or output, reported to the user as one line."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConversionSettings:
-    write_mode: str = "proportion"
-    max_resolution: int = 500
-    compress_probability: float = 0.5
+    """How images are stored; defaults are ffcv-imagenet's ResNet-50 data."""
+
+    write_mode: str = "proportion"  # raw | jpg | proportion | smart (FFCV RGBImageField modes)
+    max_resolution: int = 500  # longest stored side
+    compress_probability: float = 0.5  # proportion mode: share stored as JPEG
     jpeg_quality: int = 90
     num_workers: int = 0  # 0 = all cores
-    chunk_size: int = 100
-    max_per_class: int = 0  # 0 = no cap
-    subset: int = 0  # 0 = every image; else a fixed-seed random subset of this many
-    seed: int = 0
+    chunk_size: int = 100  # images per work unit
+    max_per_class: int = 0  # 0 = no cap; else the first N readable images (name order) per class
+    subset: int = 0  # 0 = all; else a fixed-seed random subset of this many images
+    seed: int = 0  # of the subset and of proportion mode's JPEG-or-raw choice per image
+    smart_threshold: int = 0  # smart mode: store as JPEG when the raw RGB record exceeds this many bytes
 
     def __post_init__(self) -> None:
         if self.write_mode not in WRITE_MODES:
             raise ConversionError(f"write mode must be one of {', '.join(WRITE_MODES)}: {self.write_mode!r}")
-        if self.max_resolution <= 0:
-            raise ConversionError(f"max resolution must be positive: {self.max_resolution}")
+        if not 1 <= self.max_resolution <= MAX_RESOLUTION_LIMIT:
+            raise ConversionError(f"max resolution must be in [1, {MAX_RESOLUTION_LIMIT}]: {self.max_resolution}")
         if not 0.0 <= self.compress_probability <= 1.0:
             raise ConversionError(f"compress probability must be in [0, 1]: {self.compress_probability}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConversionError(f"JPEG quality must be in [1, 100]: {self.jpeg_quality}")
-        for name in ("num_workers", "max_per_class", "subset"):
+        for name in ("num_workers", "max_per_class", "subset", "seed", "smart_threshold"):
             if getattr(self, name) < 0:
                 raise ConversionError(f"{name.replace('_', ' ')} must not be negative: {getattr(self, name)}")
         if self.chunk_size <= 0:
             raise ConversionError(f"chunk size must be positive: {self.chunk_size}")
+        if self.write_mode == "smart" and not self.smart_threshold:
+            # FFCV's smart mode without a threshold silently stores everything raw
+            raise ConversionError("write mode smart needs a smart threshold (raw bytes above which a record "
+                                  "is stored as JPEG), e.g. 250000")
 
     @property
     def workers(self) -> int:
         return self.num_workers or os.cpu_count() or 1
+
+    def image_field(self) -> RGBImageField:
+        from ffcv.fields import RGBImageField
+
+        return RGBImageField(write_mode=self.write_mode, max_resolution=self.max_resolution,
+                             smart_threshold=self.smart_threshold or None, jpeg_quality=self.jpeg_quality,
+                             compress_probability=self.compress_probability)
 
 
 @dataclass
@@ -82,291 +96,229 @@ class ConversionSummary:
     images: int
     classes: int
     skipped: int
-    bytes_per_image: float
-    images_per_second: float
+    bytes_per_image: float  # record data per image (what a loader reads), page padding excluded
+    images_per_second: float  # images written / seconds of the whole conversion
+    seconds: float
 
     def __str__(self) -> str:
-        return (f"wrote {self.images} images of {self.classes} classes to {self.output} "
-                f"({self.skipped} skipped, {self.bytes_per_image / 1024:.1f} KiB/image, "
-                f"{self.images_per_second:.0f} img/s)")
+        return (f"wrote {self.images} images of {self.classes} classes to {self.output} in {self.seconds:.1f} s "
+                f"({self.images_per_second:.0f} img/s); {self.skipped} skipped "
+                f"(listed in {skipped_report_path(self.output).name}); "
+                f"{self.bytes_per_image / KIB:.1f} KiB per image")
 
 
-Sample = tuple[str, int]  # (path, label)
-Skipped = tuple[str, str]  # (path, reason)
-
-
+# ---------------------------------------------------------------- sidecar and report paths
 def sidecar_path(beton: str | Path) -> Path:
+    """``train.beton`` -> ``train.beton.json``."""
     beton = Path(beton)
     return beton.with_name(beton.name + ".json")
 
 
 def skipped_report_path(beton: str | Path) -> Path:
+    """``train.beton`` -> ``train.beton.skipped``: one ``path<TAB>reason`` line per file left out."""
     beton = Path(beton)
     return beton.with_name(beton.name + ".skipped")
 
 
 def load_sidecar(beton_or_json: str | Path) -> dict:
+    """The sidecar of a ``.beton`` (either path may be given), checked against the ``.beton`` when present."""
     path = Path(beton_or_json)
     if path.suffix != ".json":
         path = sidecar_path(path)
     try:
-        return json.loads(path.read_text())
+        sidecar = json.loads(path.read_text())
+        classes, count = list(sidecar["classes"]), int(sidecar["num_images"])
     except FileNotFoundError:
-        raise ConversionError(f"{path} is missing: convert with write_datasets.py, which writes it beside the .beton") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConversionError(f"{path} is unreadable: {err}") from None
+        raise ConversionError(f"{path} is missing: convert with write_datasets.py, which writes it beside "
+                              "the .beton") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConversionError(f"{path} is not a readable sidecar: {type(err).__name__}: {err}") from None
+    beton = path.with_name(path.name[: -len(".json")])
+    if beton.is_file() and _record_count(beton) != count:
+        raise ConversionError(f"{path} describes {count} images but {beton} holds {_record_count(beton)}: "
+                              "they come from different conversions; convert again")
+    if not classes:
+        raise ConversionError(f"{path} has an empty class list")
+    return sidecar
 
 
-def load_class_names(beton_or_json: str | Path) -> list[str]:
+def _record_count(beton: Path) -> int:
+    from .beton_writer import read_header
+
+    try:
+        return int(read_header(beton)["num_samples"])
+    except (OSError, ValueError) as err:
+        raise ConversionError(f"{beton} is not a readable .beton: {err}") from None
+
+
+def load_class_names(beton: str | Path) -> list[str]:
     """Index -> class folder name, as recorded when the ``.beton`` was written."""
-    return list(load_sidecar(beton_or_json)["classes"])
+    return list(load_sidecar(beton)["classes"])
 
 
-# ---------------------------------------------------------------- scan
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
+# ---------------------------------------------------------------- classes and candidates
 def find_class_folders(root: Path) -> list[str]:
     if not root.is_dir():
         raise ConversionError(f"image root {root} does not exist or is not a folder")
-    classes = sorted(entry.name for entry in os.scandir(root)
-                     if entry.is_dir() and not _is_hidden(entry.name))
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not is_hidden(entry.name))
     if not classes:
         raise ConversionError(f"image root {root} has no class folders (expected {root}/<class>/<image>)")
     return classes
 
 
-def scan_class(folder: Path, label: int) -> tuple[list[Sample], list[Skipped]]:
-    """Candidate images under one class folder (recursively, links followed)."""
-    samples: list[Sample] = []
-    skipped: list[Skipped] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            if _is_hidden(name):
-                skipped.append((path, "hidden file"))
-            elif not name.lower().endswith(IMAGE_EXTENSIONS):
-                skipped.append((path, "not an image file extension"))
-            elif not os.path.exists(path):
-                skipped.append((path, "broken symbolic link"))
-            else:
-                samples.append((path, label))
-    return samples, skipped
-
-
-def scan_imagefolder(root: Path, classes: Sequence[str]) -> tuple[list[Sample], list[Skipped]]:
-    samples: list[Sample] = []
-    skipped: list[Skipped] = []
-    for label, name in enumerate(classes):
-        folder = root / name
-        if not folder.is_dir():
-            continue  # a val tree may lack some of train's classes
-        found, rejected = scan_class(folder, label)
-        samples += found
-        skipped += rejected
-    return samples, skipped
-
-
-# ---------------------------------------------------------------- check
-def _jpeg_is_complete(path: str) -> bool:
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - JPEG_TAIL_BYTES))
-        return JPEG_EOI in handle.read()
-
-
-def probe(path: str) -> str | None:
-    """Why ``path`` cannot be converted, or None. Cheap: no full JPEG/PNG decode."""
-    try:
-        if os.path.getsize(path) == 0:
-            return "empty file"
-        with Image.open(path) as image:
-            width, height = image.size
-            kind = image.format
-            if kind == "PNG":
-                image.verify()  # every chunk's CRC: catches truncation and bit rot
-            elif kind != "JPEG":
-                image.load()
-        if kind == "JPEG" and not _jpeg_is_complete(path):
-            return "truncated JPEG (no end-of-image marker)"
-        if width < 1 or height < 1:
-            return f"degenerate size {width}x{height}"
-    except Exception as err:  # PIL raises many types for garbage input
-        return f"unreadable image: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
-    return None
-
-
-def check_samples(samples: list[Sample], workers: int, progress: bool) -> tuple[list[Sample], list[Skipped]]:
-    paths = [path for path, _ in samples]
-    with Pool(workers) as pool:
-        reasons = list(tqdm(pool.imap(probe, paths, chunksize=64), total=len(paths), desc="check",
-                            unit="img", disable=not progress))
-    good = [sample for sample, reason in zip(samples, reasons) if reason is None]
-    bad = [(sample[0], reason) for sample, reason in zip(samples, reasons) if reason is not None]
-    return good, bad
-
-
-# ---------------------------------------------------------------- decode
-def _draft_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
-    """Smallest size the DCT downscale may reach while the longest side stays >= max_resolution."""
-    scale = min(1.0, max_resolution / max(width, height))
-    return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
-
-
-def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Any PIL mode -> HxWx3 uint8 RGB (16-bit scaled down, alpha over white)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grey: PIL's convert would clip at 255 instead of scaling
-        wide = np.asarray(image, dtype=np.uint32)
-        peak = 65535 if wide.max() > 255 else 255
-        grey = (wide * 255 // peak).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        image = image.convert("RGBA")
-        background = Image.new("RGB", image.size, WHITE)
-        background.paste(image, mask=image.getchannel("A"))
-        image = background
-    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
-
-
-def load_rgb(path: str, max_resolution: int) -> np.ndarray:
-    with Image.open(path) as image:
-        if image.format == "JPEG":
-            image.draft("RGB", _draft_size(*image.size, max_resolution))
-        return to_rgb_array(image)
-
-
-class ImageFiles:
-    """The indexed dataset DatasetWriter's workers read: (RGB array, label).
-
-    A worker that raises makes DatasetWriter wait forever, so a file that fails
-    here is recorded in ``failure_dir`` and stands in as one black pixel; the
-    caller then rewrites without it.
-    """
-
-    def __init__(self, samples: list[Sample], max_resolution: int, failure_dir: str):
-        self.samples = samples
-        self.max_resolution = max_resolution
-        self.failure_dir = failure_dir
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        path, label = self.samples[index]
-        try:
-            return load_rgb(path, self.max_resolution), label
-        except Exception as err:
-            Path(self.failure_dir, str(index)).write_text(f"{type(err).__name__}: {err}")
-            return np.zeros((1, 1, 3), dtype=np.uint8), label
-
-
-# ---------------------------------------------------------------- write
-def select_samples(samples: list[Sample], settings: ConversionSettings) -> list[Sample]:
-    """Per-class cap (first files in name order), then a fixed-seed random subset."""
-    if settings.max_per_class:
-        kept: dict[int, int] = {}
-        capped = []
-        for path, label in samples:
-            if kept.get(label, 0) < settings.max_per_class:
-                kept[label] = kept.get(label, 0) + 1
-                capped.append((path, label))
-        samples = capped
-    if settings.subset and settings.subset < len(samples):
-        chosen = np.random.default_rng(settings.seed).choice(len(samples), settings.subset, replace=False)
-        samples = [samples[i] for i in sorted(chosen)]
-    return samples
-
-
-def image_field(settings: ConversionSettings) -> RGBImageField:
-    return RGBImageField(write_mode=settings.write_mode, max_resolution=settings.max_resolution,
-                         compress_probability=settings.compress_probability,
-                         jpeg_quality=settings.jpeg_quality)
-
-
-def write_beton(samples: list[Sample], out_path: Path, settings: ConversionSettings) -> tuple[list[Sample], list[Skipped]]:
-    """Write until no sample fails in the workers; returns (written, failed)."""
-    failed: list[Skipped] = []
-    while True:
-        with tempfile.TemporaryDirectory(prefix="ffcv-imagenet-failures-") as failure_dir:
-            dataset = ImageFiles(samples, settings.max_resolution, failure_dir)
-            writer = DatasetWriter(str(out_path), {"image": image_field(settings), "label": IntField()},
-                                   num_workers=min(settings.workers, max(1, len(samples))))
-            # DatasetWriter draws its own tqdm bar: count, rate and ETA.
-            writer.from_indexed_dataset(dataset, chunksize=settings.chunk_size)
-            bad = {int(name): Path(failure_dir, name).read_text() for name in os.listdir(failure_dir)}
-        if not bad:
-            return samples, failed
-        failed += [(samples[i][0], f"decode failed: {reason}") for i, reason in sorted(bad.items())]
-        samples = [sample for i, sample in enumerate(samples) if i not in bad]
-        if not samples:
-            return samples, failed
-
-
-def _classes_for(root: Path, class_map: Path | None) -> list[str]:
+def classes_for(root: Path, class_map: Path | None) -> list[str]:
+    """``root``'s class folders, or the class map's list when given (which must cover every folder)."""
     folders = find_class_folders(root)
     if class_map is None:
         return folders
     classes = load_class_names(class_map)
     unknown = sorted(set(folders) - set(classes))
     if unknown:
-        raise ConversionError(f"{root} has {len(unknown)} class folder(s) not in {class_map}'s class list, "
-                              f"e.g. {unknown[0]!r}: convert val with the class map of its own train set")
+        raise ConversionError(f"{root} has {len(unknown)} class folder(s) that {class_map} lacks, e.g. "
+                              f"{unknown[0]!r}: convert val with the class map of its own train set")
     return classes
 
 
-def _require_images_per_class(root: Path, samples: list[Sample], classes: Sequence[str]) -> None:
-    labels_present = {label for _, label in samples}
+def scan_imagefolder(root: Path, classes: Sequence[str]) -> tuple[list[list[Sample]], list[Skipped]]:
+    """Candidates per class index (empty for a class folder that is absent, as val may be)."""
+    by_class: list[list[Sample]] = []
+    skipped: list[Skipped] = []
     for label, name in enumerate(classes):
-        if (root / name).is_dir() and label not in labels_present:
-            raise ConversionError(f"class folder {root / name} holds no readable image")
+        folder = root / name
+        found, rejected = scan_class(folder, label) if folder.is_dir() else ([], [])
+        if folder.is_dir() and not found:
+            raise ConversionError(f"class folder {folder} holds no image file")
+        by_class.append(found)
+        skipped += rejected
+    return by_class, skipped
+
+
+# ---------------------------------------------------------------- check and select
+class Prober:
+    """Probes files in parallel, each at most once, and no more of them than a selection needs."""
+
+    def __init__(self, probe_many: Callable[[list[str]], list[str | None]], bar: tqdm):
+        self.probe_many = probe_many
+        self.bar = bar
+        self.reasons: dict[str, str | None] = {}
+
+    def first_good(self, samples: Sequence[Sample], wanted: int) -> list[Sample]:
+        """The first ``wanted`` samples (in the given order) that pass ``probe``."""
+        good: list[Sample] = []
+        start = 0
+        while len(good) < wanted and start < len(samples):
+            batch = samples[start:start + wanted - len(good)]
+            start += len(batch)
+            todo = [path for path, _ in batch if path not in self.reasons]
+            self.reasons.update(zip(todo, self.probe_many(todo)))
+            self.bar.update(len(todo))
+            good += [sample for sample in batch if self.reasons[sample[0]] is None]
+        return good
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        return [(path, reason) for path, reason in self.reasons.items() if reason is not None]
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+@contextmanager
+def probe_pool(workers: int) -> Iterator[Callable[[list[str]], list[str | None]]]:
+    with Pool(workers, initializer=_ignore_sigint) as pool:
+        def probe_many(paths: list[str]) -> list[str | None]:
+            chunk = max(1, len(paths) // (PROBE_CHUNKS_PER_WORKER * workers))
+            return pool.map(probe, paths, chunksize=chunk) if paths else []
+        yield probe_many
+
+
+def select_samples(root: Path, classes: Sequence[str], by_class: list[list[Sample]],
+                   settings: ConversionSettings, prober: Prober) -> list[Sample]:
+    """Readable samples in (class, name) order: all, the first ``max_per_class`` of each class,
+    and/or a ``subset`` drawn with ``seed``. Fails if a class folder has no readable image."""
+    for label, group in enumerate(by_class):
+        if group and not prober.first_good(group, 1):
+            raise ConversionError(f"class folder {root / classes[label]} holds no readable image")
+    everything = [sample for group in by_class for sample in group]
+    rng = np.random.default_rng(settings.seed)
+    if settings.subset and not settings.max_per_class:
+        # probe in a seeded random order until enough are good: a 10k subset of
+        # ImageNet reads about 10k files, not 1.28M
+        order = [everything[i] for i in rng.permutation(len(everything))]
+        chosen = set(prober.first_good(order, settings.subset))
+        return [sample for sample in everything if sample in chosen]
+    samples = [sample for group in by_class
+               for sample in prober.first_good(group, settings.max_per_class or len(group))]
+    if settings.subset and settings.subset < len(samples):
+        samples = [samples[i] for i in sorted(rng.choice(len(samples), settings.subset, replace=False))]
+    return samples
+
+
+def _probes_expected(by_class: list[list[Sample]], settings: ConversionSettings) -> int | None:
+    """Every candidate is probed unless a selection stops early (then the total is unknown)."""
+    return None if settings.max_per_class or settings.subset else sum(map(len, by_class))
+
+
+# ---------------------------------------------------------------- convert
+def check_output(out_path: Path) -> None:
+    """Fail before any work if ``out_path`` could not be written at the end."""
+    if out_path.is_dir():
+        raise ConversionError(f"output {out_path} is a folder; name the .beton file to write")
+    check_writable_dir(out_path.parent)
 
 
 def convert_imagefolder(root: str | Path, out_path: str | Path,
                         settings: ConversionSettings = ConversionSettings(), *,
                         class_map: str | Path | None = None, progress: bool = True) -> ConversionSummary:
-    """Convert ``root/<class>/<image>`` into ``out_path`` (+ sidecar JSON and skipped report)."""
+    """Convert ``root/<class>/<image>`` into ``out_path``, plus ``<out>.json`` (class list, counts,
+    settings) and ``<out>.skipped`` (files left out, with reasons). ``class_map`` names the train
+    ``.beton`` (or its sidecar) whose class indices a val conversion must use."""
     root, out_path = Path(root), Path(out_path)
     started = time.perf_counter()
-    check_writable_dir(out_path.parent)
-    classes = _classes_for(root, Path(class_map) if class_map else None)
-    candidates, skipped = scan_imagefolder(root, classes)
-    _require_images_per_class(root, candidates, classes)  # fail before the per-file check
-    good, unreadable = check_samples(candidates, settings.workers, progress)
-    skipped += unreadable
-    _require_images_per_class(root, good, classes)
-    selected = select_samples(good, settings)
+    check_output(out_path)
+    classes = classes_for(root, Path(class_map) if class_map else None)
+    by_class, skipped = scan_imagefolder(root, classes)
+    with probe_pool(settings.workers) as probe_many, \
+            tqdm(desc="check", unit="img", total=_probes_expected(by_class, settings), disable=not progress,
+                 dynamic_ncols=True) as bar:
+        prober = Prober(probe_many, bar)
+        selected = select_samples(root, classes, by_class, settings, prober)
+    skipped += prober.skipped
+
+    from .beton_writer import WorkerFailed, stored_bytes, write_records  # FFCV: only now there is work
 
     with atomic_path(out_path) as tmp:
-        written, failed = write_beton(selected, tmp, settings)
+        try:
+            written, failed = write_records(selected, tmp, settings.image_field(), workers=settings.workers,
+                                            chunk_size=settings.chunk_size, seed=settings.seed,
+                                            progress_label=f"write {out_path.name}" if progress else None)
+        except WorkerFailed as err:
+            raise ConversionError(f"writing {out_path} failed: {err}") from None
         if not written:
             raise ConversionError(f"no image of {root} could be decoded")
+        data_bytes = stored_bytes(tmp)
     skipped += failed
 
     seconds = time.perf_counter() - started
-    summary = ConversionSummary(output=out_path, images=len(written), classes=len(classes),
-                                skipped=len(skipped),
-                                bytes_per_image=out_path.stat().st_size / len(written),
-                                images_per_second=len(written) / seconds)
-    _write_reports(out_path, root, classes, settings, summary, skipped)
+    summary = ConversionSummary(output=out_path, images=len(written), classes=len(classes), skipped=len(skipped),
+                                bytes_per_image=data_bytes / len(written),
+                                images_per_second=len(written) / seconds, seconds=seconds)
+    write_reports(out_path, root, classes, settings, written, skipped)
     return summary
 
 
-def _write_reports(out_path: Path, root: Path, classes: list[str], settings: ConversionSettings,
-                   summary: ConversionSummary, skipped: list[Skipped]) -> None:
+def write_reports(out_path: Path, root: Path, classes: list[str], settings: ConversionSettings,
+                  written: list[Sample], skipped: list[Skipped]) -> None:
+    counts = np.bincount([label for _, label in written], minlength=len(classes))
     sidecar = {
         "classes": classes,
-        "num_images": summary.images,
-        "num_skipped": summary.skipped,
+        "num_images": len(written),
+        "images_per_class": counts.tolist(),
+        "num_skipped": len(skipped),
         "source_root": str(root.resolve()),
         "fields": {"image": "RGBImageField", "label": "IntField"},
         "settings": dataclasses.asdict(settings),
     }
     atomic_write_text(sidecar_path(out_path), json.dumps(sidecar, indent=1) + "\n")
-    atomic_write_text(skipped_report_path(out_path),
-                      "".join(f"{path}\t{reason}\n" for path, reason in skipped))
+    atomic_write_text(skipped_report_path(out_path), "".join(f"{path}\t{reason}\n" for path, reason in skipped))

@@ -4,13 +4,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 
+from .beton_writer import stored_bytes
 from .conversion import ConversionError, load_class_names, sidecar_path
 
 EXPECTED_FIELDS = ("image", "label")
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
+FULL_HISTOGRAM_MAX_CLASSES = 20  # above this, the histogram is summarised
+EXTREMES_SHOWN = 3
+BAR_WIDTH = 30
+JPEG_MODE = 0  # RGBImageField's metadata code for a JPEG record
+KIB = 1024
 
 
 def open_beton(path: str | Path) -> Reader:
@@ -20,7 +27,7 @@ def open_beton(path: str | Path) -> Reader:
         raise ConversionError(f"{path} does not exist")
     try:
         reader = Reader(str(path))
-    except Exception as err:
+    except Exception as err:  # FFCV raises assorted types on a foreign or truncated file
         raise ConversionError(f"{path} is not a readable .beton: {type(err).__name__}: {err}") from None
     missing = [name for name in EXPECTED_FIELDS if name not in reader.field_names]
     if missing:
@@ -34,11 +41,30 @@ def image_metadata(reader: Reader) -> np.ndarray:
 
 
 def labels(reader: Reader) -> np.ndarray:
-    return np.asarray(reader.metadata[f"f{reader.field_names.index('label')}"])
+    return np.asarray(reader.metadata[f"f{reader.field_names.index('label')}"]).astype(np.int64)
 
 
-def decode_samples(path: str | Path, count: int = SAMPLES_TO_DECODE) -> list[tuple[float, int]]:
-    """Decode the first ``count`` records through FFCV's Loader: (mean pixel, label) each.
+def read_image(reader: Reader, index: int) -> np.ndarray:
+    """Record ``index`` at its stored size: JPEG records through FFCV's own decoder (TurboJPEG), raw ones copied."""
+    meta = image_metadata(reader)[index]
+    height, width = int(meta["height"]), int(meta["width"])
+    size = int(reader.alloc_table["size"][reader.alloc_table["sample_id"] == index].sum())
+    data = np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=int(meta["data_ptr"]))
+    if meta["mode"] != JPEG_MODE:
+        return data.reshape(height, width, 3)
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    if imdecode(data, image, height, width, height, width, 0, 0, 1, 1, False, False) != 0:
+        raise ConversionError(f"{reader.file_name}: record {index} is not a decodable JPEG")
+    return image
+
+
+def spread_indices(count: int, wanted: int = SAMPLES_TO_DECODE) -> list[int]:
+    """``wanted`` record indices from the start to the end of the file, first and last included."""
+    return sorted({int(i) for i in np.linspace(0, count - 1, num=min(wanted, count))})
+
+
+def decode_samples(path: str | Path, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``indices`` through FFCV's Loader, the path training takes: (images NxSxSx3, labels N).
 
     Records differ in size, so each is decoded as its full centre square resized
     to DECODE_SIDE: every byte of the image is decoded, the output is uniform.
@@ -47,31 +73,74 @@ def decode_samples(path: str | Path, count: int = SAMPLES_TO_DECODE) -> list[tup
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
-    loader = Loader(str(path), batch_size=count, num_workers=1, order=OrderOption.SEQUENTIAL,
-                    indices=list(range(count)),
+    loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
+                    indices=indices,
                     pipelines={"image": [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
                                "label": [IntDecoder()]})
     images, label_batch = next(iter(loader))
-    return [(float(image.mean()), int(label)) for image, label in zip(images, label_batch[:, 0])]
+    return np.asarray(images), np.asarray(label_batch[:, 0]).astype(np.int64)
+
+
+def _class_names(path: Path, num_labels: int) -> tuple[list[str], str]:
+    if sidecar_path(path).is_file():
+        return load_class_names(path), f"names from {sidecar_path(path).name}"
+    return [str(label) for label in range(num_labels)], f"no {sidecar_path(path).name}: labels shown as numbers"
+
+
+def histogram_lines(counts: np.ndarray, names: list[str]) -> list[str]:
+    """Every class with a bar when there are few; otherwise the extremes and the empty ones."""
+    lines = [f"records per class: min {counts.min()} / median {int(np.median(counts))} / max {counts.max()}"]
+    if len(counts) <= FULL_HISTOGRAM_MAX_CLASSES:
+        width = max(len(name) for name in names)
+        scale = BAR_WIDTH / max(1, counts.max())
+        lines += [f"  {label:4d} {name:{width}s} {count:8d} {'#' * int(round(count * scale))}"
+                  for label, (name, count) in enumerate(zip(names, counts))]
+        return lines
+    order = np.argsort(counts, kind="stable")
+
+    def describe(chosen: np.ndarray) -> str:
+        return ", ".join(f"{names[i]} ({counts[i]})" for i in chosen)
+
+    lines.append(f"  fewest: {describe(order[:EXTREMES_SHOWN])}; most: {describe(order[::-1][:EXTREMES_SHOWN])}")
+    empty = int((counts == 0).sum())
+    if empty:
+        lines.append(f"  {empty} class(es) have no record, e.g. {names[int(order[0])]}")
+    return lines
+
+
+def size_lines(path: Path, meta: np.ndarray) -> list[str]:
+    heights, widths = meta["height"].astype(int), meta["width"].astype(int)
+    return [f"stored height: min {heights.min()} / mean {heights.mean():.0f} / max {heights.max()}; "
+            f"width: min {widths.min()} / mean {widths.mean():.0f} / max {widths.max()}; "
+            f"longest side at most {int(np.maximum(heights, widths).max())}",
+            f"stored as JPEG: {np.mean(meta['mode'] == JPEG_MODE):.0%}, raw: {np.mean(meta['mode'] != JPEG_MODE):.0%}; "
+            f"{stored_bytes(path) / len(meta) / KIB:.1f} KiB of image data per record"]
 
 
 def report(path: str | Path) -> str:
+    """What ``inspect`` prints; raises ConversionError if the file is not a sound conversion."""
+    path = Path(path)
     reader = open_beton(path)
-    meta = image_metadata(reader)
+    count = int(reader.num_samples)
+    if count == 0:
+        raise ConversionError(f"{path} holds no records")
     label_values = labels(reader)
-    heights, widths = meta["height"].astype(int), meta["width"].astype(int)
-    lines = [f"{path}: {reader.num_samples} records, fields {reader.field_names}"]
-    if sidecar_path(path).is_file():
-        classes = load_class_names(path)
-        lines.append(f"classes: {len(classes)} (from {sidecar_path(path).name})")
-    counts = np.bincount(label_values)
-    lines.append(f"label histogram: {len(counts)} labels, min {counts.min()} / median "
-                 f"{int(np.median(counts))} / max {counts.max()} images per label")
-    lines.append(f"image height: min {heights.min()} mean {heights.mean():.0f} max {heights.max()}; "
-                 f"width: min {widths.min()} mean {widths.mean():.0f} max {widths.max()}")
-    lines.append(f"stored as JPEG: {np.mean(meta['mode'] == 0):.0%}, raw: {np.mean(meta['mode'] != 0):.0%}")
-    count = min(SAMPLES_TO_DECODE, reader.num_samples)
-    decoded = decode_samples(path, count)
-    lines.append(f"decoded the first {len(decoded)} records (mean pixel -> label): "
-                 + ", ".join(f"{mean:.0f}->{label}" for mean, label in decoded))
+    names, source = _class_names(path, int(label_values.max()) + 1)
+    if label_values.min() < 0 or label_values.max() >= len(names):
+        raise ConversionError(f"{path} has labels outside 0..{len(names) - 1}, the class list of its sidecar")
+    counts = np.bincount(label_values, minlength=len(names))
+    lines = [f"{path}: {count} records, fields {reader.field_names}",
+             f"classes: {len(names)} ({source})", *histogram_lines(counts, names),
+             *size_lines(path, image_metadata(reader))]
+
+    indices = spread_indices(count)
+    full_size = [read_image(reader, index) for index in indices]
+    lines.append(f"decoded {len(full_size)} records at their stored size through FFCV's reader: "
+                 + ", ".join(f"#{index} {image.shape[1]}x{image.shape[0]}" for index, image in zip(indices, full_size)))
+    images, decoded_labels = decode_samples(path, indices)
+    if decoded_labels.tolist() != label_values[indices].tolist():
+        raise ConversionError(f"{path}: labels read through FFCV's Loader differ from its metadata")
+    lines.append(f"and through FFCV's Loader (centre {DECODE_SIDE} px), record: label, mean pixel:")
+    lines.append("  " + "; ".join(f"#{index}: {names[label]}, {image.mean():.0f}"
+                                  for index, label, image in zip(indices, decoded_labels, images)))
     return "\n".join(lines)

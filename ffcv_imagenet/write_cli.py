@@ -4,107 +4,138 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
-from .conversion import ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder
+from .conversion import WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder
 from .demo_data import make_demo_imagefolder
 
+PROG = "write_datasets.py"
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C
 DEFAULTS = ConversionSettings()
-DEMO_MAX_RESOLUTION = 256  # demo images are at most 360 px; small records keep the demo quick
+DEMO_MAX_RESOLUTION = 256  # demo images are at most 540 px; small records keep the demo quick
+DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS = 10, 80, 20
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix(PROG).strip()  # "convert" for a subcommand's parser
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_ERROR, f"{PROG}: error: {where}{message} (see {self.prog} -h)\n")
 
 
 def _conversion_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("conversion settings (defaults: ffcv-imagenet's ResNet-50 data)")
-    group.add_argument("--write-mode", default=DEFAULTS.write_mode, choices=("raw", "jpg", "proportion", "smart"),
-                       help="how records are stored (proportion: a compress-probability share as JPEG)")
-    group.add_argument("--max-resolution", type=int, default=DEFAULTS.max_resolution,
-                       help="longest stored side in pixels")
-    group.add_argument("--compress-probability", type=float, default=DEFAULTS.compress_probability,
-                       help="share of images stored as JPEG in proportion mode")
-    group.add_argument("--jpeg-quality", type=int, default=DEFAULTS.jpeg_quality)
-    group.add_argument("--workers", type=int, default=DEFAULTS.num_workers, help="processes; 0 = all cores")
-    group.add_argument("--chunk-size", type=int, default=DEFAULTS.chunk_size, help="images per work unit")
-    group.add_argument("--max-per-class", type=int, default=DEFAULTS.max_per_class,
-                       help="keep at most N images per class (0 = all)")
-    group.add_argument("--subset", type=int, default=DEFAULTS.subset,
-                       help="a fixed-seed random subset of N images (0 = all)")
-    group.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of --subset")
+    group.add_argument("--write-mode", default=DEFAULTS.write_mode, choices=WRITE_MODES,
+                       help="how records are stored: raw pixels, JPEG, a --compress-probability share as "
+                            "JPEG (proportion), or JPEG above --smart-threshold bytes (smart); "
+                            "default %(default)s")
+    group.add_argument("--max-resolution", type=int, default=DEFAULTS.max_resolution, metavar="N",
+                       help="longest stored side in pixels; default %(default)s")
+    group.add_argument("--compress-probability", type=float, default=DEFAULTS.compress_probability, metavar="P",
+                       help="share of images stored as JPEG in proportion mode; default %(default)s")
+    group.add_argument("--jpeg-quality", type=int, default=DEFAULTS.jpeg_quality, metavar="Q",
+                       help="quality of re-encoded JPEG records; default %(default)s")
+    group.add_argument("--smart-threshold", type=int, default=DEFAULTS.smart_threshold, metavar="BYTES",
+                       help="smart mode: store as JPEG when the raw record exceeds this many bytes")
+    group.add_argument("--workers", type=int, default=DEFAULTS.num_workers, metavar="N",
+                       help="processes that decode and encode; default 0 = all cores")
+    group.add_argument("--chunk-size", type=int, default=DEFAULTS.chunk_size, metavar="N",
+                       help="images per work unit; default %(default)s")
+    group.add_argument("--max-per-class", type=int, default=DEFAULTS.max_per_class, metavar="N",
+                       help="keep the first N readable images (name order) of each class; default 0 = all")
+    group.add_argument("--subset", type=int, default=DEFAULTS.subset, metavar="N",
+                       help="a fixed-seed random subset of N images; default 0 = all")
+    group.add_argument("--seed", type=int, default=DEFAULTS.seed, metavar="S",
+                       help="seed of --subset and of proportion mode's JPEG-or-raw draw; default %(default)s")
 
 
-def _settings(args: argparse.Namespace, **changes: object) -> ConversionSettings:
-    values = dict(write_mode=args.write_mode, max_resolution=args.max_resolution,
-                  compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,
-                  num_workers=args.workers, chunk_size=args.chunk_size, max_per_class=args.max_per_class,
-                  subset=args.subset, seed=args.seed)
-    values.update(changes)
-    return ConversionSettings(**values)  # type: ignore[arg-type]
+def _settings(args: argparse.Namespace) -> ConversionSettings:
+    return ConversionSettings(write_mode=args.write_mode, max_resolution=args.max_resolution,
+                              compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,
+                              smart_threshold=args.smart_threshold, num_workers=args.workers,
+                              chunk_size=args.chunk_size, max_per_class=args.max_per_class, subset=args.subset,
+                              seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="write_datasets.py", description="ImageFolder trees -> FFCV .beton files")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog=PROG, description="ImageFolder trees -> FFCV .beton files, and checks of them")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{convert,imagenet,inspect,demo}")
 
     convert = commands.add_parser("convert", help="one ImageFolder root -> one .beton")
     convert.add_argument("root", type=Path, help="folder of class folders: ROOT/<class>/<image>")
-    convert.add_argument("out", type=Path, help="output .beton (a .json and a .skipped report go beside it)")
-    convert.add_argument("--class-map", type=Path, help="the train .beton whose class indices this set must use")
+    convert.add_argument("out", type=Path, help="output .beton (OUT.json and OUT.skipped are written beside it)")
+    convert.add_argument("--class-map", type=Path, metavar="TRAIN.beton",
+                         help="the train .beton (or its .json) whose class indices this set must use")
     _conversion_options(convert)
 
     imagenet = commands.add_parser("imagenet", help="IMAGENET_DIR/{train,val} -> OUT_DIR/{train,val}.beton")
-    imagenet.add_argument("imagenet_dir", type=Path)
+    imagenet.add_argument("imagenet_dir", type=Path, help="holds train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
     imagenet.add_argument("out_dir", type=Path)
     _conversion_options(imagenet)
 
-    inspect = commands.add_parser("inspect", help="counts, label histogram, sizes and a few decodes of a .beton")
+    inspect = commands.add_parser("inspect", help="record count, label histogram, sizes and a few decodes")
     inspect.add_argument("beton", type=Path)
 
     demo = commands.add_parser("demo", help="make the built-in demo ImageFolder and convert it")
-    demo.add_argument("out_dir", type=Path)
-    demo.add_argument("--classes", type=int, default=10)
-    demo.add_argument("--train-per-class", type=int, default=80)
-    demo.add_argument("--val-per-class", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--workers", type=int, default=0)
+    demo.add_argument("out_dir", type=Path, help="gets images/{train,val}, train.beton and val.beton")
+    demo.add_argument("--classes", type=int, default=DEMO_CLASSES, help="default %(default)s")
+    demo.add_argument("--train-per-class", type=int, default=DEMO_TRAIN_PER_CLASS, help="default %(default)s")
+    demo.add_argument("--val-per-class", type=int, default=DEMO_VAL_PER_CLASS, help="default %(default)s")
+    demo.add_argument("--seed", type=int, default=0, help="same seed, same images; default %(default)s")
+    demo.add_argument("--workers", type=int, default=0, help="default 0 = all cores")
     return parser
 
 
-def _convert_pair(train_root: Path, val_root: Path, out_dir: Path, settings: ConversionSettings) -> None:
-    for split, root in (("train", train_root), ("val", val_root)):
+def convert_pair(train_root: Path, val_root: Path, out_dir: Path, settings: ConversionSettings,
+                 progress: bool = True) -> tuple[ConversionSummary, ConversionSummary]:
+    """train -> out_dir/train.beton, then val -> out_dir/val.beton with train's class indices."""
+    for root in (train_root, val_root):
         if not root.is_dir():
-            raise ConversionError(f"{root} does not exist: expected the ImageNet layout {root.parent}/{{train,val}}")
+            raise ConversionError(f"{root} does not exist: expected {root.parent}/train and {root.parent}/val")
     train = out_dir / "train.beton"
-    _report(convert_imagefolder(train_root, train, settings))
-    _report(convert_imagefolder(val_root, out_dir / "val.beton", settings, class_map=train))
+    train_summary = convert_imagefolder(train_root, train, settings, progress=progress)
+    _report(train_summary)
+    val_summary = convert_imagefolder(val_root, out_dir / "val.beton", settings, class_map=train, progress=progress)
+    _report(val_summary)
+    return train_summary, val_summary
 
 
 def _report(summary: ConversionSummary) -> None:
     print(summary, flush=True)
 
 
+def _demo(args: argparse.Namespace) -> None:
+    settings = ConversionSettings(max_resolution=DEMO_MAX_RESOLUTION, num_workers=args.workers)
+    images = make_demo_imagefolder(args.out_dir / "images", num_classes=args.classes,
+                                   train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                                   seed=args.seed)
+    convert_pair(images / "train", images / "val", args.out_dir, settings)
+
+
 def run(args: argparse.Namespace) -> None:
     if args.command == "convert":
         _report(convert_imagefolder(args.root, args.out, _settings(args), class_map=args.class_map))
     elif args.command == "imagenet":
-        _convert_pair(args.imagenet_dir / "train", args.imagenet_dir / "val", args.out_dir, _settings(args))
+        convert_pair(args.imagenet_dir / "train", args.imagenet_dir / "val", args.out_dir, _settings(args))
     elif args.command == "inspect":
-        from .inspection import report
-        print(report(args.beton))
+        from .inspection import report  # imports FFCV's loader: only when needed
+        print(report(args.beton), flush=True)
     elif args.command == "demo":
-        images = make_demo_imagefolder(args.out_dir / "images", num_classes=args.classes,
-                                       train_per_class=args.train_per_class,
-                                       val_per_class=args.val_per_class, seed=args.seed)
-        settings = ConversionSettings(max_resolution=DEMO_MAX_RESOLUTION, num_workers=args.workers)
-        _convert_pair(images / "train", images / "val", args.out_dir, settings)
+        _demo(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``write_datasets.py``: 0 on success, 2 on a bad input (one line on stderr)."""
     args = build_parser().parse_args(argv)
     try:
         run(args)
     except (ConversionError, OSError, ValueError) as err:
-        print(f"write_datasets.py: error: {err}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        print("write_datasets.py: interrupted; no partial .beton was left behind", file=sys.stderr)
-        return 130
+        print(f"{PROG}: interrupted; no partial .beton was left behind", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0

@@ -1,15 +1,21 @@
-"""Conversion on real files: dirty inputs, round trip, class maps, errors, interruption."""
+"""Conversion on real files: round trip through FFCV's Loader, class maps, selection, write modes,
+and the command line (errors before work, a full disk, Ctrl-C, inspect, imagenet, demo)."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import resource
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import SimpleRGBImageDecoder
@@ -17,137 +23,61 @@ from ffcv.loader import Loader, OrderOption
 from PIL import Image
 
 from ffcv_imagenet.conversion import (ConversionError, ConversionSettings, convert_imagefolder, load_class_names,
-                                      load_rgb, sidecar_path, skipped_report_path)
-from ffcv_imagenet.inspection import labels, open_beton
+                                      sidecar_path, skipped_report_path)
+from ffcv_imagenet.inspection import image_metadata, labels, open_beton
 
 REPO = Path(__file__).resolve().parents[1]
-RNG = np.random.default_rng(0)
+JPEG_TOLERANCE = 4.0  # mean absolute difference after one JPEG round trip at quality 90
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+WRITING = re.compile(r"write train\.beton: +\d+%\|[^|]*\| *[1-9]\d*/")  # the write bar, past its first image
 
 
-def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Smooth colour field with grain: compresses like a photograph, not like noise."""
+def photo(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth colour field with a little grain: compresses like a photograph."""
     rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
-    return np.clip(np.asarray(coarse) + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)
+    coarse = Image.fromarray(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    return np.clip(np.asarray(coarse) + rng.normal(0, 2, (height, width, 3)), 0, 255).astype(np.uint8)
 
 
-def save(path: Path, image: Image.Image, **kwargs: object) -> Path:
+def save(path: Path, pixels: np.ndarray, **kwargs: object) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, **kwargs)
+    Image.fromarray(pixels).save(path, **kwargs)
     return path
 
 
-# name -> (expected in .beton?, builder(path))
-def build_dirty_tree(root: Path) -> dict[str, bool]:
-    a, b = root / "class_a", root / "class_b"
-    good = save(a / "good_upper.JPEG", Image.fromarray(photo(60, 80, 1)), quality=90)
-    save(a / "cmyk.jpg", Image.fromarray(photo(50, 70, 2)).convert("CMYK"), quality=90)
-    save(a / "gray.jpg", Image.fromarray(photo(40, 40, 3)).convert("L"), quality=90)
-    data = good.read_bytes()
-    (a / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (a / "empty.jpg").write_bytes(b"")
-    (a / "garbage.jpg").write_bytes(RNG.integers(0, 256, 3000, dtype=np.uint8).tobytes())
-    (a / "README.txt").write_text("not an image")
-    (a / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    save(a / ".hidden.jpg", Image.fromarray(photo(30, 30, 4)), quality=90)
-    save(a / "palette.png", Image.fromarray(photo(32, 48, 5)).convert("P", palette=Image.ADAPTIVE))
-    rgba = np.zeros((20, 20, 4), dtype=np.uint8)
-    rgba[:10, :, :] = (255, 0, 0, 255)  # top half opaque red, bottom half fully transparent
-    save(a / "rgba.png", Image.fromarray(rgba, "RGBA"))
-    grey16 = np.full((16, 16), 65535, dtype=np.uint16)
-    grey16[8:] = 32768
-    save(a / "grey16.png", Image.fromarray(grey16))
-    save(b / "one_pixel.png", Image.fromarray(np.full((1, 1, 3), 200, dtype=np.uint8)))
-    save(b / "large.jpg", Image.fromarray(photo(3000, 4000, 6)), quality=85)
-    save(b / "bitmap.bmp", Image.fromarray(photo(30, 40, 7)))
-    save(b / "web.webp", Image.fromarray(photo(30, 40, 8)))
-    outside = save(root.parent / "elsewhere" / "target.jpg", Image.fromarray(photo(30, 40, 9)), quality=90)
-    os.symlink(outside, b / "linked.jpg")
-    os.symlink(root.parent / "elsewhere" / "missing.jpg", b / "dangling.jpg")
-    return {"good_upper.JPEG": True, "cmyk.jpg": True, "gray.jpg": True, "truncated.jpg": False,
-            "empty.jpg": False, "garbage.jpg": False, "README.txt": False, ".DS_Store": False,
-            ".hidden.jpg": False, "palette.png": True, "rgba.png": True, "grey16.png": True,
-            "one_pixel.png": True, "large.jpg": True, "bitmap.bmp": True, "web.webp": True,
-            "linked.jpg": True, "dangling.jpg": False}
+def make_tree(root: Path, classes: dict[str, int], size: tuple[int, int] = (24, 32)) -> dict[tuple[str, int], np.ndarray]:
+    """PNG ImageFolder: {class name: image count}; returns the pixels of every file."""
+    pixels = {}
+    for index, (name, count) in enumerate(sorted(classes.items())):
+        for k in range(count):
+            pixels[name, k] = photo(*size, seed=100 * index + k)
+            save(root / name / f"{k:03d}.png", pixels[name, k])
+    return pixels
 
 
-@pytest.fixture(scope="module")
-def dirty(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    base = tmp_path_factory.mktemp("dirty")
-    root = base / "tree"
-    expected = build_dirty_tree(root)
-    out = base / "out" / "dirty.beton"
-    summary = convert_imagefolder(root, out, ConversionSettings(max_resolution=500, num_workers=2), progress=False)
-    return {"root": root, "expected": expected, "out": out, "summary": summary}
-
-
-def test_dirty_files_are_skipped_and_reported(dirty: dict) -> None:
-    report = skipped_report_path(dirty["out"]).read_text().splitlines()
-    skipped_names = {Path(line.split("\t")[0]).name: line.split("\t")[1] for line in report}
-    bad = {name for name, ok in dirty["expected"].items() if not ok}
-    assert set(skipped_names) == bad
-    assert "truncated" in skipped_names["truncated.jpg"]
-    assert skipped_names["empty.jpg"] == "empty file"
-    assert "unreadable" in skipped_names["garbage.jpg"]
-    assert skipped_names[".hidden.jpg"] == "hidden file"
-    assert "extension" in skipped_names["README.txt"]
-    assert "symbolic link" in skipped_names["dangling.jpg"]
-    assert dirty["summary"].skipped == len(bad)
-
-
-def test_good_files_become_records_with_their_labels(dirty: dict) -> None:
-    reader = open_beton(dirty["out"])
-    good_per_class = {"class_a": 0, "class_b": 0}
-    for name, ok in dirty["expected"].items():
-        if ok:
-            folder = "class_a" if (dirty["root"] / "class_a" / name).exists() else "class_b"
-            good_per_class[folder] += 1
-    assert reader.num_samples == dirty["summary"].images == sum(good_per_class.values())
-    assert np.bincount(labels(reader)).tolist() == [good_per_class["class_a"], good_per_class["class_b"]]
-    meta = json.loads(sidecar_path(dirty["out"]).read_text())
-    assert meta["classes"] == ["class_a", "class_b"] and meta["num_images"] == reader.num_samples
-    assert meta["settings"]["max_resolution"] == 500
-
-
-def test_large_photo_is_stored_at_max_resolution(dirty: dict) -> None:
-    reader = open_beton(dirty["out"])
-    meta = reader.metadata["f0"]
-    assert max(int(meta["width"].max()), int(meta["height"].max())) == 500
-
-
-def test_odd_modes_decode_to_sensible_rgb(dirty: dict) -> None:
-    a = dirty["root"] / "class_a"
-    rgba = load_rgb(str(a / "rgba.png"), 500)
-    assert rgba.shape == (20, 20, 3) and rgba.dtype == np.uint8
-    assert (rgba[:10] == (255, 0, 0)).all() and (rgba[10:] == 255).all()  # transparent -> white
-    grey16 = load_rgb(str(a / "grey16.png"), 500)
-    assert (grey16[:8] == 255).all() and (np.abs(grey16[8:].astype(int) - 127) <= 1).all()
-    gray = load_rgb(str(a / "gray.jpg"), 500)
-    assert gray.shape == (40, 40, 3) and (gray[..., 0] == gray[..., 2]).all()
-    cmyk = load_rgb(str(a / "cmyk.jpg"), 500)
-    original = np.asarray(Image.open(a / "good_upper.JPEG"))  # different image, so only check range/shape
-    assert cmyk.shape == (50, 70, 3) and original.ndim == 3 and 20 < cmyk.mean() < 235
-    palette = load_rgb(str(a / "palette.png"), 500)
-    assert palette.shape == (32, 48, 3)
-
-
-def test_round_trip_pixels_and_labels(tmp_path: Path) -> None:
-    """Raw records: every pixel and label read back through FFCV's Loader equals the source."""
-    sources = {}
-    for label, name in enumerate(("cat", "dog", "emu")):
-        for k in range(4):
-            pixels = photo(24, 32, seed=10 * label + k)
-            path = save(tmp_path / "tree" / name / f"{k}.png", Image.fromarray(pixels))
-            sources[(label, k)] = (path, pixels)
-    out = tmp_path / "rt.beton"
-    convert_imagefolder(tmp_path / "tree", out, ConversionSettings(write_mode="raw", num_workers=2), progress=False)
-    loader = Loader(str(out), batch_size=12, num_workers=1, order=OrderOption.SEQUENTIAL,
+def load_all(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every record, in order, through FFCV's Loader (images of one size)."""
+    count = open_beton(path).num_samples
+    loader = Loader(str(path), batch_size=count, num_workers=1, order=OrderOption.SEQUENTIAL,
                     pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
     images, label_batch = next(iter(loader))
+    return np.asarray(images), np.asarray(label_batch[:, 0])
+
+
+def test_round_trip_raw_is_exact_and_jpg_is_close(tmp_path: Path) -> None:
+    sources = make_tree(tmp_path / "tree", {"cat": 4, "dog": 4, "emu": 4})
+    expected_labels = [["cat", "dog", "emu"].index(name) for name, _ in sorted(sources)]
     expected = [sources[key] for key in sorted(sources)]  # class order, then file name order
-    assert label_batch[:, 0].tolist() == [key[0] for key in sorted(sources)]
-    for image, (_, pixels) in zip(images, expected):
-        np.testing.assert_array_equal(image, pixels)
+    for mode in ("raw", "jpg"):
+        out = tmp_path / f"{mode}.beton"
+        convert_imagefolder(tmp_path / "tree", out, ConversionSettings(write_mode=mode, num_workers=2), progress=False)
+        images, label_values = load_all(out)
+        assert label_values.tolist() == expected_labels
+        for image, pixels in zip(images, expected):
+            if mode == "raw":
+                np.testing.assert_array_equal(image, pixels)
+            else:
+                assert np.abs(image.astype(int) - pixels).mean() <= JPEG_TOLERANCE
 
 
 def test_val_follows_train_class_map(demo_betons: dict, demo_root: Path) -> None:
@@ -155,76 +85,221 @@ def test_val_follows_train_class_map(demo_betons: dict, demo_root: Path) -> None
     assert load_class_names(demo_betons["train"]) == sorted(p.name for p in (demo_root / "train").iterdir())
 
 
+def test_val_lacking_a_class_keeps_train_indices(tmp_path: Path) -> None:
+    make_tree(tmp_path / "train", {"cat": 2, "dog": 2, "emu": 2})
+    make_tree(tmp_path / "val", {"dog": 2, "emu": 1})
+    settings = ConversionSettings(num_workers=1)
+    convert_imagefolder(tmp_path / "train", tmp_path / "train.beton", settings, progress=False)
+    # the class map may name the .beton or its sidecar
+    for class_map in (tmp_path / "train.beton", sidecar_path(tmp_path / "train.beton")):
+        convert_imagefolder(tmp_path / "val", tmp_path / "val.beton", settings, class_map=class_map, progress=False)
+        assert labels(open_beton(tmp_path / "val.beton")).tolist() == [1, 1, 2]
+        assert load_class_names(tmp_path / "val.beton") == ["cat", "dog", "emu"]
+
+
 def test_val_class_missing_from_train_is_refused(tmp_path: Path, demo_betons: dict) -> None:
-    save(tmp_path / "val" / "n99999999" / "x.jpg", Image.fromarray(photo(20, 20)), quality=90)
+    save(tmp_path / "val" / "n99999999" / "x.jpg", photo(20, 20, 0), quality=90)
     with pytest.raises(ConversionError, match="n99999999"):
         convert_imagefolder(tmp_path / "val", tmp_path / "v.beton", class_map=demo_betons["train"], progress=False)
+    assert not (tmp_path / "v.beton").exists()
 
 
-def test_cap_and_subset_are_deterministic(demo_root: Path, tmp_path: Path) -> None:
-    capped = convert_imagefolder(demo_root / "train", tmp_path / "cap.beton",
-                                 ConversionSettings(max_per_class=3, num_workers=2), progress=False)
-    assert capped.images == 3 * len(load_class_names(tmp_path / "cap.beton"))
-    first = convert_imagefolder(demo_root / "train", tmp_path / "s1.beton",
-                                ConversionSettings(subset=10, seed=5, num_workers=2), progress=False)
-    second = convert_imagefolder(demo_root / "train", tmp_path / "s2.beton",
-                                 ConversionSettings(subset=10, seed=5, num_workers=2), progress=False)
-    assert first.images == second.images == 10
-    assert labels(open_beton(tmp_path / "s1.beton")).tolist() == labels(open_beton(tmp_path / "s2.beton")).tolist()
+def test_sidecar_must_match_its_beton(tmp_path: Path, demo_betons: dict) -> None:
+    copy = tmp_path / "train.beton"
+    shutil.copy(demo_betons["train"], copy)
+    with pytest.raises(ConversionError, match="is missing"):
+        load_class_names(copy)
+    shutil.copy(sidecar_path(demo_betons["val"]), sidecar_path(copy))  # another conversion's sidecar
+    with pytest.raises(ConversionError, match="different conversions"):
+        load_class_names(copy)
 
 
+def test_cap_probes_only_the_files_it_keeps(tmp_path: Path) -> None:
+    make_tree(tmp_path / "tree", {"a": 5, "b": 5})
+    for name in ("a", "b"):
+        (tmp_path / "tree" / name / "zzz_garbage.png").write_bytes(b"not a png at all")
+    (tmp_path / "tree" / "a" / "001.png").write_bytes(b"")  # within the cap: skipped, next file taken
+    out = tmp_path / "cap.beton"
+    summary = convert_imagefolder(tmp_path / "tree", out, ConversionSettings(max_per_class=3, num_workers=2),
+                                  progress=False)
+    assert summary.images == 6 and labels(open_beton(out)).tolist() == [0, 0, 0, 1, 1, 1]
+    report = skipped_report_path(out).read_text()
+    assert "001.png\tempty file" in report and "zzz_garbage" not in report  # never opened
+
+
+def test_subset_is_exact_seeded_and_probes_lazily(tmp_path: Path) -> None:
+    make_tree(tmp_path / "tree", {"a": 10, "b": 10, "c": 10})
+    (tmp_path / "tree" / "c" / "005.png").write_bytes(b"")
+    chosen = {}
+    for name, seed in (("first", 5), ("again", 5), ("other", 6)):
+        out = tmp_path / f"{name}.beton"
+        summary = convert_imagefolder(tmp_path / "tree", out, ConversionSettings(subset=12, seed=seed, num_workers=2),
+                                      progress=False)
+        assert summary.images == 12
+        meta = image_metadata(open_beton(out))
+        chosen[name] = (labels(open_beton(out)).tolist(), meta["mode"].tolist(), meta["width"].tolist())
+    assert chosen["first"] == chosen["again"]  # same subset, same JPEG-or-raw choice per record
+    assert chosen["first"] != chosen["other"]
+    assert chosen["first"][0] == sorted(chosen["first"][0])  # written in class order
+
+
+def test_smart_mode_needs_a_threshold_and_follows_it(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="smart threshold"):
+        ConversionSettings(write_mode="smart")
+    save(tmp_path / "tree" / "x" / "small.png", photo(20, 20, 1))
+    save(tmp_path / "tree" / "x" / "large.png", photo(200, 200, 2))
+    out = tmp_path / "smart.beton"
+    settings = ConversionSettings(write_mode="smart", smart_threshold=20 * 20 * 3 + 1, num_workers=1)
+    convert_imagefolder(tmp_path / "tree", out, settings, progress=False)
+    assert image_metadata(open_beton(out))["mode"].tolist() == [0, 1]  # large.png as JPEG, small.png raw
+
+
+# ---------------------------------------------------------------- command line
 def run_cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "write_datasets.py"), *args],
-                          capture_output=True, text=True, **kwargs)
+    return subprocess.run([sys.executable, str(REPO / "write_datasets.py"), *args], capture_output=True, text=True,
+                          **kwargs)
 
 
-@pytest.mark.parametrize("case", ["missing_root", "no_class_folders", "class_without_images", "unwritable_output",
-                                  "bad_option"])
+def assert_one_error_line(result: subprocess.CompletedProcess, code: int = EXIT_ERROR) -> str:
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "img/s" not in line]
+    assert len(lines) == 1 and lines[0].startswith("write_datasets.py:"), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [path for path in folder.iterdir() if path.name.endswith(".tmp")] if folder.is_dir() else []
+
+
+ERROR_CASES = {
+    "missing_root": "does not exist",
+    "no_class_folders": "no class folders",
+    "class_without_image_files": "holds no image file",
+    "class_without_readable_images": "holds no readable image",
+    "output_parent_is_a_file": "cannot write",
+    "output_is_a_folder": "is a folder",
+    "bad_option_value": "JPEG quality",
+    "unknown_option": "unrecognized arguments",
+    "class_map_without_sidecar": "is missing",
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_errors_before_work_are_one_line(case: str, tmp_path: Path) -> None:
     root, out = tmp_path / "root", tmp_path / "out" / "x.beton"
-    if case == "no_class_folders":
-        save(root / "loose.jpg", Image.fromarray(photo(20, 20)), quality=90)
-    if case in ("class_without_images", "unwritable_output", "bad_option"):
-        save(root / "good" / "a.jpg", Image.fromarray(photo(20, 20)), quality=90)
-    if case == "class_without_images":
+    extra: list[str] = []
+    if case != "missing_root":
+        save(root / ("loose.jpg" if case == "no_class_folders" else "good/a.jpg"), photo(20, 20, 0), quality=90)
+    if case == "class_without_image_files":
         (root / "empty_class").mkdir()
         (root / "empty_class" / "notes.txt").write_text("x")
-    if case == "unwritable_output":
+    if case == "class_without_readable_images":
+        (root / "broken_class").mkdir()
+        (root / "broken_class" / "a.jpg").write_bytes(b"")
+        (root / "broken_class" / "b.png").write_bytes(b"garbage")
+    if case == "output_parent_is_a_file":
         (tmp_path / "a_file").write_text("x")
         out = tmp_path / "a_file" / "x.beton"
-    extra = ["--jpeg-quality", "0"] if case == "bad_option" else []
-    result = run_cli("convert", str(root), str(out), "--workers", "1", *extra)
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and errors[0].startswith("write_datasets.py: error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    assert not out.exists()
+    if case == "output_is_a_folder":
+        out.mkdir(parents=True)
+    extra = {"bad_option_value": ["--jpeg-quality", "0"], "unknown_option": ["--nope"],
+             "class_map_without_sidecar": ["--class-map", str(tmp_path / "train.beton")]}.get(case, [])
+    line = assert_one_error_line(run_cli("convert", str(root), str(out), "--workers", "1", *extra))
+    assert ERROR_CASES[case] in line
+    assert not out.is_file() and not leftovers(out.parent)
 
 
-def test_inspect_prints_counts_histogram_and_decodes(demo_betons: dict) -> None:
-    result = run_cli("inspect", str(demo_betons["train"]))
-    assert result.returncode == 0, result.stderr
-    assert "records" in result.stdout and "label histogram" in result.stdout and "decoded the first" in result.stdout
-    count = open_beton(demo_betons["train"]).num_samples
-    assert f"{count} records" in result.stdout
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """A file-size limit makes every write past 1 MiB fail as a full disk would (EFBIG instead of ENOSPC)."""
+    make_tree(tmp_path / "tree", {"a": 3, "b": 3})
+    out = tmp_path / "out" / "x.beton"
+    limit = 1 << 20
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = run_cli("convert", str(tmp_path / "tree"), str(out), "--workers", "2", preexec_fn=limit_file_size,
+                     timeout=120)
+    assert "File too large" in assert_one_error_line(result)
+    assert not out.exists() and not leftovers(out.parent)
 
 
-def test_interrupted_conversion_leaves_nothing_behind(tmp_path: Path) -> None:
-    for k in range(240):
-        save(tmp_path / "tree" / f"c{k % 3}" / f"{k}.jpg", Image.fromarray(photo(700, 900, seed=k)), quality=90)
+def test_ctrl_c_leaves_nothing_and_keeps_the_previous_file(tmp_path: Path) -> None:
+    # 1,200 files (hard links to a few photos): seconds of work on one worker
+    for k in range(8):
+        save(tmp_path / "seed" / f"{k}.jpg", photo(700, 900, seed=k), quality=90)
+    for k in range(1200):
+        folder = tmp_path / "tree" / f"c{k % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.link(tmp_path / "seed" / f"{k % 8}.jpg", folder / f"{k:04d}.jpg")
     out = tmp_path / "out" / "train.beton"
     out.parent.mkdir()
     out.write_bytes(b"previous good file")
     process = subprocess.Popen([sys.executable, str(REPO / "write_datasets.py"), "convert", str(tmp_path / "tree"),
                                 str(out), "--workers", "1", "--chunk-size", "4", "--write-mode", "jpg"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 60
-    while not list(out.parent.glob(".train.beton.*.tmp")) and time.time() < deadline:
-        time.sleep(0.05)
-    assert list(out.parent.glob(".train.beton.*.tmp")), "conversion never started writing"
-    time.sleep(0.5)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    stderr = bytearray()
+
+    def drain() -> None:  # keep the pipe flowing and the bar readable while we wait
+        while chunk := os.read(process.stderr.fileno(), 4096):
+            stderr.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    deadline = time.time() + 120
+    while not WRITING.search(stderr.decode(errors="replace")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None and leftovers(out.parent), f"never caught writing: {stderr.decode()[-300:]}"
+    tree = psutil.Process(process.pid)
+    workers = tree.children(recursive=True)
+    shared = {m.path for p in [tree, *workers] for m in p.memory_maps() if m.path.startswith("/dev/shm/")}
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     process.wait(timeout=60)
-    assert process.returncode != 0
+    reader.join(timeout=10)
+    result = subprocess.CompletedProcess([], process.returncode, "", stderr.decode(errors="replace"))
+    assert "interrupted" in assert_one_error_line(result, EXIT_INTERRUPTED)
     assert out.read_bytes() == b"previous good file"
-    assert not list(out.parent.glob("*.tmp")) and not sidecar_path(out).exists()
+    assert not leftovers(out.parent) and not sidecar_path(out).exists()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, "writer processes outlived the conversion"
+    assert shared and not [path for path in shared if os.path.exists(path)], "shared memory left behind"
+
+
+def test_inspect_prints_counts_histogram_sizes_and_decodes(demo_betons: dict) -> None:
+    result = run_cli("inspect", str(demo_betons["train"]))
+    assert result.returncode == 0, result.stderr
+    reader = open_beton(demo_betons["train"])
+    counts = np.bincount(labels(reader))
+    heights = image_metadata(reader)["height"]
+    assert f"{reader.num_samples} records" in result.stdout
+    assert f"classes: {len(counts)}" in result.stdout
+    for name, count in zip(load_class_names(demo_betons["train"]), counts):
+        assert f"{name} {count:8d}" in result.stdout  # one histogram row per class
+    assert f"stored height: min {heights.min()} / mean {heights.mean():.0f} / max {heights.max()}" in result.stdout
+    assert "through FFCV's reader" in result.stdout and "through FFCV's Loader" in result.stdout
+
+
+def test_inspect_of_a_foreign_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "x.beton").write_bytes(b"\x00" * 100)
+    assert "not a readable .beton" in assert_one_error_line(run_cli("inspect", str(tmp_path / "x.beton")))
+
+
+def test_imagenet_command_converts_train_then_val_with_its_class_map(demo_root: Path, tmp_path: Path) -> None:
+    result = run_cli("imagenet", str(demo_root), str(tmp_path / "out"), "--max-per-class", "2", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("wrote")]
+    assert len(summaries) == 2 and all("classes" in line and "img/s" in line and "KiB per image" in line
+                                       for line in summaries)
+    train, val = tmp_path / "out" / "train.beton", tmp_path / "out" / "val.beton"
+    assert load_class_names(val) == load_class_names(train)
+    assert json.loads(sidecar_path(val).read_text())["settings"]["max_per_class"] == 2
+
+
+def test_demo_command_makes_and_converts_the_demo_folder(tmp_path: Path) -> None:
+    result = run_cli("demo", str(tmp_path), "--classes", "2", "--train-per-class", "3", "--val-per-class", "2")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["train", "val"]
+    for split, count in (("train", 6), ("val", 4)):
+        sidecar = json.loads(sidecar_path(tmp_path / f"{split}.beton").read_text())
+        assert sidecar["num_images"] == count and sidecar["settings"]["max_resolution"] == 256

@@ -1,0 +1,181 @@
+"""Source images on disk: finding them, rejecting bad ones cheaply, decoding good ones to RGB.
+
+Finding: every file under a class folder is a candidate or is reported with a
+reason (hidden, not an image extension, broken link, not a regular file).
+Rejecting: ``probe`` reads headers and the last few KiB, never a full JPEG/PNG
+decode, so checking a million files costs little next to converting them.
+Decoding: ``load_rgb`` decodes once, at a reduced DCT scale when the JPEG is
+larger than its stored size, into an HxWx3 uint8 RGB array whatever the mode.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
+JPEG_EOI = b"\xff\xd9"
+JPEG_TAIL_BYTES = 4096  # some cameras append bytes after the end-of-image marker
+WHITE = (255, 255, 255)  # transparent pixels are composited over white
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+UINT16_TO_UINT8 = 257  # 65535 / 255
+DCT_EIGHTHS = 8  # libjpeg can decode a JPEG at M/8 of its size, M = 1..8, for a fraction of the work
+TURBOJPEG_MODES = ("RGB", "L")  # YCbCr and greyscale JPEGs; CMYK ones go through PIL
+LINEAR_FINISH_MIN_RATIO = 0.8  # a bilinear downscale by more than this (ratio below) would alias
+
+Sample = tuple[str, int]  # (path, label)
+Skipped = tuple[str, str]  # (path, reason)
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def scan_class(folder: Path, label: int) -> tuple[list[Sample], list[Skipped]]:
+    """Candidate images under one class folder, recursively and in name order, links followed."""
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        skipped += [(os.path.join(dirpath, d), "hidden folder (not read)") for d in sorted(dirnames) if is_hidden(d)]
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            reason = _not_a_candidate(path, name)
+            if reason:
+                skipped.append((path, reason))
+            else:
+                samples.append((path, label))
+    return samples, skipped
+
+
+def _not_a_candidate(path: str, name: str) -> str | None:
+    if is_hidden(name):
+        return "hidden file"
+    if not name.lower().endswith(IMAGE_EXTENSIONS):
+        return "not an image file extension"
+    if not os.path.exists(path):
+        return "broken symbolic link"
+    if not os.path.isfile(path):
+        return "not a regular file"  # a FIFO named x.jpg would block the reader
+    return None
+
+
+def _jpeg_is_complete(path: str) -> bool:
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - JPEG_TAIL_BYTES))
+        return JPEG_EOI in handle.read()
+
+
+def _describe(err: Exception) -> str:
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def probe(path: str) -> str | None:
+    """Why ``path`` cannot be converted, or None. Cheap: headers, PNG CRCs, a JPEG's tail."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            width, height = image.size
+            kind = image.format
+            if kind == "PNG":
+                image.verify()  # every chunk's CRC: catches truncation and bit rot
+            elif kind != "JPEG":
+                image.load()  # rare formats: a full decode is the only reliable check
+        if kind == "JPEG" and not _jpeg_is_complete(path):
+            return "truncated JPEG (no end-of-image marker)"
+        if width < 1 or height < 1:
+            return f"degenerate size {width}x{height}"
+    except Exception as err:  # PIL raises many types for garbage input
+        return f"unreadable image: {_describe(err)}"
+    return None
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> HxWx3 uint8 RGB (16-bit scaled down, alpha over white)."""
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
+        # PIL's convert would clip at 255 instead of scaling
+        wide = np.asarray(image, dtype=np.uint32)
+        if image.mode in SIXTEEN_BIT_MODES or wide.max() > 255:
+            wide = (wide + UINT16_TO_UINT8 // 2) // UINT16_TO_UINT8
+        grey = np.minimum(wide, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGB", image.size, WHITE)
+        background.paste(image, mask=image.getchannel("A"))
+        image = background
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+
+
+def stored_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
+    """(width, height) RGBImageField stores for a source of this size: FFCV's own arithmetic
+    (``ffcv.fields.rgb_image.resizer``), except that no side drops to 0 (which crashes its encoder)."""
+    ratio = max_resolution / max(width, height)
+    if ratio >= 1:
+        return width, height
+    new_width, new_height = (ratio * np.array([width, height])).astype(int)
+    return max(1, int(new_width)), max(1, int(new_height))
+
+
+def draft_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
+    """The smallest size a DCT-domain downscale may reach: the longest side stays >= max_resolution."""
+    scale = min(1.0, max_resolution / max(width, height))
+    return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
+
+
+def _eighths(size: tuple[int, int], target: tuple[int, int]) -> int:
+    """Smallest M such that a JPEG decoded at M/8 scale is still at least ``target`` on both sides."""
+    return next(m for m in range(1, DCT_EIGHTHS + 1)
+                if all(-(-side * m // DCT_EIGHTHS) >= goal for side, goal in zip(size, target)))
+
+
+def _decode_jpeg_scaled(path: str, size: tuple[int, int], target: tuple[int, int]) -> np.ndarray | None:
+    """TurboJPEG (through FFCV's own binding) decoding at the smallest M/8 scale that stays >= target;
+    None when no scale below 1 fits or libjpeg reports anything (PIL's decoder then takes over)."""
+    from ffcv.libffcv import imdecode  # already loaded in writer processes; heavy to import elsewhere
+
+    m = _eighths(size, target)
+    if m == DCT_EIGHTHS:
+        return None  # full scale: PIL's accurate IDCT, not TurboJPEG's fast one
+    width, height = size
+    scaled = np.empty((-(-height * m // DCT_EIGHTHS), -(-width * m // DCT_EIGHTHS), 3), dtype=np.uint8)
+    data = np.fromfile(path, dtype=np.uint8)
+    if imdecode(data, scaled, height, width, height, width, 0, 0, m, DCT_EIGHTHS, False, False) != 0:
+        return None
+    return scaled
+
+
+def _finish_resize(pixels: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """To the stored size: area averaging, as RGBImageField does, except for a small last step
+    (after a DCT-domain downscale, usually), which bilinear does without aliasing at a sixth of the cost."""
+    height, width = pixels.shape[:2]
+    if (width, height) == target:
+        return pixels
+    small_step = target[0] / width >= LINEAR_FINISH_MIN_RATIO and target[1] / height >= LINEAR_FINISH_MIN_RATIO
+    return cv2.resize(pixels, target, interpolation=cv2.INTER_LINEAR if small_step else cv2.INTER_AREA)
+
+
+def load_rgb(path: str, max_resolution: int) -> np.ndarray:
+    """Decode ``path`` once to RGB at the size RGBImageField stores (so its own resize is a no-op).
+
+    A JPEG larger than that is downscaled while decoding (libjpeg's M/8 DCT scaling),
+    which is most of the speed of the conversion.
+    """
+    with Image.open(path) as image:
+        size = image.size
+        target = stored_size(*size, max_resolution)
+        if image.format == "JPEG" and target != size:
+            scaled = _decode_jpeg_scaled(path, size, target) if image.mode in TURBOJPEG_MODES else None
+            if scaled is not None:
+                return _finish_resize(scaled, target)
+            image.draft("RGB", draft_size(*size, max_resolution))  # CMYK, or TurboJPEG declined: 1/2, 1/4, 1/8
+        pixels = to_rgb_array(image)
+    return _finish_resize(pixels, target)
