@@ -4,8 +4,8 @@ Finding: every file under a class folder is a candidate or is reported with a
 reason (hidden, not an image extension, broken link, not a regular file).
 Rejecting: ``probe`` reads headers and the last few KiB, never a full JPEG/PNG
 decode, so checking a million files costs little next to converting them.
-Decoding: ``load_rgb`` decodes once, at a reduced DCT scale when the JPEG is
-larger than its stored size, into an HxWx3 uint8 RGB array whatever the mode.
+Decoding: ``load_rgb`` decodes once, at a reduced DCT scale when the JPEG is at
+least twice its stored size, into an HxWx3 uint8 RGB array whatever the mode.
 """
 from __future__ import annotations
 
@@ -22,9 +22,6 @@ JPEG_TAIL_BYTES = 4096  # some cameras append bytes after the end-of-image marke
 WHITE = (255, 255, 255)  # transparent pixels are composited over white
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 UINT16_TO_UINT8 = 257  # 65535 / 255
-DCT_EIGHTHS = 8  # libjpeg can decode a JPEG at M/8 of its size, M = 1..8, for a fraction of the work
-TURBOJPEG_MODES = ("RGB", "L")  # YCbCr and greyscale JPEGs; CMYK ones go through PIL
-LINEAR_FINISH_MIN_RATIO = 0.8  # a bilinear downscale by more than this (ratio below) would alias
 
 Sample = tuple[str, int]  # (path, label)
 Skipped = tuple[str, str]  # (path, reason)
@@ -112,7 +109,9 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         background = Image.new("RGB", image.size, WHITE)
         background.paste(image, mask=image.getchannel("A"))
         image = background
-    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    if image.mode != "RGB":
+        image = image.convert("RGB")  # (convert copies even when nothing changes)
+    return np.asarray(image)
 
 
 def stored_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
@@ -131,51 +130,19 @@ def draft_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
     return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
 
 
-def _eighths(size: tuple[int, int], target: tuple[int, int]) -> int:
-    """Smallest M such that a JPEG decoded at M/8 scale is still at least ``target`` on both sides."""
-    return next(m for m in range(1, DCT_EIGHTHS + 1)
-                if all(-(-side * m // DCT_EIGHTHS) >= goal for side, goal in zip(size, target)))
-
-
-def _decode_jpeg_scaled(path: str, size: tuple[int, int], target: tuple[int, int]) -> np.ndarray | None:
-    """TurboJPEG (through FFCV's own binding) decoding at the smallest M/8 scale that stays >= target;
-    None when no scale below 1 fits or libjpeg reports anything (PIL's decoder then takes over)."""
-    from ffcv.libffcv import imdecode  # already loaded in writer processes; heavy to import elsewhere
-
-    m = _eighths(size, target)
-    if m == DCT_EIGHTHS:
-        return None  # full scale: PIL's accurate IDCT, not TurboJPEG's fast one
-    width, height = size
-    scaled = np.empty((-(-height * m // DCT_EIGHTHS), -(-width * m // DCT_EIGHTHS), 3), dtype=np.uint8)
-    data = np.fromfile(path, dtype=np.uint8)
-    if imdecode(data, scaled, height, width, height, width, 0, 0, m, DCT_EIGHTHS, False, False) != 0:
-        return None
-    return scaled
-
-
-def _finish_resize(pixels: np.ndarray, target: tuple[int, int]) -> np.ndarray:
-    """To the stored size: area averaging, as RGBImageField does, except for a small last step
-    (after a DCT-domain downscale, usually), which bilinear does without aliasing at a sixth of the cost."""
-    height, width = pixels.shape[:2]
-    if (width, height) == target:
-        return pixels
-    small_step = target[0] / width >= LINEAR_FINISH_MIN_RATIO and target[1] / height >= LINEAR_FINISH_MIN_RATIO
-    return cv2.resize(pixels, target, interpolation=cv2.INTER_LINEAR if small_step else cv2.INTER_AREA)
-
-
 def load_rgb(path: str, max_resolution: int) -> np.ndarray:
-    """Decode ``path`` once to RGB at the size RGBImageField stores (so its own resize is a no-op).
+    """Decode ``path`` once to RGB at the size RGBImageField stores, so its own resize is a no-op.
 
-    A JPEG larger than that is downscaled while decoding (libjpeg's M/8 DCT scaling),
-    which is most of the speed of the conversion.
+    A JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+    scaling, PIL's draft mode) for a fraction of the work; the last step is the area
+    resize RGBImageField itself would do, to the same size.
     """
     with Image.open(path) as image:
         size = image.size
         target = stored_size(*size, max_resolution)
         if image.format == "JPEG" and target != size:
-            scaled = _decode_jpeg_scaled(path, size, target) if image.mode in TURBOJPEG_MODES else None
-            if scaled is not None:
-                return _finish_resize(scaled, target)
-            image.draft("RGB", draft_size(*size, max_resolution))  # CMYK, or TurboJPEG declined: 1/2, 1/4, 1/8
+            image.draft("RGB", draft_size(*size, max_resolution))
         pixels = to_rgb_array(image)
-    return _finish_resize(pixels, target)
+    if (pixels.shape[1], pixels.shape[0]) == target:
+        return pixels
+    return cv2.resize(pixels, target, interpolation=cv2.INTER_AREA)

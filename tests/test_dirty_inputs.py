@@ -191,10 +191,10 @@ def test_large_photo_is_stored_at_max_resolution(dirty: dict) -> None:
     assert (int(meta["width"][index]), int(meta["height"][index])) == (MAX_RESOLUTION, MAX_RESOLUTION * 3 // 4)
 
 
-@pytest.mark.parametrize("size", [(900, 700), (1001, 751), (520, 390), (640, 480), (2600, 1950), (450, 300)])
+@pytest.mark.parametrize("size", [(900, 700), (1001, 751), (520, 390), (640, 480), (2600, 1950), (450, 300), (1000, 640)])
 def test_jpeg_decode_lands_on_rgbimagefield_size_and_pixels(tmp_path: Path, size: tuple[int, int]) -> None:
-    """Downscaled while decoding (M/8 DCT scale, then a short resize) or not: the stored size is the
-    one RGBImageField computes for a full decode, and the pixels are close to that full decode's."""
+    """Downscaled while decoding (JPEGs 2x the target or more) or not: the stored size is the one
+    RGBImageField computes for a full decode, and the pixels are that full decode's, or close to them."""
     from ffcv.fields.rgb_image import resizer
 
     width, height = size
@@ -203,4 +203,5 @@ def test_jpeg_decode_lands_on_rgbimagefield_size_and_pixels(tmp_path: Path, size
     ours = load_rgb(str(path), MAX_RESOLUTION)
     assert ours.shape == reference.shape
     assert resizer(ours, MAX_RESOLUTION) is ours  # nothing left for RGBImageField to resize
-    assert np.abs(ours.astype(int) - reference).mean() <= FAST_DECODE_TOLERANCE
+    drafted = max(size) >= 2 * MAX_RESOLUTION
+    assert np.abs(ours.astype(int) - reference).mean() <= (FAST_DECODE_TOLERANCE if drafted else 0)
