@@ -276,8 +276,8 @@ def convert_imagefolder(root: str | Path, out_path: str | Path,
     ``.beton`` (or its sidecar) whose class indices a val conversion must use."""
     root, out_path = Path(root), Path(out_path)
     started = time.perf_counter()
-    check_output(out_path)
     classes = classes_for(root, Path(class_map) if class_map else None)
+    check_output(out_path)
     by_class, skipped = scan_imagefolder(root, classes)
     with probe_pool(settings.workers) as probe_many, \
             tqdm(desc="check", unit="img", total=_probes_expected(by_class, settings), disable=not progress,
@@ -321,4 +321,5 @@ def write_reports(out_path: Path, root: Path, classes: list[str], settings: Conv
         "settings": dataclasses.asdict(settings),
     }
     atomic_write_text(sidecar_path(out_path), json.dumps(sidecar, indent=1) + "\n")
-    atomic_write_text(skipped_report_path(out_path), "".join(f"{path}\t{reason}\n" for path, reason in skipped))
+    atomic_write_text(skipped_report_path(out_path),
+                      "".join(f"{path}\t{reason}\n" for path, reason in sorted(skipped)))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
 JPEG_EOI = b"\xff\xd9"
@@ -35,7 +35,14 @@ def scan_class(folder: Path, label: int) -> tuple[list[Sample], list[Skipped]]:
     """Candidate images under one class folder, recursively and in name order, links followed."""
     samples: list[Sample] = []
     skipped: list[Skipped] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: linked folders may loop
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        identity = (os.stat(dirpath).st_dev, os.stat(dirpath).st_ino)
+        if identity in seen:
+            skipped.append((dirpath, "folder already read (symbolic link loop or duplicate)"))
+            dirnames[:] = []
+            continue
+        seen.add(identity)
         skipped += [(os.path.join(dirpath, d), "hidden folder (not read)") for d in sorted(dirnames) if is_hidden(d)]
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for name in sorted(filenames):
@@ -51,10 +58,10 @@ def scan_class(folder: Path, label: int) -> tuple[list[Sample], list[Skipped]]:
 def _not_a_candidate(path: str, name: str) -> str | None:
     if is_hidden(name):
         return "hidden file"
-    if not name.lower().endswith(IMAGE_EXTENSIONS):
-        return "not an image file extension"
     if not os.path.exists(path):
         return "broken symbolic link"
+    if not name.lower().endswith(IMAGE_EXTENSIONS):
+        return "not an image file extension"
     if not os.path.isfile(path):
         return "not a regular file"  # a FIFO named x.jpg would block the reader
     return None
@@ -88,6 +95,8 @@ def probe(path: str) -> str | None:
             return "truncated JPEG (no end-of-image marker)"
         if width < 1 or height < 1:
             return f"degenerate size {width}x{height}"
+    except UnidentifiedImageError:
+        return "unreadable image: not a format PIL recognises"
     except Exception as err:  # PIL raises many types for garbage input
         return f"unreadable image: {_describe(err)}"
     return None

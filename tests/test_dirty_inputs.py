@@ -120,9 +120,12 @@ def build_dirty_tree(root: Path) -> tuple[dict[str, Good], dict[str, str]]:
     png_with_garbled_pixels(b / "garbled.png", photo(20, 20, 10))
     os.symlink(root.parent / "elsewhere" / "missing.jpg", b / "dangling.jpg")
     os.mkfifo(b / "pipe.jpg")
+    os.symlink(b, b / "loop")  # a linked folder that contains itself
+    os.symlink(b / "nested", b / "dangling_folder")
     bad = {"truncated.jpg": "truncated", "empty.jpg": "empty", "garbage.jpg": "unreadable",
            "README.txt": "extension", ".DS_Store": "hidden", ".hidden.jpg": "hidden", ".thumbnails": "hidden",
-           "garbled.png": "decode failed", "dangling.jpg": "symbolic link", "pipe.jpg": "regular file"}
+           "garbled.png": "decode failed", "dangling.jpg": "symbolic link", "pipe.jpg": "regular file",
+           "loop": "already read", "dangling_folder": "symbolic link"}
     return good, bad
 
 
