@@ -172,11 +172,16 @@ def classes_for(root: Path, class_map: Path | None) -> list[str]:
     if class_map is None:
         return folders
     classes = load_class_names(class_map)
-    unknown = sorted(set(folders) - set(classes))
-    if unknown:
-        raise ConversionError(f"{root} has {len(unknown)} class folder(s) that {class_map} lacks, e.g. "
-                              f"{unknown[0]!r}: convert val with the class map of its own train set")
+    require_known_classes(root, folders, classes, str(class_map))
     return classes
+
+
+def require_known_classes(root: Path, folders: Sequence[str], known: Sequence[str], known_from: str) -> None:
+    """A val tree may lack some of train's classes, never have one of its own."""
+    unknown = sorted(set(folders) - set(known))
+    if unknown:
+        raise ConversionError(f"{root} has {len(unknown)} class folder(s) that {known_from} lacks, e.g. "
+                              f"{unknown[0]!r}: convert val with the class map of its own train set")
 
 
 def scan_imagefolder(root: Path, classes: Sequence[str]) -> tuple[list[list[Sample]], list[Skipped]]:

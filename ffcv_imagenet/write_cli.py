@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from .conversion import WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder
+from .conversion import (WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
+                         find_class_folders, require_known_classes)
 from .demo_data import make_demo_imagefolder
 
 PROG = "write_datasets.py"
@@ -95,6 +96,8 @@ def convert_pair(train_root: Path, val_root: Path, out_dir: Path, settings: Conv
     for root in (train_root, val_root):
         if not root.is_dir():
             raise ConversionError(f"{root} does not exist: expected {root.parent}/train and {root.parent}/val")
+    # val's classes are checked now, not after the hours train takes
+    require_known_classes(val_root, find_class_folders(val_root), find_class_folders(train_root), str(train_root))
     train = out_dir / "train.beton"
     train_summary = convert_imagefolder(train_root, train, settings, progress=progress)
     _report(train_summary)

@@ -296,6 +296,13 @@ def test_imagenet_command_converts_train_then_val_with_its_class_map(demo_root: 
     assert json.loads(sidecar_path(val).read_text())["settings"]["max_per_class"] == 2
 
 
+def test_imagenet_command_checks_val_classes_before_converting_train(tmp_path: Path) -> None:
+    make_tree(tmp_path / "imagenet" / "train", {"cat": 1, "dog": 1})
+    make_tree(tmp_path / "imagenet" / "val", {"cat": 1, "zebra": 1})
+    line = assert_one_error_line(run_cli("imagenet", str(tmp_path / "imagenet"), str(tmp_path / "out")))
+    assert "zebra" in line and not (tmp_path / "out" / "train.beton").exists()
+
+
 def test_demo_command_makes_and_converts_the_demo_folder(tmp_path: Path) -> None:
     result = run_cli("demo", str(tmp_path), "--classes", "2", "--train-per-class", "3", "--val-per-class", "2")
     assert result.returncode == 0, result.stderr
