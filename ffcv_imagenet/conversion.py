@@ -291,7 +291,10 @@ def convert_imagefolder(root: str | Path, out_path: str | Path,
         selected = select_samples(root, classes, by_class, settings, prober)
     skipped += prober.skipped
 
+    importing = time.perf_counter()
     from .beton_writer import WorkerFailed, stored_bytes, write_records  # FFCV: only now there is work
+
+    started += time.perf_counter() - importing  # a one-time cost of the process, not of this conversion
 
     with atomic_path(out_path) as tmp:
         try:
