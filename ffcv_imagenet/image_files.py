@@ -1,7 +1,8 @@
 """Source images on disk: finding them, rejecting bad ones cheaply, decoding good ones to RGB.
 
 Finding: every file under a class folder is a candidate or is reported with a
-reason (hidden, not an image extension, broken link, not a regular file).
+reason (hidden, broken link, not an image extension, not a regular file); hidden
+folders and linked folders already walked are reported and not entered.
 Rejecting: ``probe`` reads headers and the last few KiB, never a full JPEG/PNG
 decode, so checking a million files costs little next to converting them.
 Decoding: ``load_rgb`` decodes once, at a reduced DCT scale when the JPEG is at
@@ -37,7 +38,8 @@ def scan_class(folder: Path, label: int) -> tuple[list[Sample], list[Skipped]]:
     skipped: list[Skipped] = []
     seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: linked folders may loop
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        identity = (os.stat(dirpath).st_dev, os.stat(dirpath).st_ino)
+        info = os.stat(dirpath)
+        identity = (info.st_dev, info.st_ino)
         if identity in seen:
             skipped.append((dirpath, "folder already read (symbolic link loop or duplicate)"))
             dirnames[:] = []
