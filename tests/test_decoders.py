@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
-from ffcv_imagenet.decoders import FIXRES_CROP_RATIO, FixResCropDecoder, fixres_crop_window
+from ffcv_imagenet.decoders import FIXRES_CROP_RATIO, FixResCropDecoder, RandomResizedCropDecoder, fixres_crop_window
 
 RES = 64
 SOURCE_HW = (150, 200)
@@ -63,7 +63,7 @@ def photo_beton(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndar
 def test_matches_torchvision_resize_and_random_crop(photo_beton: tuple[Path, np.ndarray]) -> None:
     path, pixels = photo_beton
     loader = Loader(str(path), batch_size=48, num_workers=1, order=OrderOption.SEQUENTIAL, seed=0,
-                    pipelines={"image": [FixResCropDecoder((RES, RES))], "label": [IntDecoder()]})
+                    pipelines={"image": [FixResCropDecoder((RES, RES), flip=False)], "label": [IntDecoder()]})
     images, _ = next(iter(loader))
     assert images.shape == (48, RES, RES, 3) and images.dtype == np.uint8
 
@@ -80,3 +80,34 @@ def test_matches_torchvision_resize_and_random_crop(photo_beton: tuple[Path, np.
     lefts = [offset[1] for _, offset in best]
     span = resized.shape[1] - RES
     assert min(lefts) <= 0.25 * span and max(lefts) >= 0.75 * span  # windows spread over the image
+
+
+def decode_epoch(path: Path, decoder_type: type, epoch: int, workers: int) -> np.ndarray:
+    decoder = decoder_type((RES, RES))
+    loader = Loader(str(path), batch_size=16, num_workers=workers, order=OrderOption.RANDOM, seed=0,
+                    drop_last=True, pipelines={"image": [decoder], "label": [IntDecoder()]})
+    decoder.set_epoch(run_seed=0, epoch=epoch)
+    loader.next_epoch = epoch
+    return np.concatenate([images.copy() for images, _ in loader])
+
+
+@pytest.mark.parametrize("decoder_type", [RandomResizedCropDecoder, FixResCropDecoder])
+def test_crops_and_flips_repeat_per_epoch_whatever_the_threads(decoder_type: type, demo_betons: dict) -> None:
+    """What makes a resumed run equal an uninterrupted one: draws seeded by (seed, epoch, sample)."""
+    one_thread = decode_epoch(demo_betons["train"], decoder_type, epoch=3, workers=1)
+    two_threads = decode_epoch(demo_betons["train"], decoder_type, epoch=3, workers=2)
+    next_epoch = decode_epoch(demo_betons["train"], decoder_type, epoch=4, workers=2)
+    assert np.array_equal(one_thread, two_threads)
+    assert not np.array_equal(one_thread, next_epoch)
+
+
+def test_flip_mirrors_about_half_the_images(photo_beton: tuple[Path, np.ndarray]) -> None:
+    path, _ = photo_beton
+    plain = decode_epoch(path, lambda size: FixResCropDecoder(size, ratio=1.0, flip=False), 0, 1)
+    flipped = decode_epoch(path, lambda size: FixResCropDecoder(size, ratio=1.0), 0, 1)
+    # ratio 1 on a 150x200 photo: the window slides only sideways, so compare rows' left-right symmetry
+    mirrored = [not np.array_equal(a, b) and np.array_equal(a, b[:, ::-1]) or np.array_equal(a, b)
+                for a, b in zip(plain, flipped)]
+    assert all(mirrored)
+    share = np.mean([not np.array_equal(a, b) for a, b in zip(plain, flipped)])
+    assert 0.25 <= share <= 0.75

@@ -1,0 +1,153 @@
+"""FFCV loaders for training and evaluation, and the on-device normalisation.
+
+Images leave the loader as uint8 NCHW tensors (channels_last if asked) already
+on the training device: the host-to-device copy moves a quarter of the bytes of
+float32, and normalisation runs on the device (``normalize``).
+
+The training loader is built once per crop mode and kept: a new epoch only
+sets the decoder's output size, its epoch seed and the loader's epoch counter,
+so progressive resizing recompiles nothing and allocates only the epoch's
+batch buffers, which FFCV frees when the epoch ends.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
+
+from .decoders import FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
+from .schedule import FIXRES, RRC, EpochPlan
+
+IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 3, H, W) on the device, int64 labels (N,)
+
+
+def workers_per_rank(requested: int) -> int:
+    """``requested``, or with 0 this rank's share of the node's cores (torchrun sets LOCAL_WORLD_SIZE)."""
+    if requested > 0:
+        return requested
+    ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (os.cpu_count() or 1) // ranks_on_node)
+
+
+def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images on the device -> ``(x - mean) / std`` in ``dtype``, memory format kept."""
+    mean = torch.tensor(IMAGENET_MEAN_255, device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD_255, device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    return (images.to(dtype) - mean) / std
+
+
+def _image_tail(device: torch.device, channels_last: bool) -> list:
+    return [ToTensor(), ToDevice(device, non_blocking=True),
+            ToTorchImage(channels_last=channels_last, convert_back_int16=False)]
+
+
+def _label_pipeline(device: torch.device) -> list:
+    return [IntDecoder(), ToTensor(), ToDevice(device, non_blocking=True)]
+
+
+@dataclass
+class LoaderSettings:
+    """What both loaders need beyond the dataset path; filled from the recipe by the trainer."""
+
+    batch_size: int
+    num_workers: int
+    device: torch.device
+    channels_last: bool = True
+
+
+class TrainLoader:
+    """The training set, one epoch at a time, at the epoch's resolution and crop mode.
+
+    ``order`` is 'random' (the dataset sits in the page cache) or
+    'quasi_random' (it does not: FFCV reads whole pages in random page order).
+    Under DDP each rank reads its own shard of the epoch's permutation.
+    """
+
+    def __init__(self, path: str | Path, settings: LoaderSettings, *, order: str, in_memory: bool,
+                 distributed: bool, seed: int, fixres_crop_ratio: float):
+        self.path = str(path)
+        self.settings = settings
+        self.order = ORDERS[order]
+        self.in_memory = in_memory
+        self.distributed = distributed
+        self.seed = seed
+        self.fixres_crop_ratio = fixres_crop_ratio
+        self._built: dict[str, tuple[Loader, SeededCropDecoder]] = {}  # per crop mode
+        self._loader: Loader | None = None
+        self._decoder: SeededCropDecoder | None = None
+
+    def _decoder_for(self, plan: EpochPlan) -> SeededCropDecoder:
+        size = (plan.res, plan.res)
+        if plan.crop_mode == RRC:
+            return RandomResizedCropDecoder(size)
+        if plan.crop_mode == FIXRES:
+            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio)
+        raise ValueError(f"unknown crop mode {plan.crop_mode!r}")
+
+    def _build(self, plan: EpochPlan) -> tuple[Loader, SeededCropDecoder]:
+        """A loader for a crop mode, compiled on its first epoch and kept: a schedule has at most two."""
+        decoder = self._decoder_for(plan)
+        settings = self.settings
+        loader = Loader(self.path, batch_size=settings.batch_size, num_workers=settings.num_workers,
+                        order=self.order, os_cache=self.in_memory, distributed=self.distributed,
+                        seed=self.seed, drop_last=True,
+                        pipelines={"image": [decoder, *_image_tail(settings.device, settings.channels_last)],
+                                   "label": _label_pipeline(settings.device)})
+        return loader, decoder
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the last partial batch is dropped)."""
+        if self._loader is None:
+            raise RuntimeError("call epoch() first: the loader is built for an epoch's plan")
+        return len(self._loader)
+
+    def prepare(self, plan: EpochPlan) -> None:
+        """Set up ``plan``'s epoch without starting it (so len() is known)."""
+        if plan.crop_mode not in self._built:
+            self._built[plan.crop_mode] = self._build(plan)
+        self._loader, self._decoder = self._built[plan.crop_mode]
+        self._decoder.output_size = (plan.res, plan.res)
+        self._decoder.set_epoch(self.seed, plan.epoch)
+        # FFCV's permutation for an epoch is seeded by (seed + epoch counter): set the
+        # counter so a resumed run reads epoch e in the same order as an uninterrupted one.
+        self._loader.next_epoch = plan.epoch
+
+    def epoch(self, plan: EpochPlan, skip_batches: int = 0) -> Iterator[Batch]:
+        """The batches of ``plan``'s epoch, after the first ``skip_batches`` (already trained on)."""
+        self.prepare(plan)
+        assert self._loader is not None
+        for index, (images, labels) in enumerate(self._loader):
+            if index >= skip_batches:
+                yield images, labels.view(-1)
+
+
+def val_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
+    """Rank r evaluates samples r, r + W, r + 2W, ...: every sample exactly once across ranks.
+
+    (FFCV's ``distributed=True`` pads the set with repeats so ranks get equal
+    counts, which would count some images twice.)
+    """
+    return np.arange(rank, num_samples, world_size, dtype=np.uint64)
+
+
+def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, crop_ratio: float,
+                     num_samples: int, rank: int, world_size: int) -> Loader:
+    """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1))."""
+    decoder = CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
+    return Loader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
+                  order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
+                  indices=val_indices(num_samples, rank, world_size),
+                  pipelines={"image": [decoder, *_image_tail(settings.device, settings.channels_last)],
+                             "label": _label_pipeline(settings.device)})

@@ -1,0 +1,40 @@
+"""Learning rate per iteration: linear warm-up, then linear, cosine or step decay.
+
+The recipe states the peak LR per 256 images of global batch; ``peak_lr``
+scales it by the real global batch (per-rank batch x ranks), so one recipe is
+right on 1 GPU and on 64 (the linear scaling rule of Goyal et al., 2017).
+Time is measured in fractional epochs, so a resumed run or a different number
+of ranks (hence steps per epoch) follows the same curve.
+"""
+from __future__ import annotations
+
+import math
+
+from .config import LRConfig
+
+LR_REFERENCE_BATCH = 256
+
+
+def peak_lr(cfg: LRConfig, global_batch: int) -> float:
+    return cfg.lr_per_256 * global_batch / LR_REFERENCE_BATCH
+
+
+def lr_factor(cfg: LRConfig, epochs: int, progress: float) -> float:
+    """Multiplier of the peak LR at ``progress`` epochs into training (0 <= progress <= epochs)."""
+    if progress < cfg.warmup_epochs:
+        start = cfg.warmup_start_factor
+        return start + (1.0 - start) * progress / cfg.warmup_epochs
+    if cfg.schedule == "step":
+        return cfg.step_ratio ** math.floor(progress / cfg.step_length)
+    decay_span = max(epochs - cfg.warmup_epochs, 1e-12)
+    done = min(1.0, (progress - cfg.warmup_epochs) / decay_span)
+    if cfg.schedule == "linear":
+        shape = 1.0 - done
+    else:  # cosine
+        shape = 0.5 * (1.0 + math.cos(math.pi * done))
+    return cfg.end_factor + (1.0 - cfg.end_factor) * shape
+
+
+def lr_at(cfg: LRConfig, epochs: int, global_batch: int, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The LR of iteration ``step`` (0-based) of ``epoch``."""
+    return peak_lr(cfg, global_batch) * lr_factor(cfg, epochs, epoch + step / steps_per_epoch)

@@ -1,0 +1,385 @@
+"""The training run: recipe -> schedule -> loaders -> model -> loop -> logs and checkpoints.
+
+``train(config)`` is the whole job; ``train_imagenet.py`` only parses the
+command line and calls it. One process per GPU under torchrun (or one plain
+process); every rank runs the same code, rank 0 alone writes files.
+
+Per step, one small all-reduce carries (loss, stop request) between ranks: all
+ranks see the same loss, so they skip a non-finite step together, and a
+SIGTERM delivered to any rank stops them all at the same step, after a
+checkpoint. (The fp16 grad scaler synchronises every step anyway.)
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from . import checkpointing, schedule
+from .config import Config, ConfigError, to_dict
+from .conversion import ConversionError, load_class_names
+from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
+from .evaluation import EvalResult, autocast_for, evaluate, sync_buffers
+from .fileio import atomic_path, check_writable_dir
+from .inspection import open_beton
+from .loaders import LoaderSettings, TrainLoader, build_val_loader, normalize, workers_per_rank
+from .lr_schedule import lr_at, peak_lr
+from .model import build_model, torchvision_state_dict
+from .run_log import RunLog
+
+FINAL_WEIGHTS = "final_weights.pt"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: what SLURM's --signal sends before preemption
+MIB = 2 ** 20
+
+
+class TrainingStopped(Exception):
+    """The run stopped early on purpose; ``exit_code`` says why (preempted or diverged)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a scheduler expects from a job it signalled
+
+
+@dataclass(frozen=True)
+class Datasets:
+    train_path: Path
+    val_path: Path
+    train_size: int
+    val_size: int
+    classes: list[str]
+
+
+# ---------------------------------------------------------------- checks before any work
+def check_datasets(config: Config) -> Datasets:
+    """Both .beton files readable, with image/label fields, and the same class list."""
+    paths = {"data.train_dataset": config.data.train_dataset, "data.val_dataset": config.data.val_dataset}
+    sizes, class_lists = {}, {}
+    for key, value in paths.items():
+        if not value:
+            raise ConfigError(f"{key}: no dataset given (a .beton from write_datasets.py)")
+        try:
+            sizes[key] = open_beton(value).num_samples
+            class_lists[key] = load_class_names(value)
+        except ConversionError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    if class_lists["data.train_dataset"] != class_lists["data.val_dataset"]:
+        raise ConfigError("data.val_dataset: its classes differ from the train set's; convert val with "
+                          "--class-map TRAIN.beton (write_datasets.py does this in its imagenet command)")
+    return Datasets(Path(paths["data.train_dataset"]), Path(paths["data.val_dataset"]),
+                    sizes["data.train_dataset"], sizes["data.val_dataset"], class_lists["data.train_dataset"])
+
+
+def check_run_settings(config: Config, datasets: Datasets, world_size: int, device: torch.device) -> None:
+    training = config.training
+    for key, value in (("training.batch_size", training.batch_size), ("validation.batch_size",
+                       config.validation.batch_size), ("training.epochs", training.epochs),
+                       ("validation.resolution", config.validation.resolution),
+                       ("validation.every", config.validation.every)):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if datasets.train_size // world_size < training.batch_size:
+        raise ConfigError(f"training.batch_size: {training.batch_size} per rank x {world_size} ranks is more than "
+                          f"the {datasets.train_size} training images; no full batch per rank")
+    if datasets.val_size < world_size:
+        raise ConfigError(f"data.val_dataset: {datasets.val_size} images cannot be shared by {world_size} ranks")
+    if training.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("training.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+    if config.data.order == "quasi_random" and world_size > 1:
+        raise ConfigError("data.order: quasi_random is not available with several ranks yet; use random")
+    if config.model.num_classes not in (0, len(datasets.classes)):
+        raise ConfigError(f"model.num_classes: {config.model.num_classes}, but the datasets have "
+                          f"{len(datasets.classes)} classes (0 takes the datasets' count)")
+    schedule.validate(config.resolution, training.epochs)
+
+
+# ---------------------------------------------------------------- model and optimizer
+def split_weight_decay(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay conv and linear weights only: BatchNorm scales/shifts and biases get none (ffcv-imagenet)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (decay if param.ndim > 1 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    training = config.training
+    return torch.optim.SGD(split_weight_decay(model, training.weight_decay), lr=0.0,
+                           momentum=training.momentum, nesterov=training.nesterov)
+
+
+def memory_stats(device: torch.device) -> dict[str, float | None]:
+    gpu_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
+    return {"gpu_peak_mib": gpu_peak, "host_rss_mib": psutil.Process().memory_info().rss / MIB}
+
+
+class StopRequest:
+    """Remembers a SIGTERM/SIGUSR1 until the loop reaches a step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
+# ---------------------------------------------------------------- the run
+class Trainer:
+    def __init__(self, config: Config, ctx: DistContext, datasets: Datasets, resume_from: Path | None = None):
+        self.config = config
+        self.ctx = ctx
+        self.datasets = datasets
+        self.folder = Path(config.logging.folder)
+        self.log = RunLog(self.folder, enabled=ctx.is_main)
+        self.epochs = config.training.epochs
+        self.plans = schedule.full_schedule(config.resolution, self.epochs)
+        self.global_batch = config.training.batch_size * ctx.world_size
+        self.stop = StopRequest()
+        self.bad_steps = 0
+        self.epoch = 0  # next epoch to run
+        self.step_in_epoch = 0  # batches of self.epoch already trained (a mid-epoch checkpoint)
+
+        torch.manual_seed(config.training.seed)
+        self.model = self._build_model()
+        self.optimizer = build_optimizer(config, self.model)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.training.precision == "fp16")
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.training.label_smoothing)
+        self.train_model = self._wrap(self.model)
+        self.loader_settings = LoaderSettings(batch_size=config.training.batch_size,
+                                              num_workers=workers_per_rank(config.data.num_workers),
+                                              device=ctx.device, channels_last=config.training.channels_last)
+        self.train_loader = TrainLoader(datasets.train_path, self.loader_settings, order=config.data.order,
+                                        in_memory=config.data.in_memory, distributed=ctx.distributed,
+                                        seed=config.training.seed,
+                                        fixres_crop_ratio=config.resolution.fixres_crop_ratio)
+        self.val_loaders: dict[int, Any] = {}
+        if resume_from is not None:
+            self._resume(resume_from)
+
+    def _build_model(self) -> nn.Module:
+        model = build_model(self.config.model, num_classes=len(self.datasets.classes)).to(self.ctx.device)
+        if self.config.training.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        wrapped = model
+        if self.ctx.distributed:
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(model, device_ids=device_ids)
+        if self.config.training.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    # ------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {"recipe": to_dict(self.config), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "world_size": self.ctx.world_size, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": checkpointing.rng_states()}
+
+    def save(self) -> None:
+        if self.ctx.is_main:
+            checkpointing.save_checkpoint(checkpointing.last_checkpoint_path(self.folder), self._state())
+        barrier(self.ctx)
+
+    def _resume(self, path: Path) -> None:
+        state = checkpointing.load_checkpoint(path)
+        checkpointing.check_resumable(state, self.config, path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        checkpointing.restore_rng_states(state["rng"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        ranks_note = ""
+        if state["world_size"] != self.ctx.world_size:
+            ranks_note = f" (saved with {state['world_size']} ranks, now {self.ctx.world_size}: global batch changes)"
+        self.log.say(f"resumed from {path} at epoch {self.epoch + 1}, batch {self.step_in_epoch}{ranks_note}")
+        self.log.record("event", event="resumed", checkpoint=str(path), epoch=self.epoch,
+                        step_in_epoch=self.step_in_epoch, world_size=self.ctx.world_size)
+
+    # ------------------------------------------------------------ one epoch
+    def _set_lr(self, epoch: int, step: int, steps_per_epoch: int) -> float:
+        lr = lr_at(self.config.lr, self.epochs, self.global_batch, epoch, step, steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool]:
+        """One optimizer step; returns (loss averaged over ranks, whether any rank was asked to stop)."""
+        with autocast_for(self.ctx.device, self.config.training.precision):
+            loss = self.criterion(self.train_model(normalize(images)), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        shared = torch.stack([loss.detach().float(),
+                              torch.tensor(float(self.stop.requested), device=loss.device)])
+        loss_sum, stops = all_reduce_sum(self.ctx, shared).tolist()
+        mean_loss = loss_sum / self.ctx.world_size
+        if torch.isfinite(torch.tensor(mean_loss)):
+            self.bad_steps = 0
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.bad_steps += 1  # every rank saw the same sum, so every rank skips this step
+        return mean_loss, stops > 0
+
+    def _check_divergence(self, step: int) -> None:
+        limit = self.config.training.max_bad_steps
+        if self.bad_steps >= limit:
+            raise TrainingStopped(
+                f"the loss was not finite for {limit} steps in a row (epoch {self.epoch + 1}, batch {step + 1}); "
+                f"stopped, the last checkpoint in {self.folder} is kept; lower lr.lr_per_256 or use "
+                "training.precision=bf16/fp32", EXIT_DIVERGED)
+
+    def train_epoch(self, plan: schedule.EpochPlan) -> dict[str, Any]:
+        self.train_model.train()
+        self.train_loader.prepare(plan)
+        steps = len(self.train_loader)
+        start_step = self.step_in_epoch
+        progress = tqdm(total=(steps - start_step) * self.global_batch, unit="img", unit_scale=True,
+                        desc=f"epoch {plan.epoch + 1}/{self.epochs} res {plan.res}", leave=False,
+                        disable=not (self.ctx.is_main and self.config.logging.progress), dynamic_ncols=True)
+        loss_sum, finite_steps, first_shape, lr = 0.0, 0, None, 0.0
+        started = time.perf_counter()
+        with progress:
+            for step, (images, labels) in enumerate(self.train_loader.epoch(plan, start_step), start=start_step):
+                if first_shape is None:
+                    first_shape = list(images.shape)
+                lr = self._set_lr(plan.epoch, step, steps)
+                loss, stop = self._train_step(images, labels)
+                if self.bad_steps == 0:
+                    loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
+                self._check_divergence(step)
+                progress.update(self.global_batch)
+                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
+                if stop:
+                    self.step_in_epoch = step + 1
+                    self.save()
+                    raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch + 1}, batch "
+                                          f"{step + 1} of {steps}; run the same command to resume", EXIT_PREEMPTED)
+        seconds = time.perf_counter() - started
+        images_seen = (steps - start_step) * self.global_batch
+        return {"epoch": plan.epoch, "res": plan.res, "crop_mode": plan.crop_mode, "first_batch_shape": first_shape,
+                "lr": lr, "train_loss": loss_sum / max(1, finite_steps), "steps": steps,
+                "images_per_second": images_seen / seconds, "epoch_seconds": seconds}
+
+    # ------------------------------------------------------------ evaluation
+    def _val_loader(self, res: int):
+        """Built on first use at each resolution and kept: numba compiles a pipeline once."""
+        if res not in self.val_loaders:
+            validation = self.config.validation
+            settings = LoaderSettings(batch_size=validation.batch_size, num_workers=self.loader_settings.num_workers,
+                                      device=self.ctx.device, channels_last=self.config.training.channels_last)
+            self.val_loaders[res] = build_val_loader(
+                self.datasets.val_path, settings, res=res, crop_ratio=validation.crop_ratio,
+                num_samples=self.datasets.val_size, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        return self.val_loaders[res]
+
+    def evaluate(self, res: int | None = None) -> EvalResult:
+        sync_buffers(self.ctx, self.model)
+        return evaluate(self.model, self._val_loader(res or self.config.validation.resolution), self.ctx,
+                        precision=self.config.training.precision, flip_tta=self.config.validation.flip_tta)
+
+    def _evaluation_due(self, epoch: int) -> bool:
+        return (epoch + 1) % self.config.validation.every == 0 or epoch == self.epochs - 1
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> None:
+        self.log.save_recipe(self.config)
+        self.log.say(f"{self.config.model.arch} on {self.ctx.world_size} rank(s) ({self.ctx.device.type}), "
+                     f"global batch {self.global_batch}, peak lr {peak_lr(self.config.lr, self.global_batch):.4g}, "
+                     f"{self.train_loader.settings.num_workers} loader workers per rank")
+        self.log.say(schedule.format_table(self.plans))
+        self.stop.install()
+        try:
+            while self.epoch < self.epochs:
+                self._run_epoch(self.plans[self.epoch])
+        finally:
+            self.stop.uninstall()
+        self._save_final_weights()
+
+    def _run_epoch(self, plan: schedule.EpochPlan) -> None:
+        if self.ctx.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.ctx.device)
+        record = self.train_epoch(plan)
+        if self._evaluation_due(plan.epoch):
+            result = self.evaluate()
+            record.update(val_top1=result.top1, val_top5=result.top5, val_loss=result.loss, val_count=result.count)
+        record.update(memory_stats(self.ctx.device))
+        self.epoch, self.step_in_epoch = plan.epoch + 1, 0
+        self.save()  # before the log line: the log never claims an epoch the checkpoint lacks
+        self.log.epoch(record, self.epochs)
+
+    def _save_final_weights(self) -> None:
+        if self.ctx.is_main:
+            with atomic_path(self.folder / FINAL_WEIGHTS) as tmp:
+                torch.save(torchvision_state_dict(self.model), tmp)
+            self.log.say(f"final weights (torchvision state_dict): {self.folder / FINAL_WEIGHTS}")
+        barrier(self.ctx)
+
+
+def find_resume_point(config: Config, explicit: str | None) -> Path | None:
+    """The checkpoint to continue from: ``--resume PATH`` (file or run folder), else the run folder's own."""
+    if explicit:
+        path = Path(explicit)
+        path = checkpointing.last_checkpoint_path(path) if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"--resume: {path} does not exist")
+        return path
+    own = checkpointing.last_checkpoint_path(config.logging.folder)
+    if not own.is_file():
+        return None
+    if not config.logging.resume:
+        raise ConfigError(f"logging.folder: {config.logging.folder} already holds a run's checkpoint and "
+                          "logging.resume is false; choose another folder (or resume it)")
+    return own
+
+
+def prepare_run_folder(config: Config, explicit_resume: str | None) -> Path | None:
+    """Rank 0's part: a writable run folder and the checkpoint to resume from, if any."""
+    try:
+        check_writable_dir(config.logging.folder)
+    except OSError as err:
+        raise ConfigError(f"logging.folder: {err}") from None
+    return find_resume_point(config, explicit_resume)
+
+
+def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
+    """Check everything, then train (resuming if there is a checkpoint) and save the final weights."""
+    datasets = check_datasets(config)
+    check_run_settings(config, datasets, ctx.world_size, ctx.device)
+    # Rank 0 decides and tells the others, so a refusal stops every rank instead of leaving them waiting.
+    outcome: tuple[Path | None, str | None] = (None, None)
+    if ctx.is_main:
+        try:
+            outcome = (prepare_run_folder(config, resume), None)
+        except ConfigError as err:
+            outcome = (None, str(err))
+    resume_from, refusal = broadcast_object(ctx, outcome)
+    if refusal:
+        raise ConfigError(refusal)
+    trainer = Trainer(config, ctx, datasets, resume_from)
+    if trainer.epoch >= trainer.epochs:
+        trainer.log.say(f"{config.logging.folder} already finished its {trainer.epochs} epochs; nothing to do")
+        return
+    trainer.run()

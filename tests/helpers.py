@@ -1,0 +1,64 @@
+"""Launching the real commands from tests: train_imagenet.py, alone or under torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "train_imagenet.py"
+DEMO_RECIPE = REPO / "rcfg" / "demo.yaml"
+
+
+def tiny_overrides(betons: dict[str, Path], folder: Path, **extra: object) -> list[str]:
+    """The demo recipe shrunk for the test set: 32 -> 64 px ramp, FixRes at 64, batch 8, one worker."""
+    settings = {"data.train_dataset": betons["train"], "data.val_dataset": betons["val"], "data.num_workers": 1,
+                "resolution.min_res": 32, "resolution.max_res": 64, "resolution.start_ramp": 0,
+                "resolution.end_ramp": 1, "resolution.fixres_epochs": 1, "resolution.fixres_res": 64,
+                "training.epochs": 3, "training.batch_size": 8, "validation.batch_size": 8,
+                "validation.resolution": 64, "logging.folder": folder, "logging.progress": False, **extra}
+    return [f"--{key}={value}" for key, value in settings.items()]
+
+
+def cpu_env(threads: int = 1) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def train_command(args: list[str]) -> list[str]:
+    return [sys.executable, str(TRAIN), "--config", str(DEMO_RECIPE), *args]
+
+
+def torchrun_command(args: list[str], *, nproc: int, nnodes: int = 1, node_rank: int = 0,
+                     port: int | None = None) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    if nnodes == 1:
+        launcher += ["--standalone"]
+    else:
+        launcher += [f"--nnodes={nnodes}", f"--node_rank={node_rank}", "--master_addr=127.0.0.1",
+                     f"--master_port={port}"]
+    return [*launcher, str(TRAIN), "--config", str(DEMO_RECIPE), *args]
+
+
+def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=cpu_env())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def epoch_records(folder: Path) -> list[dict]:
+    lines = (folder / "log.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["kind"] == "epoch"]
+
+
+def explain(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"

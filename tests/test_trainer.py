@@ -1,0 +1,155 @@
+"""The trainer as users run it: train_imagenet.py in a subprocess, alone and under torchrun (gloo, CPU)."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import models
+
+from ffcv_imagenet.checkpointing import last_checkpoint_path, load_checkpoint
+from ffcv_imagenet.config import load_config
+from ffcv_imagenet.schedule import full_schedule
+from ffcv_imagenet.trainer import EXIT_DIVERGED, EXIT_PREEMPTED, FINAL_WEIGHTS
+from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, free_port, run, tiny_overrides, torchrun_command,
+                     train_command)
+
+VAL_IMAGES = 42  # conftest: 6 classes x 7; 21 per rank in batches of 8: uneven on purpose
+
+
+@pytest.fixture(scope="module")
+def straight_run(demo_betons: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three uninterrupted epochs: 32 px rrc, 64 px rrc, 64 px fixres."""
+    folder = tmp_path_factory.mktemp("straight")
+    result = run(train_command(tiny_overrides(demo_betons, folder)))
+    assert result.returncode == 0, explain(result)
+    return folder
+
+
+def test_log_follows_the_schedule_with_first_batch_shapes(straight_run: Path, demo_betons: dict) -> None:
+    records = epoch_records(straight_run)
+    config = load_config(REPO / "rcfg" / "demo.yaml", tiny_overrides(demo_betons, straight_run))
+    plans = full_schedule(config.resolution, config.training.epochs)
+    assert [(r["epoch"], r["res"], r["crop_mode"]) for r in records] == [(p.epoch, p.res, p.crop_mode) for p in plans]
+    assert [r["first_batch_shape"] for r in records] == [[8, 3, p.res, p.res] for p in plans]
+    for record in records:
+        assert record["val_count"] == VAL_IMAGES and 0.0 <= record["val_top1"] <= record["val_top5"] <= 1.0
+        assert record["images_per_second"] > 0 and record["train_loss"] > 0 and record["host_rss_mib"] > 0
+    lrs = [r["lr"] for r in records]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]  # linear decay after the one warm-up epoch
+    assert (straight_run / "recipe.yaml").is_file()
+    resolved = load_config(straight_run / "recipe.yaml")
+    assert resolved == config  # the saved recipe reproduces the run's settings exactly
+
+
+def test_final_weights_load_into_torchvision(straight_run: Path) -> None:
+    weights = torch.load(straight_run / FINAL_WEIGHTS, weights_only=True)
+    model = models.resnet18(num_classes=6)
+    model.load_state_dict(weights)  # strict: every key present, none extra
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 6)
+
+
+def test_finished_run_is_not_trained_again(straight_run: Path, demo_betons: dict) -> None:
+    before = (straight_run / FINAL_WEIGHTS).stat().st_mtime_ns
+    result = run(train_command(tiny_overrides(demo_betons, straight_run)))
+    assert result.returncode == 0, explain(result)
+    assert "already finished" in result.stdout
+    assert (straight_run / FINAL_WEIGHTS).stat().st_mtime_ns == before
+
+
+def wait_for_epochs(folder: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (folder / "log.jsonl").is_file() and len(epoch_records(folder)) >= count:
+            return
+        assert process.poll() is None, "the run ended before it was signalled"
+        time.sleep(0.05)
+    raise TimeoutError(f"no epoch record {count} in {folder}")
+
+
+def test_sigterm_checkpoints_and_resume_equals_uninterrupted(straight_run: Path, demo_betons: dict,
+                                                             tmp_path: Path) -> None:
+    args = tiny_overrides(demo_betons, tmp_path)
+    process = subprocess.Popen(train_command(args), cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    wait_for_epochs(tmp_path, 1, process)
+    process.send_signal(signal.SIGTERM)  # lands inside epoch 1
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == EXIT_PREEMPTED, f"{stdout}\n{stderr}"
+    assert len(stderr.strip().splitlines()) == 1 and "checkpoint saved" in stderr
+    interrupted = load_checkpoint(last_checkpoint_path(tmp_path))
+    assert interrupted["epoch"] == 1 and interrupted["step_in_epoch"] >= 1  # stopped inside epoch 1
+
+    resumed = run(train_command(args))
+    assert resumed.returncode == 0, explain(resumed)
+    assert "resumed from" in resumed.stdout
+    straight = torch.load(straight_run / FINAL_WEIGHTS, weights_only=True)
+    again = torch.load(tmp_path / FINAL_WEIGHTS, weights_only=True)
+    for key, value in straight.items():
+        assert torch.allclose(value.float(), again[key].float(), rtol=1e-4, atol=1e-5), key
+    final_straight, final_again = epoch_records(straight_run)[-1], epoch_records(tmp_path)[-1]
+    assert final_again["val_top1"] == pytest.approx(final_straight["val_top1"])
+
+
+def test_checkpoint_of_another_recipe_is_refused(straight_run: Path, demo_betons: dict) -> None:
+    result = run(train_command(tiny_overrides(demo_betons, straight_run, **{"lr.lr_per_256": 0.2})))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "lr.lr_per_256: 0.4 -> 0.2" in result.stderr, explain(result)
+
+
+def test_torchrun_two_ranks_count_every_val_image_once(demo_betons: dict, tmp_path: Path) -> None:
+    args = tiny_overrides(demo_betons, tmp_path, **{"training.epochs": 2, "resolution.fixres_epochs": 1})
+    result = run(torchrun_command(args, nproc=2))
+    assert result.returncode == 0, explain(result)
+    records = epoch_records(tmp_path)
+    assert [r["val_count"] for r in records] == [VAL_IMAGES, VAL_IMAGES]
+    assert records[0]["steps"] == 144 // 2 // 8  # each rank read its own half of the train set
+    assert "2 rank(s)" in result.stdout and result.stdout.count("epoch 0 (of 0-1)") == 1  # rank 0 alone logs
+
+
+def test_two_node_rendezvous_on_localhost(demo_betons: dict, tmp_path: Path) -> None:
+    """Two torchrun launches, one per 'node', meeting through torchrun's rendezvous on 127.0.0.1."""
+    args = tiny_overrides(demo_betons, tmp_path, **{"training.epochs": 1, "resolution.fixres_epochs": 0})
+    port = free_port()
+    nodes = [subprocess.Popen(torchrun_command(args, nproc=1, nnodes=2, node_rank=rank, port=port), cwd=REPO,
+                              env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (stdout, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, f"{stdout[-2000:]}\n{stderr[-2000:]}"
+    records = epoch_records(tmp_path)
+    assert len(records) == 1 and records[0]["val_count"] == VAL_IMAGES
+    assert "2 rank(s)" in outputs[0][0]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_betons: dict, tmp_path: Path) -> None:
+    # step schedule x 1e8 after epoch 0: epoch 1's LR is absurd, its loss blows up
+    args = tiny_overrides(demo_betons, tmp_path, **{"lr.schedule": "step", "lr.step_length": 1,
+                                                     "lr.step_ratio": 1e8, "lr.warmup_epochs": 0,
+                                                     "training.max_bad_steps": 2})
+    result = run(train_command(args))
+    assert result.returncode == EXIT_DIVERGED, explain(result)
+    assert result.stderr.count("\n") == 1 and "not finite for 2 steps" in result.stderr
+    kept = load_checkpoint(last_checkpoint_path(tmp_path))
+    assert kept["epoch"] == 1 and kept["step_in_epoch"] == 0  # epoch 0's checkpoint, untouched
+    assert all(torch.isfinite(value).all() for value in kept["model"].values() if value.is_floating_point())
+
+
+def test_readme_demo_trains_clearly_above_chance(tmp_path: Path) -> None:
+    """The README's first commands, verbatim apart from the scripts' location: 10 classes, chance is 10%."""
+    demo = subprocess.run([sys.executable, str(REPO / "write_datasets.py"), "demo", "data/demo"], cwd=tmp_path,
+                          capture_output=True, text=True, env=cpu_env(2), timeout=600)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    trained = subprocess.run([sys.executable, str(REPO / "train_imagenet.py"), "--config", str(DEMO_RECIPE),
+                              "--logging.progress=false"], cwd=tmp_path, capture_output=True, text=True,
+                             env=cpu_env(2), timeout=900)
+    assert trained.returncode == 0, explain(trained)
+    records = epoch_records(tmp_path / "runs" / "demo")
+    assert [r["crop_mode"] for r in records][-1] == "fixres" and records[-1]["val_count"] == 200
+    assert records[-1]["val_top1"] >= 0.4, [r["val_top1"] for r in records]

@@ -1,0 +1,109 @@
+"""The trainer's parts on their own: LR schedule, val sharding, checkpoint checks, weight decay, evaluation."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ffcv_imagenet.checkpointing import (check_resumable, load_checkpoint, recipe_differences, save_checkpoint)
+from ffcv_imagenet.config import Config, ConfigError, LRConfig, to_dict
+from ffcv_imagenet.distributed import DistContext
+from ffcv_imagenet.evaluation import evaluate
+from ffcv_imagenet.loaders import normalize, val_indices
+from ffcv_imagenet.lr_schedule import lr_at, lr_factor, peak_lr
+from ffcv_imagenet.trainer import split_weight_decay
+
+
+def test_peak_lr_scales_with_the_global_batch() -> None:
+    cfg = LRConfig(lr_per_256=0.1)
+    assert peak_lr(cfg, 256) == pytest.approx(0.1)
+    assert peak_lr(cfg, 8 * 512) == pytest.approx(1.6)  # 8 GPUs x 512
+    # one GPU x 512 gets 1/8 of that: the recipe stays right when the GPU count changes
+    assert peak_lr(cfg, 512) == pytest.approx(peak_lr(cfg, 8 * 512) / 8)
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_warmup_then_decay_to_end_factor(shape: str) -> None:
+    cfg = LRConfig(schedule=shape, warmup_epochs=2, warmup_start_factor=0.1, end_factor=0.01)
+    assert lr_factor(cfg, 10, 0.0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 10, 1.0) == pytest.approx(0.55)
+    assert lr_factor(cfg, 10, 2.0) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10, 10.0) == pytest.approx(0.01)
+    middle = 0.01 + 0.99 * (0.5 if shape == "linear" else 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr_factor(cfg, 10, 6.0) == pytest.approx(middle)
+    factors = [lr_factor(cfg, 10, e / 10) for e in range(20, 101)]
+    assert factors == sorted(factors, reverse=True)
+
+
+def test_step_schedule_and_per_iteration_resolution() -> None:
+    cfg = LRConfig(schedule="step", warmup_epochs=0, step_ratio=0.1, step_length=30, lr_per_256=0.1)
+    assert [lr_factor(cfg, 90, e) for e in (0, 29.9, 30, 60)] == pytest.approx([1, 1, 0.1, 0.01])
+    linear = LRConfig(schedule="linear", warmup_epochs=1, warmup_start_factor=0.0, lr_per_256=0.1)
+    # within an epoch the LR moves every iteration
+    assert lr_at(linear, 4, 256, 0, 50, 100) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("size,world", [(42, 2), (42, 4), (10, 3), (7, 8)])
+def test_val_shards_cover_every_image_once(size: int, world: int) -> None:
+    shards = [val_indices(size, rank, world) for rank in range(world)]
+    together = np.sort(np.concatenate(shards))
+    assert np.array_equal(together, np.arange(size))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_recipe_differences_name_what_changed() -> None:
+    saved = to_dict(Config())
+    current = Config()
+    current.training.epochs = 88
+    current.data.train_dataset = "/elsewhere/train.beton"  # moving the data is allowed
+    current.training.compile = True  # so is compiling
+    assert recipe_differences(saved, current) == ["training.epochs: 16 -> 88"]
+
+
+def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt" / "last.pt"
+    state = {"recipe": to_dict(Config()), "epoch": 3, "model": {"w": torch.ones(2)}}
+    save_checkpoint(path, state)
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.ones(2))
+    check_resumable(loaded, Config(), path)
+    other = Config()
+    other.model.arch = "resnet18"
+    with pytest.raises(ConfigError, match="model.arch: 'resnet50' -> 'resnet18'"):
+        check_resumable(loaded, other, path)
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a full disk
+    with pytest.raises(ConfigError, match="not readable"):
+        load_checkpoint(path)
+    assert list(path.parent.iterdir()) == [path]  # no temporary left behind
+
+
+def test_no_weight_decay_on_batchnorm_and_biases() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 5, 5))
+    decay, no_decay = split_weight_decay(model, 5e-5)
+    assert decay["weight_decay"] == 5e-5 and no_decay["weight_decay"] == 0.0
+    assert {p.ndim for p in decay["params"]} == {2, 4} and {p.ndim for p in no_decay["params"]} == {1}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+class FixedLogits(nn.Module):
+    """Predicts from the image's mean red value, so the right answer is known in advance."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = x[:, 0].mean(dim=(1, 2))
+        return torch.stack([score, -score, torch.zeros_like(score), 0.5 * score, -0.5 * score, 0.1 * score], 1)
+
+
+def test_evaluate_counts_hits_exactly() -> None:
+    ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    bright = torch.full((3, 3, 4, 4), 255, dtype=torch.uint8)
+    dark = torch.zeros((2, 3, 4, 4), dtype=torch.uint8)
+    batches = [(bright, torch.tensor([0, 0, 3])), (dark, torch.tensor([1, 2]))]
+    result = evaluate(FixedLogits(), batches, ctx, precision="fp32", flip_tta=True)
+    # bright: class 0 first, then 3; dark: class 1 first, then 4
+    assert result.count == 5 and result.top1 == pytest.approx(3 / 5) and result.top5 == pytest.approx(1.0)
+    assert normalize(bright).mean().item() > 2 and normalize(dark).mean().item() < -1.5
