@@ -225,7 +225,7 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool]:
         """One optimizer step; returns (loss averaged over ranks, whether any rank was asked to stop)."""
         with autocast_for(self.ctx.device, self.config.training.precision):
             loss = self.criterion(self.train_model(normalize(images)), labels)
@@ -266,7 +266,7 @@ class Trainer:
                 if first_shape is None:
                     first_shape = list(images.shape)
                 lr = self._set_lr(plan.epoch, step, steps)
-                loss, stop = self._train_step(images, labels)
+                loss, stop = self.train_step(images, labels)
                 if self.bad_steps == 0:
                     loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
                 self._check_divergence(step)
