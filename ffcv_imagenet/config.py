@@ -60,6 +60,8 @@ class ResolutionConfig:
     fixres_epochs: int = _help("last epochs in the FixRes phase; -1 = max(1, round(epochs/10)), 0 = none", 0)
     fixres_res: int = _help("FixRes phase resolution (at least the main phase's largest)", 224)
     fixres_crop_ratio: float = _help("FixRes: crop side / resized shorter side (resize to res/ratio)", 224 / 256)
+    fixres_train: str = _help("FixRes phase trains: all | bn_fc (BatchNorm and classifier only, the "
+                              "FixRes paper's fine-tuning)", "all")
 
 
 @dataclass
@@ -96,6 +98,8 @@ class ValidationConfig:
     crop_ratio: float = _help("center crop covers this fraction of the shorter side", 224 / 256)
     flip_tta: bool = _help("average logits over the image and its mirror", True)
     every: int = _help("evaluate every N epochs (the last epoch always)", 1)
+    resolutions: list[int] = _help("after training, also evaluate at each of these test resolutions "
+                                   "and print the table (e.g. [224, 256, 288, 320])", [])
 
 
 @dataclass
@@ -127,6 +131,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.order": ("random", "quasi_random"),
     "resolution.ramp": ("ffcv", "composer"),
+    "resolution.fixres_train": ("all", "bn_fc"),
     "model.arch": ("resnet18", "resnet50"),
     "lr.schedule": ("linear", "cosine", "step"),
     "training.optimizer": ("sgd",),

@@ -63,3 +63,11 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     if count == 0:
         raise RuntimeError("the validation set is empty")
     return EvalResult(top1=top1_hits / count, top5=top5_hits / count, loss=loss_sum / count, count=count)
+
+
+def resolution_table(rows: list[dict[str, float]], trained_at: int) -> str:
+    """The train/test resolution effect: accuracy at each test resolution of a model trained at one."""
+    lines = [f"test res | top-1   | top-5    (last trained at {trained_at} px)", "---------+---------+--------"]
+    for row in rows:
+        lines.append(f"{row['res']:>8} | {100 * row['top1']:6.2f}% | {100 * row['top5']:6.2f}%")
+    return "\n".join(lines)

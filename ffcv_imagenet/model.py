@@ -49,6 +49,15 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return model
 
 
+def plain_key(key: str) -> str | None:
+    """Our state_dict key -> torchvision's (None for a fixed blur filter, which torchvision lacks)."""
+    for prefix in WRAPPER_PREFIXES:
+        key = key.replace(prefix, "")
+    if key.endswith("blur_filter"):
+        return None
+    return key.replace(".conv.", ".")
+
+
 def torchvision_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Weights that ``torchvision.models.<arch>(num_classes=...).load_state_dict`` accepts.
 
@@ -57,9 +66,17 @@ def torchvision_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     plain = {}
     for key, value in model.state_dict().items():
-        for prefix in WRAPPER_PREFIXES:
-            key = key.replace(prefix, "")
-        if key.endswith("blur_filter"):
-            continue
-        plain[key.replace(".conv.", ".")] = value.detach().cpu().clone()
+        if (name := plain_key(key)) is not None:
+            plain[name] = value.detach().cpu().clone()
     return plain
+
+
+def load_torchvision_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """The inverse of torchvision_state_dict: exported weights back into a model from build_model."""
+    ours = model.state_dict()
+    mapped = {key: weights[name] for key in ours if (name := plain_key(key)) is not None and name in weights}
+    missing = sorted(plain_key(key) for key in ours if plain_key(key) is not None and key not in mapped)
+    extra = sorted(set(weights) - {plain_key(key) for key in ours})
+    if missing or extra:
+        raise ValueError(f"weights do not fit {type(model).__name__}: missing {missing[:3]}, unexpected {extra[:3]}")
+    model.load_state_dict({**ours, **mapped})

@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--help-config", action="store_true", help="list every recipe key with its help and exit")
     parser.add_argument("--resume", metavar="PATH",
                         help="checkpoint file or run folder to continue from (default: the run folder's own)")
+    parser.add_argument("--evaluate", metavar="WEIGHTS",
+                        help="do not train: evaluate a checkpoint (last.pt) or final_weights.pt at --eval-res")
+    parser.add_argument("--eval-res", metavar="RES", type=int, nargs="+",
+                        help="test resolutions for --evaluate (default: validation.resolutions, "
+                             "else validation.resolution)")
     return parser
 
 
@@ -59,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Imported here so that --help and recipe mistakes answer without loading torch.
     from .distributed import init_distributed, shutdown, world_from_env
-    from .trainer import TrainingStopped, train
+    from .trainer import TrainingStopped, evaluate_saved, train
 
     rank, _, world_size = world_from_env()
     speaks = rank == 0  # every rank checks the same recipe: one copy of an error is enough
@@ -73,7 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         return _fail(str(err), EXIT_ERROR, speaks or world_size == 1)
     try:
-        train(config, ctx, resume=args.resume)
+        if args.evaluate:
+            resolutions = args.eval_res or config.validation.resolutions or [config.validation.resolution]
+            evaluate_saved(config, ctx, args.evaluate, resolutions)
+        else:
+            train(config, ctx, resume=args.resume)
     except ConfigError as err:
         return _fail(str(err), EXIT_ERROR, speaks)
     except TrainingStopped as stop:

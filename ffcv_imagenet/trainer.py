@@ -15,7 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import psutil
 import torch
@@ -27,12 +27,12 @@ from . import checkpointing, schedule
 from .config import Config, ConfigError, to_dict
 from .conversion import ConversionError, load_class_names
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
-from .evaluation import EvalResult, autocast_for, evaluate, sync_buffers
+from .evaluation import EvalResult, autocast_for, evaluate, resolution_table, sync_buffers
 from .fileio import atomic_path, check_writable_dir
 from .inspection import open_beton
 from .loaders import LoaderSettings, TrainLoader, build_val_loader, normalize, workers_per_rank
 from .lr_schedule import lr_at, peak_lr
-from .model import build_model, torchvision_state_dict
+from .model import build_model, load_torchvision_weights, torchvision_state_dict
 from .run_log import RunLog
 
 FINAL_WEIGHTS = "final_weights.pt"
@@ -105,18 +105,32 @@ def check_run_settings(config: Config, datasets: Datasets, world_size: int, devi
 
 
 # ---------------------------------------------------------------- model and optimizer
-def split_weight_decay(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay conv and linear weights only: BatchNorm scales/shifts and biases get none (ffcv-imagenet)."""
-    decay, no_decay = [], []
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """SGD groups: weight decay on conv and linear weights only, none on BatchNorm and biases
+    (ffcv-imagenet); ``backbone`` marks the conv weights a ``bn_fc`` FixRes phase holds still."""
+    classifier = {id(param) for param in model.fc.parameters()}
+    backbone, classifier_weights, no_decay = [], [], []
     for param in model.parameters():
-        (decay if param.ndim > 1 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if param.ndim <= 1:
+            no_decay.append(param)
+        elif id(param) in classifier:
+            classifier_weights.append(param)
+        else:
+            backbone.append(param)
+    return [{"params": backbone, "weight_decay": weight_decay, "backbone": True},
+            {"params": classifier_weights, "weight_decay": weight_decay, "backbone": False},
+            {"params": no_decay, "weight_decay": 0.0, "backbone": False}]
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     training = config.training
-    return torch.optim.SGD(split_weight_decay(model, training.weight_decay), lr=0.0,
+    return torch.optim.SGD(parameter_groups(model, training.weight_decay), lr=0.0,
                            momentum=training.momentum, nesterov=training.nesterov)
+
+
+def backbone_frozen(config: Config, plan: schedule.EpochPlan) -> bool:
+    """FixRes fine-tuning (Touvron et al. 2019): only BatchNorm and the classifier adapt to the new resolution."""
+    return plan.crop_mode == schedule.FIXRES and config.resolution.fixres_train == "bn_fc"
 
 
 def memory_stats(device: torch.device) -> dict[str, float | None]:
@@ -219,10 +233,13 @@ class Trainer:
                         step_in_epoch=self.step_in_epoch, world_size=self.ctx.world_size)
 
     # ------------------------------------------------------------ one epoch
-    def _set_lr(self, epoch: int, step: int, steps_per_epoch: int) -> float:
-        lr = lr_at(self.config.lr, self.epochs, self.global_batch, epoch, step, steps_per_epoch)
+    def _set_lr(self, plan: schedule.EpochPlan, step: int, steps_per_epoch: int) -> float:
+        lr = lr_at(self.config.lr, self.epochs, self.global_batch, plan.epoch, step, steps_per_epoch)
+        # A frozen group gets LR 0 rather than requires_grad=False: DDP expects the same
+        # gradients every step, and an LR of 0 with no decay leaves the weights exactly as they are.
+        frozen = backbone_frozen(self.config, plan)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = 0.0 if frozen and group["backbone"] else lr
         return lr
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool]:
@@ -265,7 +282,7 @@ class Trainer:
             for step, (images, labels) in enumerate(self.train_loader.epoch(plan, start_step), start=start_step):
                 if first_shape is None:
                     first_shape = list(images.shape)
-                lr = self._set_lr(plan.epoch, step, steps)
+                lr = self._set_lr(plan, step, steps)
                 loss, stop = self.train_step(images, labels)
                 if self.bad_steps == 0:
                     loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
@@ -300,6 +317,20 @@ class Trainer:
         return evaluate(self.model, self._val_loader(res or self.config.validation.resolution), self.ctx,
                         precision=self.config.training.precision, flip_tta=self.config.validation.flip_tta)
 
+    def resolution_rows(self, resolutions: Sequence[int]) -> list[dict[str, float]]:
+        """Top-1/top-5 at each test resolution (resize + center crop), for the train/test resolution table."""
+        rows = []
+        for res in resolutions:
+            result = self.evaluate(res)
+            rows.append({"res": res, "top1": result.top1, "top5": result.top5, "count": result.count})
+        return rows
+
+    def report_resolutions(self, resolutions: Sequence[int]) -> list[dict[str, float]]:
+        rows = self.resolution_rows(resolutions)
+        trained_at = self.plans[-1].res
+        self.log.say(resolution_table(rows, trained_at))
+        return rows
+
     def _evaluation_due(self, epoch: int) -> bool:
         return (epoch + 1) % self.config.validation.every == 0 or epoch == self.epochs - 1
 
@@ -317,6 +348,9 @@ class Trainer:
         finally:
             self.stop.uninstall()
         self._save_final_weights()
+        if self.config.validation.resolutions:
+            rows = self.report_resolutions(self.config.validation.resolutions)
+            self.log.record("resolution_table", trained_at=self.plans[-1].res, rows=rows)
 
     def _run_epoch(self, plan: schedule.EpochPlan) -> None:
         if self.ctx.device.type == "cuda":
@@ -383,3 +417,34 @@ def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
         trainer.log.say(f"{config.logging.folder} already finished its {trainer.epochs} epochs; nothing to do")
         return
     trainer.run()
+
+
+def load_trained_weights(trainer: Trainer, path: str | Path) -> None:
+    """A run's checkpoint (last.pt) or its exported final_weights.pt, into the trainer's model."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--evaluate: {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises assorted types on a truncated or foreign file
+        raise ConfigError(f"--evaluate: {path} is not readable: {type(err).__name__}") from None
+    try:
+        if isinstance(state, dict) and "model" in state and "recipe" in state:
+            trainer.model.load_state_dict(state["model"])
+        else:
+            load_torchvision_weights(trainer.model, state)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ConfigError(f"--evaluate: {path} does not fit model.arch={trainer.config.model.arch} with "
+                          f"{len(trainer.datasets.classes)} classes: {str(err).splitlines()[0]}") from None
+
+
+def evaluate_saved(config: Config, ctx: DistContext, path: str | Path, resolutions: Sequence[int]) -> list[dict]:
+    """The separate evaluation command: saved weights at each test resolution, printed as a table."""
+    datasets = check_datasets(config)
+    check_run_settings(config, datasets, ctx.world_size, ctx.device)
+    for res in resolutions:
+        if res <= 0:
+            raise ConfigError(f"--eval-res: resolutions must be positive, got {res}")
+    trainer = Trainer(config, ctx, datasets)
+    load_trained_weights(trainer, path)
+    return trainer.report_resolutions(resolutions)

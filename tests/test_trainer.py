@@ -1,6 +1,7 @@
 """The trainer as users run it: train_imagenet.py in a subprocess, alone and under torchrun (gloo, CPU)."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -25,14 +26,15 @@ VAL_IMAGES = 42  # conftest: 6 classes x 7; 21 per rank in batches of 8: uneven 
 def straight_run(demo_betons: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three uninterrupted epochs: 32 px rrc, 64 px rrc, 64 px fixres."""
     folder = tmp_path_factory.mktemp("straight")
-    result = run(train_command(tiny_overrides(demo_betons, folder)))
+    result = run(train_command(tiny_overrides(demo_betons, folder, **{"validation.resolutions": "[48,64]"})))
     assert result.returncode == 0, explain(result)
     return folder
 
 
 def test_log_follows_the_schedule_with_first_batch_shapes(straight_run: Path, demo_betons: dict) -> None:
     records = epoch_records(straight_run)
-    config = load_config(REPO / "rcfg" / "demo.yaml", tiny_overrides(demo_betons, straight_run))
+    config = load_config(REPO / "rcfg" / "demo.yaml",
+                         tiny_overrides(demo_betons, straight_run, **{"validation.resolutions": "[48,64]"}))
     plans = full_schedule(config.resolution, config.training.epochs)
     assert [(r["epoch"], r["res"], r["crop_mode"]) for r in records] == [(p.epoch, p.res, p.crop_mode) for p in plans]
     assert [r["first_batch_shape"] for r in records] == [[8, 3, p.res, p.res] for p in plans]
@@ -153,3 +155,40 @@ def test_readme_demo_trains_clearly_above_chance(tmp_path: Path) -> None:
     records = epoch_records(tmp_path / "runs" / "demo")
     assert [r["crop_mode"] for r in records][-1] == "fixres" and records[-1]["val_count"] == 200
     assert records[-1]["val_top1"] >= 0.4, [r["val_top1"] for r in records]
+
+
+@pytest.mark.parametrize("weights", [FINAL_WEIGHTS, "checkpoints/last.pt"])
+def test_evaluate_command_reproduces_the_runs_own_numbers(straight_run: Path, demo_betons: dict,
+                                                          weights: str) -> None:
+    """Saved weights evaluated on their own give the numbers the run logged, at every test resolution."""
+    result = run(train_command([*tiny_overrides(demo_betons, straight_run), "--evaluate",
+                                str(straight_run / weights), "--eval-res", "48", "64"]))
+    assert result.returncode == 0, explain(result)
+    logged = [r for r in map(json.loads, (straight_run / "log.jsonl").read_text().splitlines())
+              if r["kind"] == "resolution_table"][-1]
+    assert [row["res"] for row in logged["rows"]] == [48, 64] and logged["trained_at"] == 64
+    assert logged["rows"][1]["top1"] == pytest.approx(epoch_records(straight_run)[-1]["val_top1"])
+    printed = [line.split("|") for line in result.stdout.splitlines() if line.strip()[:2] in ("48", "64")]
+    assert len(printed) == 2
+    for row, cells in zip(logged["rows"], printed):
+        assert float(cells[1].strip(" %")) == pytest.approx(100 * row["top1"], abs=0.006)
+        assert float(cells[2].strip(" %")) == pytest.approx(100 * row["top5"], abs=0.006)
+
+
+def test_bn_fc_fixres_phase_trains_only_batchnorm_and_classifier(demo_betons: dict, tmp_path: Path) -> None:
+    from ffcv_imagenet.distributed import DistContext
+    from ffcv_imagenet.trainer import Trainer, check_datasets
+
+    config = load_config(DEMO_RECIPE, tiny_overrides(demo_betons, tmp_path, **{
+        "training.epochs": 2, "resolution.fixres_train": "bn_fc", "validation.every": 2}))
+    ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    trainer = Trainer(config, ctx, check_datasets(config))
+    trainer._run_epoch(trainer.plans[0])
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.plans[1].crop_mode == "fixres"
+    trainer._run_epoch(trainer.plans[1])
+    after = trainer.model.state_dict()
+    convs = [k for k in after if k.endswith("weight") and after[k].ndim == 4]
+    adapted = [k for k in after if "bn" in k or "downsample.1" in k or k.startswith("fc.")]
+    assert convs and all(torch.equal(before[k], after[k]) for k in convs)
+    assert all(not torch.equal(before[k], after[k]) for k in adapted if after[k].is_floating_point())

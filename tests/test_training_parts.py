@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchvision import models
 
 from ffcv_imagenet.checkpointing import (check_resumable, load_checkpoint, recipe_differences, save_checkpoint)
 from ffcv_imagenet.config import Config, ConfigError, LRConfig, to_dict
@@ -15,7 +16,8 @@ from ffcv_imagenet.distributed import DistContext
 from ffcv_imagenet.evaluation import evaluate
 from ffcv_imagenet.loaders import normalize, val_indices
 from ffcv_imagenet.lr_schedule import lr_at, lr_factor, peak_lr
-from ffcv_imagenet.trainer import split_weight_decay
+from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan
+from ffcv_imagenet.trainer import backbone_frozen, parameter_groups
 
 
 def test_peak_lr_scales_with_the_global_batch() -> None:
@@ -81,13 +83,22 @@ def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     assert list(path.parent.iterdir()) == [path]  # no temporary left behind
 
 
-def test_no_weight_decay_on_batchnorm_and_biases() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
-    model(torch.zeros(1, 3, 5, 5))
-    decay, no_decay = split_weight_decay(model, 5e-5)
-    assert decay["weight_decay"] == 5e-5 and no_decay["weight_decay"] == 0.0
-    assert {p.ndim for p in decay["params"]} == {2, 4} and {p.ndim for p in no_decay["params"]} == {1}
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+def test_parameter_groups_decay_and_fixres_freezing() -> None:
+    model = models.resnet18(num_classes=5)
+    backbone, classifier, no_decay = parameter_groups(model, 5e-5)
+    assert backbone["weight_decay"] == classifier["weight_decay"] == 5e-5 and no_decay["weight_decay"] == 0.0
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    norms = [p for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in (m.weight, m.bias)]
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in convs}
+    assert classifier["params"] == [model.fc.weight]
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in norms} | {id(model.fc.bias)}
+    assert backbone["backbone"] and not classifier["backbone"] and not no_decay["backbone"]
+
+    config = Config()
+    config.resolution.fixres_train = "bn_fc"
+    assert backbone_frozen(config, EpochPlan(9, 224, FIXRES)) and not backbone_frozen(config, EpochPlan(0, 160, RRC))
+    config.resolution.fixres_train = "all"
+    assert not backbone_frozen(config, EpochPlan(9, 224, FIXRES))
 
 
 class FixedLogits(nn.Module):
