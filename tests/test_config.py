@@ -52,3 +52,17 @@ def test_describe_lists_every_key_with_help() -> None:
     text = describe()
     for key in ("train_dataset", "lr_per_256", "fixres_epochs", "precision", "flip_tta"):
         assert key in text
+
+
+def test_every_recipe_names_every_key() -> None:
+    """Recipes are data: each one states every hyperparameter, none left to a code default."""
+    import yaml
+
+    from ffcv_imagenet.config import Config, to_dict
+
+    expected = {section: set(keys) for section, keys in to_dict(Config()).items()}
+    recipes = sorted((Path(__file__).resolve().parents[1] / "rcfg").glob("*.yaml"))
+    assert len(recipes) == 13
+    for recipe in recipes:
+        content = yaml.safe_load(recipe.read_text())
+        assert {section: set(keys) for section, keys in content.items()} == expected, recipe.name

@@ -83,3 +83,14 @@ def test_a_dead_rank_ends_the_run_instead_of_hanging(demo_betons: dict, tmp_path
     assert launcher.returncode != 0
     assert time.monotonic() - started < 120
     assert all(not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE for worker in workers)
+
+
+def test_print_schedule_prints_the_table_alone() -> None:
+    from ffcv_imagenet.config import load_config
+    from ffcv_imagenet.schedule import format_table, full_schedule
+
+    result = run([*train_command([])[:2], "--config", str(REPO / "rcfg" / "rn50_88.yaml"), "--print-schedule"])
+    config = load_config(REPO / "rcfg" / "rn50_88.yaml")
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.strip() == format_table(full_schedule(config.resolution, config.training.epochs))
+    assert "79-87     | 224 | fixres" in result.stdout
