@@ -192,3 +192,14 @@ def test_bn_fc_fixres_phase_trains_only_batchnorm_and_classifier(demo_betons: di
     adapted = [k for k in after if "bn" in k or "downsample.1" in k or k.startswith("fc.")]
     assert convs and all(torch.equal(before[k], after[k]) for k in convs)
     assert all(not torch.equal(before[k], after[k]) for k in adapted if after[k].is_floating_point())
+
+
+def test_bf16_autocast_on_cpu_trains(demo_betons: dict, tmp_path: Path) -> None:
+    args = tiny_overrides(demo_betons, tmp_path, **{"training.epochs": 1, "resolution.fixres_epochs": 0,
+                                                     "training.precision": "bf16", "training.channels_last": False})
+    result = run(train_command(args))
+    assert result.returncode == 0, explain(result)
+    record = epoch_records(tmp_path)[0]
+    assert record["val_count"] == VAL_IMAGES and record["train_loss"] > 0
+    weights = torch.load(tmp_path / FINAL_WEIGHTS, weights_only=True)
+    assert all(value.dtype != torch.bfloat16 for value in weights.values())  # autocast keeps fp32 weights
