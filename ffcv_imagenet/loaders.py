@@ -128,9 +128,15 @@ class TrainLoader:
         """The batches of ``plan``'s epoch, after the first ``skip_batches`` (already trained on)."""
         self.prepare(plan)
         assert self._loader is not None
-        for index, (images, labels) in enumerate(self._loader):
-            if index >= skip_batches:
-                yield images, labels.view(-1)
+        batches = iter(self._loader)
+        try:
+            for index, (images, labels) in enumerate(batches):
+                if index >= skip_batches:
+                    yield images, labels.view(-1)
+        finally:
+            # An epoch left early (a stop signal, the profiler's timed windows) must stop FFCV's
+            # decode thread: its thread object is never collected, so it would keep its batch buffers.
+            batches.close()
 
 
 def val_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
