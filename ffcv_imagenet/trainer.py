@@ -227,8 +227,13 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         ranks_note = ""
         if state["world_size"] != self.ctx.world_size:
-            ranks_note = f" (saved with {state['world_size']} ranks, now {self.ctx.world_size}: global batch changes)"
-        self.log.say(f"resumed from {path} at epoch {self.epoch + 1}, batch {self.step_in_epoch}{ranks_note}")
+            ranks_note = f" (saved with {state['world_size']} ranks, now {self.ctx.world_size}: global batch changes"
+            if self.step_in_epoch:
+                # Another rank count shards the epoch differently: "batch k" no longer names the same images.
+                self.step_in_epoch = 0
+                ranks_note += "; the interrupted epoch restarts from its first batch"
+            ranks_note += ")"
+        self.log.say(f"resumed from {path} at epoch {self.epoch}, batch {self.step_in_epoch}{ranks_note}")
         self.log.record("event", event="resumed", checkpoint=str(path), epoch=self.epoch,
                         step_in_epoch=self.step_in_epoch, world_size=self.ctx.world_size)
 
@@ -264,7 +269,7 @@ class Trainer:
         limit = self.config.training.max_bad_steps
         if self.bad_steps >= limit:
             raise TrainingStopped(
-                f"the loss was not finite for {limit} steps in a row (epoch {self.epoch + 1}, batch {step + 1}); "
+                f"the loss was not finite for {limit} steps in a row (epoch {self.epoch}, batch {step}); "
                 f"stopped, the last checkpoint in {self.folder} is kept; lower lr.lr_per_256 or use "
                 "training.precision=bf16/fp32", EXIT_DIVERGED)
 
@@ -274,7 +279,7 @@ class Trainer:
         steps = len(self.train_loader)
         start_step = self.step_in_epoch
         progress = tqdm(total=(steps - start_step) * self.global_batch, unit="img", unit_scale=True,
-                        desc=f"epoch {plan.epoch + 1}/{self.epochs} res {plan.res}", leave=False,
+                        desc=f"epoch {plan.epoch} (of 0-{self.epochs - 1}) res {plan.res}", leave=False,
                         disable=not (self.ctx.is_main and self.config.logging.progress), dynamic_ncols=True)
         loss_sum, finite_steps, first_shape, lr = 0.0, 0, None, 0.0
         started = time.perf_counter()
@@ -292,7 +297,7 @@ class Trainer:
                 if stop:
                     self.step_in_epoch = step + 1
                     self.save()
-                    raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch + 1}, batch "
+                    raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after batch "
                                           f"{step + 1} of {steps}; run the same command to resume", EXIT_PREEMPTED)
         seconds = time.perf_counter() - started
         images_seen = (steps - start_step) * self.global_batch
