@@ -36,7 +36,9 @@ class DataConfig:
     val_dataset: str = _help(".beton written by write_datasets.py for validation", "")
     num_workers: int = _help("decode threads per rank; 0 = this rank's share of the cores", 0)
     in_memory: bool = _help("the dataset fits in RAM (OS page cache); else use order: quasi_random", True)
-    order: str = _help("train traversal: random | quasi_random", "random")
+    order: str = _help("train traversal: random | quasi_random (page-grouped, for data larger than RAM)", "random")
+    cache_mib: int = _help("quasi_random with in_memory false: process cache per rank in MiB; "
+                           "bounds the shuffle window (half of it, in pages)", 4096)
 
 
 @dataclass
@@ -107,6 +109,8 @@ class LoggingConfig:
     folder: str = _help("run folder: logs, checkpoints, final weights", "runs/default")
     resume: bool = _help("continue from the run folder's last checkpoint if there is one", True)
     progress: bool = _help("tqdm progress bar on rank 0", True)
+    checkpoint_minutes: float = _help("also checkpoint inside an epoch every this many minutes; 0 = per epoch only",
+                                      0.0)
 
 
 @dataclass

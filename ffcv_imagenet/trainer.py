@@ -96,8 +96,11 @@ def check_run_settings(config: Config, datasets: Datasets, world_size: int, devi
         raise ConfigError(f"data.val_dataset: {datasets.val_size} images cannot be shared by {world_size} ranks")
     if training.precision == "fp16" and device.type != "cuda":
         raise ConfigError("training.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
-    if config.data.order == "quasi_random" and world_size > 1:
-        raise ConfigError("data.order: quasi_random is not available with several ranks yet; use random")
+    if config.data.cache_mib <= 0:
+        raise ConfigError(f"data.cache_mib: must be positive, got {config.data.cache_mib}")
+    if config.logging.checkpoint_minutes < 0:
+        raise ConfigError(f"logging.checkpoint_minutes: must be 0 (off) or positive, got "
+                          f"{config.logging.checkpoint_minutes}")
     if config.model.num_classes not in (0, len(datasets.classes)):
         raise ConfigError(f"model.num_classes: {config.model.num_classes}, but the datasets have "
                           f"{len(datasets.classes)} classes (0 takes the datasets' count)")
@@ -184,8 +187,9 @@ class Trainer:
                                               device=ctx.device, channels_last=config.training.channels_last)
         self.train_loader = TrainLoader(datasets.train_path, self.loader_settings, order=config.data.order,
                                         in_memory=config.data.in_memory, distributed=ctx.distributed,
-                                        seed=config.training.seed,
+                                        seed=config.training.seed, cache_mib=config.data.cache_mib,
                                         fixres_crop_ratio=config.resolution.fixres_crop_ratio)
+        self.last_save = time.monotonic()
         self.val_loaders: dict[int, Any] = {}
         if resume_from is not None:
             self._resume(resume_from)
@@ -216,6 +220,7 @@ class Trainer:
         if self.ctx.is_main:
             checkpointing.save_checkpoint(checkpointing.last_checkpoint_path(self.folder), self._state())
         barrier(self.ctx)
+        self.last_save = time.monotonic()
 
     def _resume(self, path: Path) -> None:
         state = checkpointing.load_checkpoint(path)
@@ -247,15 +252,16 @@ class Trainer:
             group["lr"] = 0.0 if frozen and group["backbone"] else lr
         return lr
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool]:
-        """One optimizer step; returns (loss averaged over ranks, whether any rank was asked to stop)."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool, bool]:
+        """One optimizer step; returns (loss averaged over ranks, stop requested on any rank,
+        checkpoint due by rank 0's clock): one all-reduce, so every rank acts on the same answers."""
         with autocast_for(self.ctx.device, self.config.training.precision):
             loss = self.criterion(self.train_model(normalize(images)), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        shared = torch.stack([loss.detach().float(),
-                              torch.tensor(float(self.stop.requested), device=loss.device)])
-        loss_sum, stops = all_reduce_sum(self.ctx, shared).tolist()
+        shared = torch.tensor([0.0, float(self.stop.requested), float(self._checkpoint_due())], device=loss.device)
+        shared[0] = loss.detach().float()
+        loss_sum, stops, due = all_reduce_sum(self.ctx, shared).tolist()
         mean_loss = loss_sum / self.ctx.world_size
         if torch.isfinite(torch.tensor(mean_loss)):
             self.bad_steps = 0
@@ -263,7 +269,11 @@ class Trainer:
             self.scaler.update()
         else:
             self.bad_steps += 1  # every rank saw the same sum, so every rank skips this step
-        return mean_loss, stops > 0
+        return mean_loss, stops > 0, due > 0
+
+    def _checkpoint_due(self) -> bool:
+        minutes = self.config.logging.checkpoint_minutes
+        return self.ctx.is_main and minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes
 
     def _check_divergence(self, step: int) -> None:
         limit = self.config.training.max_bad_steps
@@ -288,21 +298,24 @@ class Trainer:
                 if first_shape is None:
                     first_shape = list(images.shape)
                 lr = self._set_lr(plan, step, steps)
-                loss, stop = self.train_step(images, labels)
+                loss, stop, checkpoint_due = self.train_step(images, labels)
                 if self.bad_steps == 0:
                     loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
                 self._check_divergence(step)
                 progress.update(self.global_batch)
                 progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
-                if stop:
+                if stop or checkpoint_due:
                     self.step_in_epoch = step + 1
                     self.save()
+                    self.log.record("event", event="checkpoint", epoch=plan.epoch, step_in_epoch=step + 1)
+                if stop:
                     raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after batch "
                                           f"{step + 1} of {steps}; run the same command to resume", EXIT_PREEMPTED)
         seconds = time.perf_counter() - started
         images_seen = (steps - start_step) * self.global_batch
         return {"epoch": plan.epoch, "res": plan.res, "crop_mode": plan.crop_mode, "first_batch_shape": first_shape,
                 "lr": lr, "train_loss": loss_sum / max(1, finite_steps), "steps": steps,
+                "process_cache_mib": self.train_loader.process_cache_bytes / MIB,
                 "images_per_second": images_seen / seconds, "epoch_seconds": seconds}
 
     # ------------------------------------------------------------ evaluation
