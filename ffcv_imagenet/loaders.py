@@ -23,14 +23,21 @@ from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
-from .decoders import FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
+from .decoders import CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
 from .schedule import FIXRES, RRC, EpochPlan
 
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}
+FAST, STOCK = "fast", "stock"  # the recipe's data.decoder
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 3, H, W) on the device, int64 labels (N,)
+
+
+def _is_fast(decoder: str) -> bool:
+    if decoder not in (FAST, STOCK):
+        raise ValueError(f"decoder must be {FAST} or {STOCK}: {decoder!r}")
+    return decoder == FAST
 
 
 def workers_per_rank(requested: int) -> int:
@@ -73,11 +80,14 @@ class TrainLoader:
     ``order`` is 'random' (the dataset sits in the page cache) or
     'quasi_random' (it does not: FFCV reads whole pages in random page order).
     Under DDP each rank reads its own shard of the epoch's permutation.
+    ``decoder`` is 'fast' (IDCT-scaled decode) or 'stock' (FFCV's full-size decode).
+    A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
     """
 
     def __init__(self, path: str | Path, settings: LoaderSettings, *, order: str, in_memory: bool,
-                 distributed: bool, seed: int, fixres_crop_ratio: float):
+                 distributed: bool, seed: int, fixres_crop_ratio: float, decoder: str = FAST):
         self.path = str(path)
+        self.fast = _is_fast(decoder)
         self.settings = settings
         self.order = ORDERS[order]
         self.in_memory = in_memory
@@ -91,9 +101,9 @@ class TrainLoader:
     def _decoder_for(self, plan: EpochPlan) -> SeededCropDecoder:
         size = (plan.res, plan.res)
         if plan.crop_mode == RRC:
-            return RandomResizedCropDecoder(size)
+            return RandomResizedCropDecoder(size, fast=self.fast)
         if plan.crop_mode == FIXRES:
-            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio)
+            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio, fast=self.fast)
         raise ValueError(f"unknown crop mode {plan.crop_mode!r}")
 
     def _build(self, plan: EpochPlan) -> tuple[Loader, SeededCropDecoder]:
@@ -127,8 +137,9 @@ class TrainLoader:
     def epoch(self, plan: EpochPlan, skip_batches: int = 0) -> Iterator[Batch]:
         """The batches of ``plan``'s epoch, after the first ``skip_batches`` (already trained on)."""
         self.prepare(plan)
-        assert self._loader is not None
+        assert self._loader is not None and self._decoder is not None
         for index, (images, labels) in enumerate(self._loader):
+            self._decoder.check_decoded(self.path)
             if index >= skip_batches:
                 yield images, labels.view(-1)
 
@@ -142,12 +153,33 @@ def val_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, num_samples, world_size, dtype=np.uint64)
 
 
+class ValLoader:
+    """An FFCV val loader whose batches are checked for corrupt records before they are yielded."""
+
+    def __init__(self, loader: Loader, decoder: CenterCropDecoder | None, path: str):
+        self.loader, self.decoder, self.path = loader, decoder, path
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, labels in self.loader:
+            if self.decoder is not None:
+                self.decoder.check_decoded(self.path)
+            yield images, labels
+
+
 def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, crop_ratio: float,
-                     num_samples: int, rank: int, world_size: int) -> Loader:
-    """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1))."""
-    decoder = CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
-    return Loader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
-                  order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
-                  indices=val_indices(num_samples, rank, world_size),
-                  pipelines={"image": [decoder, *_image_tail(settings.device, settings.channels_last)],
-                             "label": _label_pipeline(settings.device)})
+                     num_samples: int, rank: int, world_size: int, decoder: str = FAST) -> ValLoader:
+    """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1)).
+
+    'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records).
+    """
+    ours = CenterCropDecoder((res, res), ratio=crop_ratio) if _is_fast(decoder) else None
+    image_decoder = ours if ours is not None else CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
+    loader = Loader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
+                    order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
+                    indices=val_indices(num_samples, rank, world_size),
+                    pipelines={"image": [image_decoder, *_image_tail(settings.device, settings.channels_last)],
+                               "label": _label_pipeline(settings.device)})
+    return ValLoader(loader, ours, str(path))
