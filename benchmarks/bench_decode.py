@@ -1,4 +1,8 @@
-"""Decoder speed per core: FFCV 1.0.2's stock decoders vs ours (full decode) vs ours (DCT-scaled), one run.
+"""Decoder speed per core, one run: FFCV 1.0.2's stock decoders vs ours with each decode method.
+
+Methods (ffcv_imagenet.decoders): full = FFCV's decode path with our seeded windows; scaled = the
+whole JPEG at the IDCT scale that serves (FFCV's imdecode); region = only the window's iMCU region
+at that scale (our extension) and the cheaper resize (data.decoder: fast).
 
 Data: ImageNet-like photos (the demo scenes with grain and texture, as in bench_conversion.py),
 sides 250-500 px (about 400x350 on average), converted with write_datasets' defaults
@@ -30,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_conversion import CLASSES, DISTINCT_SCENES, RAW_MODE, SOURCE_QUALITY, texture  # noqa: E402
 
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
-from ffcv_imagenet.decoders import (RRC_RATIO, RRC_SCALE, VAL_CROP_RATIO, CenterCropDecoder,  # noqa: E402
-                                    FixResCropDecoder, RandomResizedCropDecoder, dct_denominator)
+from ffcv_imagenet.decoders import (METHODS, REGION, RRC_RATIO, RRC_SCALE, VAL_CROP_RATIO,  # noqa: E402
+                                    CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder,
+                                    dct_denominator)
 from ffcv_imagenet.demo_data import make_image  # noqa: E402
 from ffcv_imagenet.inspection import image_metadata, open_beton  # noqa: E402
 
@@ -58,13 +63,12 @@ def decoders(mode: str, res: int) -> dict[str, list]:
     """name -> image pipeline, for one crop mode; 'stock' is FFCV's own where FFCV has one."""
     size = (res, res)
     if mode == "rrc":
-        return {"stock": [RandomResizedCropRGBImageDecoder(size), RandomHorizontalFlip()],
-                "full": [RandomResizedCropDecoder(size, fast=False)],
-                "fast": [RandomResizedCropDecoder(size)]}
-    if mode == "fixres":  # FFCV has no FixRes decoder: our full-size decode is FFCV's decode path
-        return {"full": [FixResCropDecoder(size, fast=False)], "fast": [FixResCropDecoder(size)]}
-    return {"stock": [CenterCropRGBImageDecoder(size, ratio=VAL_CROP_RATIO)],
-            "full": [CenterCropDecoder(size, fast=False)], "fast": [CenterCropDecoder(size)]}
+        stock, ours = [RandomResizedCropRGBImageDecoder(size), RandomHorizontalFlip()], RandomResizedCropDecoder
+    elif mode == "fixres":  # FFCV has no FixRes decoder: our FULL method is FFCV's decode path
+        stock, ours = None, FixResCropDecoder
+    else:
+        stock, ours = [CenterCropRGBImageDecoder(size, ratio=VAL_CROP_RATIO)], CenterCropDecoder
+    return {**({"stock": stock} if stock else {}), **{method: [ours(size, method=method)] for method in METHODS}}
 
 
 def epoch_rate(loader: Loader) -> float:
@@ -117,12 +121,11 @@ def main() -> None:
                     for name in names[shift:] + names[:shift]:
                         rates[name].append(epoch_rate(loaders[name]))
                 median = {name: statistics.median(values) for name, values in rates.items()}
-                base = "stock" if "stock" in median else "full"
                 cells = "  ".join(f"{name} {rate:7.0f} img/s" for name, rate in median.items())
-                ratios = "  ".join(f"fast/{name} {median['fast'] / median[name]:.2f}x"
-                                   for name in median if name != "fast")
+                ratios = "  ".join(f"{REGION}/{name} {median[REGION] / median[name]:.2f}x"
+                                   for name in median if name != REGION)
                 extra = f"  [RRC IDCT scales {scale_shares(beton, res, indices)}]" if mode == "rrc" else ""
-                print(f"{mode:6s} {res}: {cells}  |  {ratios}  (base {base}){extra}", flush=True)
+                print(f"{mode:6s} {res}: {cells}  |  {ratios}{extra}", flush=True)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ class DataConfig:
     num_workers: int = _help("decode threads per rank; 0 = this rank's share of the cores", 0)
     in_memory: bool = _help("the dataset fits in RAM (OS page cache); else use order: quasi_random", True)
     order: str = _help("train traversal: random | quasi_random", "random")
-    decoder: str = _help("JPEG decode: fast (window first, decoded at the largest IDCT downscale that "
-                         "serves) | stock (FFCV's full-size decode; same seeded windows)", "fast")
+    decoder: str = _help("JPEG decode: fast (window first; only its region, at the largest IDCT downscale "
+                         "that serves) | stock (FFCV's full-size decode; same seeded windows)", "fast")
 
 
 @dataclass

@@ -8,17 +8,17 @@ Training crops, with the horizontal flip done in the same pass:
   source pixels, so each image is decoded once and resized once: the window's
   side is ``ratio * min(h, w)`` (resizing the shorter side to res / ratio and
   cropping res is that window, scaled), at a uniformly random position.
-
 - ``CenterCropDecoder``: the val transform (resize + center crop), no randomness.
 
-Decode at the smallest DCT scale that serves: the window is chosen first (the
-same seeded draws as a full decode would use), then the JPEG is decoded whole at
-the largest TurboJPEG IDCT downscale (1/2, 1/4, 1/8) that still leaves the
-window at least as large as the output in both dimensions, through FFCV's own
-``imdecode`` entry point; the window is mapped to the scaled image and resized
-once. The IDCT then does part of the downscaling nearly for free and the resize
-reads fewer pixels. Raw records are cropped and resized directly. ``fast=False``
-keeps FFCV's full-size decode (the recipe's ``data.decoder: stock``).
+Decode only what serves (``method``, REGION by default): the window is chosen first (the same
+seeded draws as a full decode would use), then the JPEG is decoded at the largest TurboJPEG
+IDCT downscale (1/2, 1/4, 1/8) that still leaves the window at least as large as the output in
+both dimensions, and only the iMCU-aligned region around the window is decoded (libjpeg's
+partial decode, our ``_jpeg_region`` extension); the window, mapped to scaled pixels, is resized
+once, with INTER_LINEAR when it is under twice the output per side (else INTER_AREA). Raw
+records are cropped and resized directly, with the same interpolation rule. SCALED decodes the
+whole image at the IDCT scale through FFCV's ``imdecode``; FULL is FFCV's own path (full-size
+decode, INTER_AREA), the recipe's ``data.decoder: stock``.
 
 A record that does not decode (corrupt JPEG) never kills FFCV's worker thread,
 which would leave the training loop waiting forever: its output is zeroed, its
@@ -43,6 +43,8 @@ from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, get_c
 from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.compiler import Compiler
 
+from .jpeg_region import INTER_AREA, INTER_LINEAR, REGION_OK, crop_decode_resize, crop_resize
+
 FIXRES_CROP_RATIO = 224 / 256  # crop side / resized shorter side, as in the standard val transform
 RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults
 RRC_RATIO = (3 / 4, 4 / 3)
@@ -50,7 +52,16 @@ FLIP_PROBABILITY = 0.5
 VAL_CROP_RATIO = 224 / 256  # the standard val transform: center crop side / resized shorter side
 DCT_DENOMINATORS = (8, 4, 2)  # TurboJPEG's power-of-two IDCT downscales, the largest first
 FULL_SCALE = 1
-TJ_SUCCESS = 0  # tjDecompress2's return value; -1 on an error or a warning (corrupt data)
+# How JPEG records are decoded (the decoders' ``method``):
+FULL = "full"  # FFCV's imdecode at full size, then FFCV's resize (INTER_AREA): the stock path
+SCALED = "scaled"  # FFCV's imdecode of the whole image at the IDCT scale, then FFCV's resize
+REGION = "region"  # our _jpeg_region: only the iMCU region around the window, at the IDCT scale
+METHODS = (FULL, SCALED, REGION)
+# The region path resizes with INTER_LINEAR when the (scaled) window is less than this many
+# times the output per side (the IDCT scale leaves it so unless 1/8 was not enough), which costs
+# a fraction of INTER_AREA's general-ratio path; beyond it, INTER_AREA's averaging is needed.
+LINEAR_BELOW_RATIO = 2
+TJ_SUCCESS = 0  # tjDecompress2's return value (as REGION_OK); -1 on an error or a warning (corrupt data)
 
 # Epoch seed of each live decoder, read by the compiled code once per batch: it
 # changes every epoch without recompiling the pipeline (numba freezes arrays
@@ -124,6 +135,14 @@ def scaled_span(start: int, length: int, denom: int, limit: int) -> tuple[int, i
 
 
 @numba.njit(nogil=True)
+def interpolation_for(crop_h: int, crop_w: int, out_h: int, out_w: int) -> int:
+    """INTER_LINEAR for a window under LINEAR_BELOW_RATIO x the output per side, else INTER_AREA."""
+    if crop_h < LINEAR_BELOW_RATIO * out_h and crop_w < LINEAR_BELOW_RATIO * out_w:
+        return INTER_LINEAR
+    return INTER_AREA
+
+
+@numba.njit(nogil=True)
 def flip_in_place(image: np.ndarray) -> None:
     """Mirror an (h, w, c) image left-right without a second buffer."""
     width = image.shape[1]
@@ -140,15 +159,17 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
 
     Subclasses choose the window. ``set_epoch`` must be called before each
     epoch's iteration starts; ``output_size`` may change between epochs.
-    ``fast=False`` decodes every JPEG at full size (FFCV's stock decode path).
+    ``method`` (FULL, SCALED, REGION) says how JPEG records are decoded; see the module docstring.
     """
 
     seeded = True  # draws come from the per-sample generator; a deterministic window needs none
 
-    def __init__(self, output_size: tuple[int, int], flip: bool = True, fast: bool = True):
+    def __init__(self, output_size: tuple[int, int], flip: bool = True, method: str = REGION):
+        if method not in METHODS:
+            raise ValueError(f"decode method must be one of {', '.join(METHODS)}: {method!r}")
         super().__init__(output_size)
         self.flip = flip
-        self.fast = fast
+        self.method = method
         self.key = next(_decoder_keys)
         _EPOCH_SEEDS[self.key] = 0
 
@@ -173,10 +194,13 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
         my_range = Compiler.get_iterator()
         imdecode_c = Compiler.compile(imdecode)
         resize_crop_c = Compiler.compile(resize_crop)
+        region_c = Compiler.compile(crop_decode_resize)
+        crop_resize_c = Compiler.compile(crop_resize)
         get_crop_c = Compiler.compile(self.get_crop_generator)
         scale = np.array(self.scale) if isinstance(self.scale, tuple) else self.scale
         ratio = np.array(self.ratio) if isinstance(self.ratio, tuple) else self.ratio
-        flip, fast, seeded, key = self.flip, self.fast, self.seeded, self.key
+        flip, seeded, key = self.flip, self.seeded, self.key
+        region, idct_scaled = self.method == REGION, self.method != FULL
 
         def decode(batch_indices, my_storage, metadata, storage_state):  # noqa: ANN001, ANN202 - numba
             destination, temp_storage = my_storage
@@ -194,23 +218,33 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
                 top, left, crop_h, crop_w = get_crop_c(height, width, scale, ratio)
                 bottom, right = top + crop_h, left + crop_w
                 if field["mode"] == jpg:
-                    denom = dct_denominator(crop_h, crop_w, out_h, out_w) if fast else FULL_SCALE
-                    status = imdecode_c(image_data, temp_storage[dst_ix], height, width, height, width,
-                                        0, 0, 1, denom, False, False)
-                    if status != TJ_SUCCESS:
+                    denom = dct_denominator(crop_h, crop_w, out_h, out_w) if idct_scaled else FULL_SCALE
+                    decoded_h, decoded_w = scaled_down(height, denom), scaled_down(width, denom)
+                    if denom != FULL_SCALE:
+                        top, bottom = scaled_span(top, crop_h, denom, decoded_h)
+                        left, right = scaled_span(left, crop_w, denom, decoded_w)
+                    if region:
+                        status = region_c(image_data, denom, top, bottom, left, right, temp_storage[dst_ix],
+                                          destination[dst_ix], interpolation_for(bottom - top, right - left,
+                                                                                 out_h, out_w))
+                    else:
+                        status = imdecode_c(image_data, temp_storage[dst_ix], height, width, height, width,
+                                            0, 0, 1, denom, False, False)
+                    if status != REGION_OK:  # == TJ_SUCCESS
                         destination[dst_ix][:] = 0
                         with numba.objmode():
                             _record_failure(key, source_ix)
                         continue
-                    decoded_h, decoded_w = scaled_down(height, denom), scaled_down(width, denom)
-                    pixels = temp_storage[dst_ix].reshape(-1)[:3 * decoded_h * decoded_w].reshape(
-                        decoded_h, decoded_w, 3)
-                    if denom != FULL_SCALE:
-                        top, bottom = scaled_span(top, crop_h, denom, decoded_h)
-                        left, right = scaled_span(left, crop_w, denom, decoded_w)
+                    if not region:
+                        pixels = temp_storage[dst_ix].reshape(-1)[:3 * decoded_h * decoded_w].reshape(
+                            decoded_h, decoded_w, 3)
+                        resize_crop_c(pixels, top, bottom, left, right, destination[dst_ix])
+                elif region:
+                    crop_resize_c(image_data.reshape(height, width, 3), top, bottom, left, right,
+                                  destination[dst_ix], interpolation_for(crop_h, crop_w, out_h, out_w))
                 else:
-                    pixels = image_data.reshape(height, width, 3)
-                resize_crop_c(pixels, top, bottom, left, right, destination[dst_ix])
+                    resize_crop_c(image_data.reshape(height, width, 3), top, bottom, left, right,
+                                  destination[dst_ix])
                 if flip and np.random.rand() < FLIP_PROBABILITY:
                     flip_in_place(destination[dst_ix])
             return destination[:len(batch_indices)]
@@ -222,9 +256,9 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
 class RandomResizedCropDecoder(SeededCropDecoder):
     """torchvision's RandomResizedCrop window (FFCV's sampler), resized to ``output_size``, plus flip."""
 
-    def __init__(self, output_size: tuple[int, int], flip: bool = True, fast: bool = True,
+    def __init__(self, output_size: tuple[int, int], flip: bool = True, method: str = REGION,
                  scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO):
-        super().__init__(output_size, flip, fast)
+        super().__init__(output_size, flip, method)
         self.scale = scale
         self.ratio = ratio
 
@@ -237,10 +271,10 @@ class FixResCropDecoder(SeededCropDecoder):
     """Decode, take the FixRes window, resize it to ``output_size`` (one resize), plus flip."""
 
     def __init__(self, output_size: tuple[int, int], ratio: float = FIXRES_CROP_RATIO, flip: bool = True,
-                 fast: bool = True):
+                 method: str = REGION):
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"FixRes crop ratio must be in (0, 1]: {ratio}")
-        super().__init__(output_size, flip, fast)
+        super().__init__(output_size, flip, method)
         self.scale = None
         self.ratio = ratio
 
@@ -254,10 +288,10 @@ class CenterCropDecoder(SeededCropDecoder):
 
     seeded = False
 
-    def __init__(self, output_size: tuple[int, int], ratio: float = VAL_CROP_RATIO, fast: bool = True):
+    def __init__(self, output_size: tuple[int, int], ratio: float = VAL_CROP_RATIO, method: str = REGION):
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"center crop ratio must be in (0, 1]: {ratio}")
-        super().__init__(output_size, flip=False, fast=fast)
+        super().__init__(output_size, flip=False, method=method)
         self.scale = None
         self.ratio = ratio
 

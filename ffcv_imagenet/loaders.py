@@ -23,21 +23,22 @@ from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
-from .decoders import CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
+from .decoders import FULL, REGION, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
 from .schedule import FIXRES, RRC, EpochPlan
 
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}
 FAST, STOCK = "fast", "stock"  # the recipe's data.decoder
+DECODE_METHODS = {FAST: REGION, STOCK: FULL}
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 3, H, W) on the device, int64 labels (N,)
 
 
-def _is_fast(decoder: str) -> bool:
-    if decoder not in (FAST, STOCK):
+def _decode_method(decoder: str) -> str:
+    if decoder not in DECODE_METHODS:
         raise ValueError(f"decoder must be {FAST} or {STOCK}: {decoder!r}")
-    return decoder == FAST
+    return DECODE_METHODS[decoder]
 
 
 def workers_per_rank(requested: int) -> int:
@@ -80,14 +81,14 @@ class TrainLoader:
     ``order`` is 'random' (the dataset sits in the page cache) or
     'quasi_random' (it does not: FFCV reads whole pages in random page order).
     Under DDP each rank reads its own shard of the epoch's permutation.
-    ``decoder`` is 'fast' (IDCT-scaled decode) or 'stock' (FFCV's full-size decode).
+    ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode).
     A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
     """
 
     def __init__(self, path: str | Path, settings: LoaderSettings, *, order: str, in_memory: bool,
                  distributed: bool, seed: int, fixres_crop_ratio: float, decoder: str = FAST):
         self.path = str(path)
-        self.fast = _is_fast(decoder)
+        self.method = _decode_method(decoder)
         self.settings = settings
         self.order = ORDERS[order]
         self.in_memory = in_memory
@@ -101,9 +102,9 @@ class TrainLoader:
     def _decoder_for(self, plan: EpochPlan) -> SeededCropDecoder:
         size = (plan.res, plan.res)
         if plan.crop_mode == RRC:
-            return RandomResizedCropDecoder(size, fast=self.fast)
+            return RandomResizedCropDecoder(size, method=self.method)
         if plan.crop_mode == FIXRES:
-            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio, fast=self.fast)
+            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio, method=self.method)
         raise ValueError(f"unknown crop mode {plan.crop_mode!r}")
 
     def _build(self, plan: EpochPlan) -> tuple[Loader, SeededCropDecoder]:
@@ -175,7 +176,7 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
 
     'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records).
     """
-    ours = CenterCropDecoder((res, res), ratio=crop_ratio) if _is_fast(decoder) else None
+    ours = CenterCropDecoder((res, res), ratio=crop_ratio) if _decode_method(decoder) == REGION else None
     image_decoder = ours if ours is not None else CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
     loader = Loader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
                     order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
