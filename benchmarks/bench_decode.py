@@ -12,7 +12,7 @@ RandomHorizontalFlip for the stock RRC, whose decoder does not flip), no tensor 
 The first epoch of each loader (numba compile) is excluded; then the decoders take turns, the
 order rotating every round, and the median epoch rate is reported with the ratios.
 
-    python benchmarks/bench_decode.py [--images 600] [--rounds 5] [--jpeg-only]
+    python benchmarks/bench_decode.py [--images 600] [--rounds 5] [--jpeg-only] [--cases rrc fixres center]
 """
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--jpeg-only", action="store_true", help="read only the records stored as JPEG")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="crop modes to run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root, beton = Path(tmp) / "photos", Path(tmp) / "photos.beton"
@@ -103,7 +104,8 @@ def main() -> None:
         print(f"{len(indices)} records ({np.mean(meta['mode'][indices] != RAW_MODE):.0%} JPEG), mean stored "
               f"{meta['width'][indices].mean():.0f}x{meta['height'][indices].mean():.0f}; 1 worker; "
               f"median of {args.rounds} epochs")
-        for mode, resolutions in CASES.items():
+        for mode in args.cases:
+            resolutions = CASES[mode]
             pipelines = decoders(mode, resolutions[0])
             first_ops = {name: pipeline[0] for name, pipeline in pipelines.items()}  # Loader empties the lists
             loaders = {name: Loader(str(beton), batch_size=BATCH_SIZE, num_workers=1, order=OrderOption.RANDOM,
