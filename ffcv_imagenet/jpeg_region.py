@@ -2,7 +2,8 @@
 
 ``crop_decode_resize`` decodes only the iMCU-aligned region of a JPEG around a window, at a 1/d
 IDCT scale, and resizes the window once; ``crop_resize`` resizes a window of a raw record. Both
-take an OpenCV interpolation code. The wrappers have FFCV's libffcv shape (arrays in, their
+take an OpenCV interpolation code, or FAST_RESIZE: INTER_LINEAR while the window is under twice
+the output per side, else an exact integer box average first (see csrc/jpeg_region.cpp). The wrappers have FFCV's libffcv shape (arrays in, their
 ``.ctypes.data`` out) so ``Compiler.compile`` can compile them into the loader's pipeline.
 """
 from __future__ import annotations
@@ -21,8 +22,8 @@ except ImportError as err:  # not built, or the system libjpeg lacks the partial
 
 REGION_OK = 0  # crop_decode_resize's return value on success; negative codes below
 REGION_ERRORS = {-1: "corrupt JPEG data", -2: "window outside the image", -3: "scratch buffer too small"}
-INTER_LINEAR = 1  # OpenCV's codes
-INTER_AREA = 3
+INTER_AREA = 3  # OpenCV's code: FFCV's resize
+FAST_RESIZE = -1
 
 _lib = CDLL(_jpeg_region.__file__)
 _crop_decode_resize = _lib.crop_decode_resize
