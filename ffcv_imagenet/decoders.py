@@ -58,7 +58,6 @@ FULL = "full"  # FFCV's imdecode at full size, then FFCV's resize (INTER_AREA): 
 SCALED = "scaled"  # FFCV's imdecode of the whole image at the IDCT scale, then FFCV's resize
 REGION = "region"  # our _jpeg_region: only the iMCU region around the window, at the IDCT scale
 METHODS = (FULL, SCALED, REGION)
-TJ_SUCCESS = 0  # tjDecompress2's return value (as REGION_OK); -1 on an error or a warning (corrupt data)
 
 # Epoch seed of each live decoder, read by the compiled code once per batch: it
 # changes every epoch without recompiling the pipeline (numba freezes arrays
@@ -218,7 +217,7 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
                     else:
                         status = imdecode_c(image_data, temp_storage[dst_ix], height, width, height, width,
                                             0, 0, 1, denom, False, False)
-                    if status != REGION_OK:  # == TJ_SUCCESS
+                    if status != REGION_OK:  # FFCV's imdecode (tjDecompress2) also gives 0; -1 on damaged data
                         destination[dst_ix][:] = 0
                         with numba.objmode():
                             _record_failure(key, source_ix)

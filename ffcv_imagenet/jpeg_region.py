@@ -20,10 +20,8 @@ except ImportError as err:  # not built, or the system libjpeg lacks the partial
         "needs a C++ compiler, libjpeg-turbo >= 1.5 (jpeg_crop_scanline, jpeg_skip_scanlines) and OpenCV 4 "
         "headers: run scripts/setup.sh, then reinstall.") from None
 
-REGION_OK = 0  # crop_decode_resize's return value on success; negative codes below
-REGION_ERRORS = {-1: "corrupt JPEG data", -2: "window outside the image", -3: "scratch buffer too small"}
-INTER_AREA = 3  # OpenCV's code: FFCV's resize
-FAST_RESIZE = -1
+REGION_OK = 0  # crop_decode_resize's return value on success; negative on damaged data or a bad window
+FAST_RESIZE = -1  # in place of an OpenCV interpolation code: the cheaper resize of csrc/jpeg_region.cpp
 
 _lib = CDLL(_jpeg_region.__file__)
 _crop_decode_resize = _lib.crop_decode_resize
