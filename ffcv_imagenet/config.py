@@ -36,7 +36,9 @@ class DataConfig:
     val_dataset: str = _help(".beton written by write_datasets.py for validation", "")
     num_workers: int = _help("decode threads per rank; 0 = this rank's share of the cores", 0)
     in_memory: bool = _help("the dataset fits in RAM (OS page cache); else use order: quasi_random", True)
-    order: str = _help("train traversal: random | quasi_random", "random")
+    order: str = _help("train traversal: random | quasi_random (page-grouped, for data larger than RAM)", "random")
+    cache_mib: int = _help("quasi_random with in_memory false: process cache per rank in MiB; "
+                           "bounds the shuffle window (half of it, in pages)", 4096)
     decoder: str = _help("JPEG decode: fast (window first; only its region, at the largest IDCT downscale "
                          "that serves) | stock (FFCV's full-size decode; same seeded windows)", "fast")
 
@@ -46,6 +48,9 @@ class ModelConfig:
     arch: str = _help("torchvision architecture: resnet18 | resnet50", "resnet50")
     use_blurpool: bool = _help("blur before every strided conv (Zhang 2019), as ffcv-imagenet", True)
     num_classes: int = _help("0 = take it from the train .beton's class list", 0)
+    drop_path_rate: float = _help("stochastic depth: drop rate of the last residual block, rising linearly "
+                                  "from 0 at the first; 0 = off", 0.0)
+    dropout: float = _help("dropout before the classifier; 0 = off", 0.0)
 
 
 @dataclass
@@ -69,7 +74,8 @@ class ResolutionConfig:
 @dataclass
 class LRConfig:
     lr_per_256: float = _help("peak learning rate per 256 images of global batch", 0.1)
-    schedule: str = _help("shape after warm-up: linear | cosine | step", "linear")
+    schedule: str = _help("shape after warm-up: linear | cosine | step | onecycle (cosine warm-up "
+                          "and cosine decay)", "linear")
     warmup_epochs: float = _help("linear warm-up from warmup_start_factor*peak to peak", 2.0)
     warmup_start_factor: float = _help("warm-up starts at this fraction of the peak", 1e-4)
     end_factor: float = _help("linear/cosine decay ends at this fraction of the peak", 0.0)
@@ -81,9 +87,11 @@ class LRConfig:
 class TrainingConfig:
     epochs: int = _help("number of epochs", 16)
     batch_size: int = _help("images per rank per step; global batch = batch_size x ranks", 512)
-    optimizer: str = _help("sgd", "sgd")
-    momentum: float = _help("SGD momentum", 0.9)
-    nesterov: bool = _help("Nesterov momentum", False)
+    optimizer: str = _help("sgd | adamw | lamb | lars (the last two for very large batches)", "sgd")
+    momentum: float = _help("SGD and LARS momentum", 0.9)
+    nesterov: bool = _help("Nesterov momentum (SGD)", False)
+    betas: list[float] = _help("AdamW and LAMB (beta1, beta2)", [0.9, 0.999])
+    grad_clip_norm: float = _help("clip the gradients' global norm to this; 0 = off", 0.0)
     weight_decay: float = _help("L2 on conv/linear weights; BN and biases get none", 5e-5)
     label_smoothing: float = _help("cross-entropy label smoothing", 0.1)
     precision: str = _help("fp32 | bf16 | fp16 (fp16 uses a GradScaler)", "fp16")
@@ -91,6 +99,27 @@ class TrainingConfig:
     seed: int = _help("seed for weights, data order and augmentation", 0)
     max_bad_steps: int = _help("stop after this many consecutive non-finite losses", 20)
     compile: bool = _help("torch.compile the model", False)
+
+
+@dataclass
+class AugmentConfig:
+    """Main-phase regularizers; all are switched off in the FixRes phase, whose point is minimal augmentation."""
+
+    mixup_alpha: float = _help("mixup Beta(alpha, alpha); 0 = off", 0.0)
+    cutmix_alpha: float = _help("CutMix Beta(alpha, alpha); 0 = off", 0.0)
+    cutmix_share: float = _help("with both on: the share of mixed batches that use CutMix", 0.5)
+    mix_prob: float = _help("share of batches that are mixed at all", 1.0)
+    randaugment_ops: int = _help("RandAugment: operations per image; 0 = off", 0)
+    randaugment_magnitude: int = _help("RandAugment: magnitude M (0-30)", 9)
+    randaugment_group: int = _help("RandAugment runs on the device on groups of this many images, "
+                                   "each group drawing its own operations", 16)
+
+
+@dataclass
+class EMAConfig:
+    decay: float = _help("exponential moving average of the weights, evaluated beside them; 0 = off", 0.0)
+    every: int = _help("update the average every this many steps", 1)
+    warmup: bool = _help("ramp the decay up from 0 over the first updates (timm's ModelEmaV3 warm-up)", True)
 
 
 @dataclass
@@ -109,6 +138,8 @@ class LoggingConfig:
     folder: str = _help("run folder: logs, checkpoints, final weights", "runs/default")
     resume: bool = _help("continue from the run folder's last checkpoint if there is one", True)
     progress: bool = _help("tqdm progress bar on rank 0", True)
+    checkpoint_minutes: float = _help("also checkpoint inside an epoch every this many minutes; 0 = per epoch only",
+                                      0.0)
 
 
 @dataclass
@@ -125,6 +156,8 @@ class Config:
     resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
     lr: LRConfig = field(default_factory=LRConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     dist: DistConfig = field(default_factory=DistConfig)
@@ -136,8 +169,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "resolution.ramp": ("ffcv", "composer"),
     "resolution.fixres_train": ("all", "bn_fc"),
     "model.arch": ("resnet18", "resnet50"),
-    "lr.schedule": ("linear", "cosine", "step"),
-    "training.optimizer": ("sgd",),
+    "lr.schedule": ("linear", "cosine", "step", "onecycle"),
+    "training.optimizer": ("sgd", "adamw", "lamb", "lars"),
     "training.precision": ("fp32", "bf16", "fp16"),
     "dist.backend": ("auto", "nccl", "gloo"),
     "dist.device": ("auto", "cuda", "cpu"),

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
@@ -25,10 +26,12 @@ from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from .decoders import FULL, REGION, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
 from .schedule import FIXRES, RRC, EpochPlan
+from .traversal import PageShuffleOrder, SkippableOrder, samples_by_page
 
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM}
+DEFAULT_CACHE_MIB = 4096  # the recipes' data.cache_mib
+MIB = 2 ** 20
 FAST, STOCK = "fast", "stock"  # the recipe's data.decoder
 DECODE_METHODS = {FAST: REGION, STOCK: FULL}
 
@@ -78,23 +81,28 @@ class LoaderSettings:
 class TrainLoader:
     """The training set, one epoch at a time, at the epoch's resolution and crop mode.
 
-    ``order`` is 'random' (the dataset sits in the page cache) or
-    'quasi_random' (it does not: FFCV reads whole pages in random page order).
-    Under DDP each rank reads its own shard of the epoch's permutation.
+    ``order`` is 'random' (the dataset sits in the page cache: FFCV's random
+    permutation, split across ranks like DistributedSampler) or 'quasi_random'
+    (it does not: traversal.PageShuffleOrder, whole pages read in a row through
+    a process cache of about ``cache_mib`` per rank). Like FFCV's own loader,
+    ``distributed`` takes the rank and rank count from torch.distributed.
     ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode).
     A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
     """
 
     def __init__(self, path: str | Path, settings: LoaderSettings, *, order: str, in_memory: bool,
-                 distributed: bool, seed: int, fixres_crop_ratio: float, decoder: str = FAST):
+                 distributed: bool, seed: int, fixres_crop_ratio: float, cache_mib: int = DEFAULT_CACHE_MIB,
+                 decoder: str = FAST):
         self.path = str(path)
         self.method = _decode_method(decoder)
         self.settings = settings
-        self.order = ORDERS[order]
+        self.order = order
         self.in_memory = in_memory
         self.distributed = distributed
         self.seed = seed
         self.fixres_crop_ratio = fixres_crop_ratio
+        self.cache_mib = cache_mib
+        self.process_cache_bytes = 0  # of the last epoch, with the process cache (in_memory: false)
         self._built: dict[str, tuple[Loader, SeededCropDecoder]] = {}  # per crop mode
         self._loader: Loader | None = None
         self._decoder: SeededCropDecoder | None = None
@@ -111,12 +119,24 @@ class TrainLoader:
         """A loader for a crop mode, compiled on its first epoch and kept: a schedule has at most two."""
         decoder = self._decoder_for(plan)
         settings = self.settings
+        page_shuffle = self.order == "quasi_random"
         loader = Loader(self.path, batch_size=settings.batch_size, num_workers=settings.num_workers,
-                        order=self.order, os_cache=self.in_memory, distributed=self.distributed,
+                        order=OrderOption.SEQUENTIAL if page_shuffle else OrderOption.RANDOM,
+                        os_cache=self.in_memory, distributed=self.distributed and not page_shuffle,
                         seed=self.seed, drop_last=True,
                         pipelines={"image": [decoder, *_image_tail(settings.device, settings.channels_last)],
                                    "label": _label_pipeline(settings.device)})
+        inner = self._page_shuffle(loader) if page_shuffle else loader.traversal_order
+        loader.traversal_order = SkippableOrder(inner)
+        loader.first_traversal_order = loader.next_traversal_order()  # FFCV sizes len() from it
         return loader, decoder
+
+    def _page_shuffle(self, loader: Loader) -> PageShuffleOrder:
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
+        # At a window boundary the cache holds the end of one window and the start of the next.
+        window_pages = max(1, self.cache_mib * MIB // loader.reader.page_size // 2)
+        return PageShuffleOrder(samples_by_page(loader.memory_manager.page_to_samples, loader.indices),
+                                seed=self.seed, rank=rank, world_size=world_size, window_pages=window_pages)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the last partial batch is dropped)."""
@@ -136,13 +156,21 @@ class TrainLoader:
         self._loader.next_epoch = plan.epoch
 
     def epoch(self, plan: EpochPlan, skip_batches: int = 0) -> Iterator[Batch]:
-        """The batches of ``plan``'s epoch, after the first ``skip_batches`` (already trained on)."""
+        """The batches of ``plan``'s epoch after the first ``skip_batches``, which are not even read."""
         self.prepare(plan)
         assert self._loader is not None and self._decoder is not None
-        for index, (images, labels) in enumerate(self._loader):
-            self._decoder.check_decoded(self.path)
-            if index >= skip_batches:
+        self._loader.traversal_order.skip = skip_batches * self.settings.batch_size
+        batches = iter(self._loader)
+        cache = getattr(batches.memory_context, "memory", None)  # FFCV's process cache, if in use
+        self.process_cache_bytes = cache.nbytes if cache is not None else 0
+        try:
+            for images, labels in batches:
+                self._decoder.check_decoded(self.path)
                 yield images, labels.view(-1)
+        finally:
+            # An epoch left early (a stop signal, the profiler's timed windows) must stop FFCV's
+            # decode thread: its thread object is never collected, so it would keep its batch buffers.
+            batches.close()
 
 
 def val_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
@@ -164,10 +192,14 @@ class ValLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        for images, labels in self.loader:
-            if self.decoder is not None:
-                self.decoder.check_decoded(self.path)
-            yield images, labels
+        batches = iter(self.loader)
+        try:
+            for images, labels in batches:
+                if self.decoder is not None:
+                    self.decoder.check_decoded(self.path)
+                yield images, labels
+        finally:
+            batches.close()  # stop FFCV's decode thread when the pass ends early (an error)
 
 
 def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, crop_ratio: float,

@@ -1,4 +1,4 @@
-"""Learning rate per iteration: linear warm-up, then linear, cosine or step decay.
+"""Learning rate per iteration: warm-up, then linear, cosine or step decay (or one-cycle).
 
 The recipe states the peak LR per 256 images of global batch; ``peak_lr``
 scales it by the real global batch (per-rank batch x ranks), so one recipe is
@@ -22,15 +22,17 @@ def peak_lr(cfg: LRConfig, global_batch: int) -> float:
 def lr_factor(cfg: LRConfig, epochs: int, progress: float) -> float:
     """Multiplier of the peak LR at ``progress`` epochs into training (0 <= progress <= epochs)."""
     if progress < cfg.warmup_epochs:
-        start = cfg.warmup_start_factor
-        return start + (1.0 - start) * progress / cfg.warmup_epochs
+        rise = progress / cfg.warmup_epochs
+        if cfg.schedule == "onecycle":  # Smith's one-cycle: the warm-up is a half cosine too
+            rise = 0.5 * (1.0 - math.cos(math.pi * rise))
+        return cfg.warmup_start_factor + (1.0 - cfg.warmup_start_factor) * rise
     if cfg.schedule == "step":
         return cfg.step_ratio ** math.floor(progress / cfg.step_length)
     decay_span = max(epochs - cfg.warmup_epochs, 1e-12)
     done = min(1.0, (progress - cfg.warmup_epochs) / decay_span)
     if cfg.schedule == "linear":
         shape = 1.0 - done
-    else:  # cosine
+    else:  # cosine, onecycle
         shape = 0.5 * (1.0 + math.cos(math.pi * done))
     return cfg.end_factor + (1.0 - cfg.end_factor) * shape
 

@@ -38,6 +38,8 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
              f"loss {record['train_loss']:.4f}"]
     if record.get("val_top1") is not None:
         parts.append(f"val top-1 {100 * record['val_top1']:.2f}% top-5 {100 * record['val_top5']:.2f}%")
+    if record.get("ema_val_top1") is not None:
+        parts.append(f"EMA top-1 {100 * record['ema_val_top1']:.2f}%")
     parts.append(f"{record['images_per_second']:.0f} img/s")
     parts.append(f"{record['epoch_seconds']:.1f} s")
     if record.get("gpu_peak_mib") is not None:

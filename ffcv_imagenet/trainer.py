@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import checkpointing, schedule
-from .config import Config, ConfigError, to_dict
+from .config import Config, ConfigError, get_value, to_dict
 from .conversion import ConversionError, load_class_names
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
 from .evaluation import EvalResult, autocast_for, evaluate, resolution_table, sync_buffers
@@ -33,9 +33,12 @@ from .inspection import open_beton
 from .loaders import LoaderSettings, TrainLoader, build_val_loader, normalize, workers_per_rank
 from .lr_schedule import lr_at, peak_lr
 from .model import build_model, load_torchvision_weights, torchvision_state_dict
+from .optimizers import backbone_frozen, build_optimizer
+from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, apply_model_regularizers
 from .run_log import RunLog
 
 FINAL_WEIGHTS = "final_weights.pt"
+FINAL_EMA_WEIGHTS = "final_weights_ema.pt"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: what SLURM's --signal sends before preemption
 MIB = 2 ** 20
 
@@ -96,43 +99,39 @@ def check_run_settings(config: Config, datasets: Datasets, world_size: int, devi
         raise ConfigError(f"data.val_dataset: {datasets.val_size} images cannot be shared by {world_size} ranks")
     if training.precision == "fp16" and device.type != "cuda":
         raise ConfigError("training.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
-    if config.data.order == "quasi_random" and world_size > 1:
-        raise ConfigError("data.order: quasi_random is not available with several ranks yet; use random")
+    if config.data.cache_mib <= 0:
+        raise ConfigError(f"data.cache_mib: must be positive, got {config.data.cache_mib}")
+    if config.logging.checkpoint_minutes < 0:
+        raise ConfigError(f"logging.checkpoint_minutes: must be 0 (off) or positive, got "
+                          f"{config.logging.checkpoint_minutes}")
     if config.model.num_classes not in (0, len(datasets.classes)):
         raise ConfigError(f"model.num_classes: {config.model.num_classes}, but the datasets have "
                           f"{len(datasets.classes)} classes (0 takes the datasets' count)")
+    check_option_ranges(config)
     schedule.validate(config.resolution, training.epochs)
 
 
+# (key, lowest, highest, whether the highest itself is allowed)
+OPTION_RANGES = (("augment.mixup_alpha", 0.0, float("inf"), False), ("augment.cutmix_alpha", 0.0, float("inf"), False),
+                 ("augment.cutmix_share", 0.0, 1.0, True), ("augment.mix_prob", 0.0, 1.0, True),
+                 ("augment.randaugment_ops", 0, 14, True), ("augment.randaugment_magnitude", 0, 30, True),
+                 ("augment.randaugment_group", 1, float("inf"), False), ("ema.decay", 0.0, 1.0, False),
+                 ("ema.every", 1, float("inf"), False), ("model.drop_path_rate", 0.0, 1.0, False),
+                 ("model.dropout", 0.0, 1.0, False), ("training.grad_clip_norm", 0.0, float("inf"), False))
+
+
+def check_option_ranges(config: Config) -> None:
+    for dotted, lowest, highest, highest_allowed in OPTION_RANGES:
+        value = get_value(config, dotted)
+        if not (lowest <= value < highest or (highest_allowed and value == highest)):
+            top = "]" if highest_allowed else ")"
+            raise ConfigError(f"{dotted}: {value} is outside [{lowest}, {highest}{top}")
+    betas = config.training.betas
+    if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
+        raise ConfigError(f"training.betas: {betas} must be two numbers in [0, 1)")
+
+
 # ---------------------------------------------------------------- model and optimizer
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """SGD groups: weight decay on conv and linear weights only, none on BatchNorm and biases
-    (ffcv-imagenet); ``backbone`` marks the conv weights a ``bn_fc`` FixRes phase holds still."""
-    classifier = {id(param) for param in model.fc.parameters()}
-    backbone, classifier_weights, no_decay = [], [], []
-    for param in model.parameters():
-        if param.ndim <= 1:
-            no_decay.append(param)
-        elif id(param) in classifier:
-            classifier_weights.append(param)
-        else:
-            backbone.append(param)
-    return [{"params": backbone, "weight_decay": weight_decay, "backbone": True},
-            {"params": classifier_weights, "weight_decay": weight_decay, "backbone": False},
-            {"params": no_decay, "weight_decay": 0.0, "backbone": False}]
-
-
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    training = config.training
-    return torch.optim.SGD(parameter_groups(model, training.weight_decay), lr=0.0,
-                           momentum=training.momentum, nesterov=training.nesterov)
-
-
-def backbone_frozen(config: Config, plan: schedule.EpochPlan) -> bool:
-    """FixRes fine-tuning (Touvron et al. 2019): only BatchNorm and the classifier adapt to the new resolution."""
-    return plan.crop_mode == schedule.FIXRES and config.resolution.fixres_train == "bn_fc"
-
-
 def memory_stats(device: torch.device) -> dict[str, float | None]:
     gpu_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
     return {"gpu_peak_mib": gpu_peak, "host_rss_mib": psutil.Process().memory_info().rss / MIB}
@@ -157,6 +156,22 @@ class StopRequest:
         self.requested = True
 
 
+def regularizer_summary(config: Config) -> dict[str, Any]:
+    """The options that are on, as the start of the run prints and logs them."""
+    augment, training = config.augment, config.training
+    candidates = {
+        "optimizer": training.optimizer, "lr schedule": config.lr.schedule,
+        "mixup alpha": augment.mixup_alpha, "cutmix alpha": augment.cutmix_alpha,
+        "randaugment": f"{augment.randaugment_ops} ops x M{augment.randaugment_magnitude}"
+        if augment.randaugment_ops else 0,
+        "ema decay": config.ema.decay, "drop path": config.model.drop_path_rate, "dropout": config.model.dropout,
+        "grad clip": training.grad_clip_norm, "label smoothing": training.label_smoothing,
+        "fixres trains": config.resolution.fixres_train if schedule.fixres_epochs(
+            config.resolution, training.epochs) else 0,
+    }
+    return {name: value for name, value in candidates.items() if value}
+
+
 # ---------------------------------------------------------------- the run
 class Trainer:
     def __init__(self, config: Config, ctx: DistContext, datasets: Datasets, resume_from: Path | None = None):
@@ -175,6 +190,10 @@ class Trainer:
 
         torch.manual_seed(config.training.seed)
         self.model = self._build_model()
+        self.ema = WeightAverage(self.model, config.ema) if config.ema.decay > 0 else None
+        self.mixer = BatchMixer(config.augment, num_classes=len(datasets.classes))
+        self.randaugment = GroupRandAugment(config.augment)
+        self.augment_on = True  # main phase; the FixRes phase turns batch augmentation off
         self.optimizer = build_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.training.precision == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.training.label_smoothing)
@@ -184,15 +203,17 @@ class Trainer:
                                               device=ctx.device, channels_last=config.training.channels_last)
         self.train_loader = TrainLoader(datasets.train_path, self.loader_settings, order=config.data.order,
                                         in_memory=config.data.in_memory, distributed=ctx.distributed,
-                                        seed=config.training.seed,
+                                        seed=config.training.seed, cache_mib=config.data.cache_mib,
                                         fixres_crop_ratio=config.resolution.fixres_crop_ratio,
                                         decoder=config.data.decoder)
+        self.last_save = time.monotonic()
         self.val_loaders: dict[int, Any] = {}
         if resume_from is not None:
             self._resume(resume_from)
 
     def _build_model(self) -> nn.Module:
         model = build_model(self.config.model, num_classes=len(self.datasets.classes)).to(self.ctx.device)
+        apply_model_regularizers(model, self.config.model)
         if self.config.training.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
@@ -211,12 +232,14 @@ class Trainer:
         return {"recipe": to_dict(self.config), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "world_size": self.ctx.world_size, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "rng": checkpointing.rng_states()}
 
     def save(self) -> None:
         if self.ctx.is_main:
             checkpointing.save_checkpoint(checkpointing.last_checkpoint_path(self.folder), self._state())
         barrier(self.ctx)
+        self.last_save = time.monotonic()
 
     def _resume(self, path: Path) -> None:
         state = checkpointing.load_checkpoint(path)
@@ -224,12 +247,19 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         checkpointing.restore_rng_states(state["rng"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         ranks_note = ""
         if state["world_size"] != self.ctx.world_size:
-            ranks_note = f" (saved with {state['world_size']} ranks, now {self.ctx.world_size}: global batch changes)"
-        self.log.say(f"resumed from {path} at epoch {self.epoch + 1}, batch {self.step_in_epoch}{ranks_note}")
+            ranks_note = f" (saved with {state['world_size']} ranks, now {self.ctx.world_size}: global batch changes"
+            if self.step_in_epoch:
+                # Another rank count shards the epoch differently: "batch k" no longer names the same images.
+                self.step_in_epoch = 0
+                ranks_note += "; the interrupted epoch restarts from its first batch"
+            ranks_note += ")"
+        self.log.say(f"resumed from {path} at epoch {self.epoch}, batch {self.step_in_epoch}{ranks_note}")
         self.log.record("event", event="resumed", checkpoint=str(path), epoch=self.epoch,
                         step_in_epoch=self.step_in_epoch, world_size=self.ctx.world_size)
 
@@ -243,39 +273,62 @@ class Trainer:
             group["lr"] = 0.0 if frozen and group["backbone"] else lr
         return lr
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool]:
-        """One optimizer step; returns (loss averaged over ranks, whether any rank was asked to stop)."""
+    def _augment(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch -> (model inputs, targets): RandAugment, normalisation, mixup/CutMix as the phase allows."""
+        if self.augment_on:
+            images = self.randaugment(images)
+        inputs = normalize(images)
+        return self.mixer(inputs, labels) if self.augment_on else (inputs, labels)
+
+    def _apply_gradients(self) -> None:
+        clip = self.config.training.grad_clip_norm
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.after_step(self.model)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool, bool]:
+        """One optimizer step; returns (loss averaged over ranks, stop requested on any rank,
+        checkpoint due by rank 0's clock): one all-reduce, so every rank acts on the same answers."""
+        inputs, targets = self._augment(images, labels)
         with autocast_for(self.ctx.device, self.config.training.precision):
-            loss = self.criterion(self.train_model(normalize(images)), labels)
+            loss = self.criterion(self.train_model(inputs), targets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        shared = torch.stack([loss.detach().float(),
-                              torch.tensor(float(self.stop.requested), device=loss.device)])
-        loss_sum, stops = all_reduce_sum(self.ctx, shared).tolist()
+        shared = torch.tensor([0.0, float(self.stop.requested), float(self._checkpoint_due())], device=loss.device)
+        shared[0] = loss.detach().float()
+        loss_sum, stops, due = all_reduce_sum(self.ctx, shared).tolist()
         mean_loss = loss_sum / self.ctx.world_size
         if torch.isfinite(torch.tensor(mean_loss)):
             self.bad_steps = 0
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self._apply_gradients()
         else:
             self.bad_steps += 1  # every rank saw the same sum, so every rank skips this step
-        return mean_loss, stops > 0
+        return mean_loss, stops > 0, due > 0
+
+    def _checkpoint_due(self) -> bool:
+        minutes = self.config.logging.checkpoint_minutes
+        return self.ctx.is_main and minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes
 
     def _check_divergence(self, step: int) -> None:
         limit = self.config.training.max_bad_steps
         if self.bad_steps >= limit:
             raise TrainingStopped(
-                f"the loss was not finite for {limit} steps in a row (epoch {self.epoch + 1}, batch {step + 1}); "
+                f"the loss was not finite for {limit} steps in a row (epoch {self.epoch}, batch {step}); "
                 f"stopped, the last checkpoint in {self.folder} is kept; lower lr.lr_per_256 or use "
                 "training.precision=bf16/fp32", EXIT_DIVERGED)
 
     def train_epoch(self, plan: schedule.EpochPlan) -> dict[str, Any]:
         self.train_model.train()
+        self.augment_on = plan.crop_mode == schedule.RRC
         self.train_loader.prepare(plan)
         steps = len(self.train_loader)
         start_step = self.step_in_epoch
         progress = tqdm(total=(steps - start_step) * self.global_batch, unit="img", unit_scale=True,
-                        desc=f"epoch {plan.epoch + 1}/{self.epochs} res {plan.res}", leave=False,
+                        desc=f"epoch {plan.epoch} (of 0-{self.epochs - 1}) res {plan.res}", leave=False,
                         disable=not (self.ctx.is_main and self.config.logging.progress), dynamic_ncols=True)
         loss_sum, finite_steps, first_shape, lr = 0.0, 0, None, 0.0
         started = time.perf_counter()
@@ -284,21 +337,25 @@ class Trainer:
                 if first_shape is None:
                     first_shape = list(images.shape)
                 lr = self._set_lr(plan, step, steps)
-                loss, stop = self.train_step(images, labels)
+                loss, stop, checkpoint_due = self.train_step(images, labels)
                 if self.bad_steps == 0:
                     loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
                 self._check_divergence(step)
                 progress.update(self.global_batch)
                 progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
-                if stop:
+                if stop or checkpoint_due:
                     self.step_in_epoch = step + 1
                     self.save()
-                    raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch + 1}, batch "
+                    self.log.record("event", event="checkpoint", epoch=plan.epoch, step_in_epoch=step + 1)
+                if stop:
+                    raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after batch "
                                           f"{step + 1} of {steps}; run the same command to resume", EXIT_PREEMPTED)
         seconds = time.perf_counter() - started
         images_seen = (steps - start_step) * self.global_batch
         return {"epoch": plan.epoch, "res": plan.res, "crop_mode": plan.crop_mode, "first_batch_shape": first_shape,
                 "lr": lr, "train_loss": loss_sum / max(1, finite_steps), "steps": steps,
+                "process_cache_mib": self.train_loader.process_cache_bytes / MIB,
+                "batch_augment": self.augment_on and (self.mixer.enabled or self.randaugment.enabled),
                 "images_per_second": images_seen / seconds, "epoch_seconds": seconds}
 
     # ------------------------------------------------------------ evaluation
@@ -314,9 +371,10 @@ class Trainer:
                 decoder=self.config.data.decoder)
         return self.val_loaders[res]
 
-    def evaluate(self, res: int | None = None) -> EvalResult:
-        sync_buffers(self.ctx, self.model)
-        return evaluate(self.model, self._val_loader(res or self.config.validation.resolution), self.ctx,
+    def evaluate(self, res: int | None = None, model: nn.Module | None = None) -> EvalResult:
+        model = model or self.model
+        sync_buffers(self.ctx, model)
+        return evaluate(model, self._val_loader(res or self.config.validation.resolution), self.ctx,
                         precision=self.config.training.precision, flip_tta=self.config.validation.flip_tta)
 
     def resolution_rows(self, resolutions: Sequence[int]) -> list[dict[str, float]]:
@@ -343,6 +401,10 @@ class Trainer:
                      f"global batch {self.global_batch}, peak lr {peak_lr(self.config.lr, self.global_batch):.4g}, "
                      f"{self.train_loader.settings.num_workers} loader workers per rank")
         self.log.say(schedule.format_table(self.plans))
+        options = regularizer_summary(self.config)
+        self.log.say("options: " + (", ".join(f"{k} {v}" for k, v in options.items()) or "none"))
+        self.log.record("start", world_size=self.ctx.world_size, global_batch=self.global_batch,
+                        peak_lr=peak_lr(self.config.lr, self.global_batch), options=options)
         self.stop.install()
         try:
             while self.epoch < self.epochs:
@@ -361,6 +423,9 @@ class Trainer:
         if self._evaluation_due(plan.epoch):
             result = self.evaluate()
             record.update(val_top1=result.top1, val_top5=result.top5, val_loss=result.loss, val_count=result.count)
+            if self.ema is not None:
+                averaged = self.evaluate(model=self.ema.module)
+                record.update(ema_val_top1=averaged.top1, ema_val_top5=averaged.top5)
         record.update(memory_stats(self.ctx.device))
         self.epoch, self.step_in_epoch = plan.epoch + 1, 0
         self.save()  # before the log line: the log never claims an epoch the checkpoint lacks
@@ -368,9 +433,13 @@ class Trainer:
 
     def _save_final_weights(self) -> None:
         if self.ctx.is_main:
-            with atomic_path(self.folder / FINAL_WEIGHTS) as tmp:
-                torch.save(torchvision_state_dict(self.model), tmp)
-            self.log.say(f"final weights (torchvision state_dict): {self.folder / FINAL_WEIGHTS}")
+            exports = [(FINAL_WEIGHTS, self.model)]
+            if self.ema is not None:
+                exports.append((FINAL_EMA_WEIGHTS, self.ema.module))
+            for name, model in exports:
+                with atomic_path(self.folder / name) as tmp:
+                    torch.save(torchvision_state_dict(model), tmp)
+                self.log.say(f"final weights (torchvision state_dict): {self.folder / name}")
         barrier(self.ctx)
 
 

@@ -203,3 +203,33 @@ def test_bf16_autocast_on_cpu_trains(demo_betons: dict, tmp_path: Path) -> None:
     assert record["val_count"] == VAL_IMAGES and record["train_loss"] > 0
     weights = torch.load(tmp_path / FINAL_WEIGHTS, weights_only=True)
     assert all(value.dtype != torch.bfloat16 for value in weights.values())  # autocast keeps fp32 weights
+
+
+def test_two_ranks_page_shuffled_order_resume_equals_uninterrupted(demo_betons: dict, tmp_path: Path) -> None:
+    """Data larger than RAM under DDP: quasi_random order, process cache; SIGTERM to torchrun, then resume."""
+    larger_than_ram = {"data.order": "quasi_random", "data.in_memory": False, "data.cache_mib": 16,
+                       "training.epochs": 2, "resolution.fixres_epochs": 1}
+    straight = tmp_path / "straight"
+    result = run(torchrun_command(tiny_overrides(demo_betons, straight, **larger_than_ram,
+                                                 **{"logging.checkpoint_minutes": 0.0005}), nproc=2))
+    assert result.returncode == 0, explain(result)
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "event" and r["event"] == "checkpoint" for r in log)  # timed, inside epochs
+    assert all(0 < r["process_cache_mib"] <= 16 + 4 * 8 for r in log if r["kind"] == "epoch")
+
+    interrupted = tmp_path / "interrupted"
+    args = tiny_overrides(demo_betons, interrupted, **larger_than_ram)
+    launcher = subprocess.Popen(torchrun_command(args, nproc=2), cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    wait_for_epochs(interrupted, 1, launcher)
+    launcher.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    stdout, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode != 0
+    stopped = load_checkpoint(last_checkpoint_path(interrupted))
+    assert stopped["epoch"] == 1 and stopped["step_in_epoch"] >= 1, f"{stdout[-2000:]}\n{stderr[-2000:]}"
+    resumed = run(torchrun_command(args, nproc=2))
+    assert resumed.returncode == 0, explain(resumed)
+    expected = torch.load(straight / FINAL_WEIGHTS, weights_only=True)
+    again = torch.load(interrupted / FINAL_WEIGHTS, weights_only=True)
+    for key, value in expected.items():
+        assert torch.allclose(value.float(), again[key].float(), rtol=1e-4, atol=1e-5), key

@@ -17,7 +17,7 @@ from ffcv_imagenet.evaluation import evaluate
 from ffcv_imagenet.loaders import normalize, val_indices
 from ffcv_imagenet.lr_schedule import lr_at, lr_factor, peak_lr
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan
-from ffcv_imagenet.trainer import backbone_frozen, parameter_groups
+from ffcv_imagenet.optimizers import backbone_frozen, parameter_groups
 
 
 def test_peak_lr_scales_with_the_global_batch() -> None:

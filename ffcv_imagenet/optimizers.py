@@ -1,0 +1,51 @@
+"""The optimizer and its parameter groups: which weights decay, and which a FixRes phase may hold still.
+
+SGD and AdamW come from torch; LAMB and LARS (layer-wise trust ratios, for very
+large batches) from timm. Every optimizer gets the same three groups.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.optim import Lamb, Lars
+from torch import nn
+
+from . import schedule
+from .config import Config
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """SGD groups: weight decay on conv and linear weights only, none on BatchNorm and biases
+    (ffcv-imagenet); ``backbone`` marks the conv weights a ``bn_fc`` FixRes phase holds still."""
+    classifier = {id(param) for param in model.fc.parameters()}
+    backbone, classifier_weights, no_decay = [], [], []
+    for param in model.parameters():
+        if param.ndim <= 1:
+            no_decay.append(param)
+        elif id(param) in classifier:
+            classifier_weights.append(param)
+        else:
+            backbone.append(param)
+    return [{"params": backbone, "weight_decay": weight_decay, "backbone": True},
+            {"params": classifier_weights, "weight_decay": weight_decay, "backbone": False},
+            {"params": no_decay, "weight_decay": 0.0, "backbone": False}]
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimizer; its LR is set every step by the trainer (from lr_schedule)."""
+    training = config.training
+    groups = parameter_groups(model, training.weight_decay)
+    betas = tuple(training.betas)
+    if training.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=0.0, betas=betas)
+    if training.optimizer == "lamb":
+        return Lamb(groups, lr=0.0, betas=betas)
+    if training.optimizer == "lars":
+        return Lars(groups, lr=0.0, momentum=training.momentum)
+    return torch.optim.SGD(groups, lr=0.0, momentum=training.momentum, nesterov=training.nesterov)
+
+
+def backbone_frozen(config: Config, plan: schedule.EpochPlan) -> bool:
+    """FixRes fine-tuning (Touvron et al. 2019): only BatchNorm and the classifier adapt to the new resolution."""
+    return plan.crop_mode == schedule.FIXRES and config.resolution.fixres_train == "bn_fc"

@@ -1,0 +1,68 @@
+"""Command line of the throughput profile: parse, then hand over to ``profiling``.
+
+    python -m ffcv_imagenet.profile --config rcfg/rn50_88.yaml [--res 160 192 224 256]
+        [--warmup-steps 10] [--steps 50] [--repeats 3] [--out profile.json] [--section.key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from .config import ConfigError, load_config
+from .distributed import init_distributed, shutdown
+from .profiling import (DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, ProfileSettings, format_report,
+                        run_profile)
+from .train_cli import EXIT_ERROR, EXIT_IO_ERROR, split_overrides
+
+PROG = "python -m ffcv_imagenet.profile"
+
+
+class ProfileParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ProfileParser(prog=PROG, description="Images per second of the recipe's loader alone, model alone "
+                           "and both together at each (resolution, crop mode) of its schedule; names the "
+                           "bottleneck and projects the run's training time. Any recipe key can be overridden "
+                           "as --section.key=value.")
+    parser.add_argument("--config", metavar="RECIPE", required=True, help="YAML recipe, e.g. rcfg/rn50_88.yaml")
+    parser.add_argument("--res", type=int, nargs="+", metavar="RES",
+                        help="measure these resolutions (crop mode rrc) instead of the recipe's schedule")
+    parser.add_argument("--warmup-steps", type=int, default=DEFAULT_WARMUP_STEPS,
+                        help="untimed steps before each measurement (numba compiles on the first)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps per timed window")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                        help="timed windows per figure; the median is shown, with min-max")
+    parser.add_argument("--out", type=Path, metavar="PATH.json", help="also write the figures here as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, overrides = split_overrides(parser, sys.argv[1:] if argv is None else argv)
+
+    settings = ProfileSettings(args.warmup_steps, args.steps, args.repeats, tuple(args.res or ()))
+    ctx = None
+    try:
+        config = load_config(args.config, overrides)
+        ctx = init_distributed(config.dist)
+        report = run_profile(config, ctx, settings, args.out)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except OSError as err:  # the JSON could not be written after all (full disk, folder removed)
+        print(f"{PROG}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr, flush=True)
+        return EXIT_IO_ERROR
+    finally:
+        if ctx is not None:
+            shutdown(ctx)
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

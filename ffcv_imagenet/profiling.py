@@ -1,0 +1,379 @@
+"""Throughput profile: the loader alone, the model alone, both together, and which one limits.
+
+For each distinct (resolution, crop mode) of a recipe's schedule (or for given
+resolutions) it times, with the recipe's own parts:
+
+- loader img/s: ``TrainLoader`` batches consumed as fast as they come, with the
+  transfer to the training device (the figure training sees) and, on a GPU,
+  also without it (batches left on the host);
+- model img/s: ``Trainer.train_step`` (forward, backward, optimizer step, same
+  model, precision, memory format, batch size and optimizer) on one batch
+  already on the device;
+- end-to-end img/s: ``TrainLoader.epoch`` feeding ``Trainer.train_step``, as in training;
+- end to end / min(loader, model), and the name of the smaller one: the bottleneck.
+
+Every figure is the median over ``repeats`` windows of ``steps`` batches, with
+the min-max spread. The first batch of each (res, crop mode) is never timed
+(numba compiles a crop mode's pipeline there), and each window follows
+``warmup_steps`` untimed steps, which drain or refill FFCV's prefetch queue
+(3 batches) after the previous window. Batches flow through consecutive
+epochs, so windows may be longer than an epoch.
+
+The learning rate stays 0 (the optimizer's initial value): every step does the
+same arithmetic as in training, but the weights stay put, so all repeats time
+the same work and nothing can diverge. The run-time projection multiplies the
+schedule's images by the measured end-to-end rates; evaluation and checkpoints
+are not included. It runs as one process (one GPU, refused under torchrun): a
+multi-GPU run goes at most the GPU count times as fast.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import itertools
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from tqdm import tqdm
+
+from . import schedule
+from .config import Config, ConfigError
+from .distributed import DistContext
+from .fileio import atomic_write_text, check_writable_dir
+from .loaders import Batch, TrainLoader
+from .trainer import Trainer, check_datasets, check_run_settings
+
+LOADER, MODEL = "loader", "model"
+RATIO_TARGET = 0.95  # issue 5: end to end should reach this share of min(loader, model)
+DEFAULT_WARMUP_STEPS = 5  # more than FFCV's 3 prefetched batches
+DEFAULT_STEPS = 50
+DEFAULT_REPEATS = 3
+FIGURES_WITHOUT_TRANSFER = ("loader_device", "model", "end_to_end")
+FIGURES_WITH_TRANSFER = (*FIGURES_WITHOUT_TRANSFER, "loader_host")
+SECONDS_PER_HOUR = 3600
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    warmup_steps: int = DEFAULT_WARMUP_STEPS
+    steps: int = DEFAULT_STEPS
+    repeats: int = DEFAULT_REPEATS
+    resolutions: tuple[int, ...] = ()  # empty: every (res, crop mode) of the recipe's schedule
+
+    def check(self) -> None:
+        """Refuse values that would time nothing, naming the option."""
+        for option, value, least in (("--warmup-steps", self.warmup_steps, 0), ("--steps", self.steps, 1),
+                                     ("--repeats", self.repeats, 1)):
+            if value < least:
+                raise ConfigError(f"{option} must be at least {least}: {value}")
+        for res in self.resolutions:
+            if res <= 0:
+                raise ConfigError(f"--res must be positive: {res}")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Images per second over repeated windows: the median and the spread (min-max)."""
+
+    median: float
+    low: float
+    high: float
+    runs: tuple[float, ...]
+
+    @classmethod
+    def from_seconds(cls, seconds: Sequence[float], images_per_window: int) -> "Rate":
+        runs = tuple(images_per_window / s for s in seconds)
+        return cls(statistics.median(runs), min(runs), max(runs), runs)
+
+    def cell(self) -> str:
+        return f"{self.median:.1f} ({self.low:.1f}-{self.high:.1f})"
+
+
+@dataclass(frozen=True)
+class Row:
+    res: int
+    crop_mode: str
+    loader_host: Rate  # batches left on the host (the same measurement as loader_device on a CPU)
+    loader_device: Rate  # batches on the training device: what training is fed
+    model: Rate
+    end_to_end: Rate
+
+    @property
+    def bottleneck(self) -> str:
+        return LOADER if self.loader_device.median <= self.model.median else MODEL
+
+    @property
+    def ratio(self) -> float:
+        """End to end over the slower side: 1.0 when loading and compute overlap perfectly."""
+        return self.end_to_end.median / min(self.loader_device.median, self.model.median)
+
+
+@dataclass(frozen=True)
+class Phase:
+    first_epoch: int
+    last_epoch: int
+    res: int
+    crop_mode: str
+    images: int
+    rate: float  # measured end-to-end img/s
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The run's training time from the measured rates; ``missing`` lists unmeasured phases."""
+
+    epochs: int
+    images_per_epoch: int
+    phases: tuple[Phase, ...]
+    missing: tuple[tuple[int, str], ...]
+
+    @property
+    def total_seconds(self) -> float | None:
+        return None if self.missing else sum(phase.seconds for phase in self.phases)
+
+
+@dataclass(frozen=True)
+class Report:
+    setup: dict[str, Any]
+    settings: ProfileSettings
+    rows: tuple[Row, ...]
+    projection: Projection
+
+
+# ---------------------------------------------------------------- what to measure
+def targets(config: Config, resolutions: Sequence[int]) -> list[tuple[int, str]]:
+    """Each distinct (res, crop mode) of the schedule, in schedule order; or ``resolutions`` with rrc."""
+    if resolutions:
+        return list(dict.fromkeys((res, schedule.RRC) for res in resolutions))
+    plans = schedule.full_schedule(config.resolution, config.training.epochs)
+    return list(dict.fromkeys((res, mode) for _, _, res, mode in schedule.phases(plans)))
+
+
+def images_per_epoch(train_size: int, global_batch: int) -> int:
+    """The loader drops the last partial batch."""
+    return int(train_size) // global_batch * global_batch  # FFCV counts samples in numpy integers
+
+
+def project(config: Config, rows: Sequence[Row], epoch_images: int) -> Projection:
+    rates = {(row.res, row.crop_mode): row.end_to_end.median for row in rows}
+    plans = schedule.full_schedule(config.resolution, config.training.epochs)
+    phases, missing = [], []
+    for first, last, res, mode in schedule.phases(plans):
+        if (res, mode) not in rates:
+            missing.append((res, mode))
+            continue
+        images = (last - first + 1) * epoch_images
+        phases.append(Phase(first, last, res, mode, images, rates[(res, mode)], images / rates[(res, mode)]))
+    return Projection(config.training.epochs, epoch_images, tuple(phases), tuple(dict.fromkeys(missing)))
+
+
+# ---------------------------------------------------------------- timing
+def synchronize(device: torch.device) -> None:
+    """Queued GPU work finishes before the clock is read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def batch_stream(loader: TrainLoader, res: int, crop_mode: str) -> Iterator[Iterator[Batch]]:
+    """Batches at (res, crop_mode) through consecutive epochs; the open epoch is closed on exit."""
+    def endless() -> Iterator[Batch]:
+        for epoch in itertools.count():
+            with contextlib.closing(loader.epoch(schedule.EpochPlan(epoch, res, crop_mode))) as batches:
+                yield from batches
+
+    stream = endless()
+    try:
+        yield stream
+    finally:
+        stream.close()
+
+
+class Profiler:
+    """Times one (res, crop mode) after another with one trainer's model, optimizer and loader.
+
+    The figures of a (res, crop mode) are measured in turns (loader, model, end
+    to end, loader, ...), so a busy spell of the machine slows them alike; the
+    untimed steps before each window absorb the switch (FFCV's prefetch queue
+    filling or draining, other shapes for the model's kernels).
+    """
+
+    def __init__(self, trainer: Trainer, settings: ProfileSettings, progress: tqdm):
+        self.trainer = trainer
+        self.settings = settings
+        self.progress = progress
+        self.device = trainer.ctx.device
+        self.transfer_measured = self.device.type != "cpu"  # on a CPU the loader's output is already there
+        self.images_per_window = settings.steps * trainer.loader_settings.batch_size
+        self._host_loader: TrainLoader | None = None
+
+    def _window(self, step: Callable[[], object], label: str) -> float:
+        """Seconds for ``steps`` calls of ``step``, after ``warmup_steps`` untimed ones."""
+        self.progress.set_postfix_str(label, refresh=False)
+        for _ in range(self.settings.warmup_steps):
+            step()
+        synchronize(self.device)
+        started = time.perf_counter()
+        for _ in range(self.settings.steps):
+            step()
+        synchronize(self.device)
+        seconds = time.perf_counter() - started
+        self.progress.update(self.settings.warmup_steps + self.settings.steps)
+        return seconds
+
+    def _host_loader_for_gpu(self) -> TrainLoader:
+        """The recipe's loader with its batches left on the host (built once: numba compiles it)."""
+        if self._host_loader is None:
+            trainer, config = self.trainer, self.trainer.config
+            settings = dataclasses.replace(trainer.loader_settings, device=torch.device("cpu"))
+            self._host_loader = TrainLoader(trainer.datasets.train_path, settings, order=config.data.order,
+                                            in_memory=config.data.in_memory, distributed=False,
+                                            seed=config.training.seed,
+                                            fixres_crop_ratio=config.resolution.fixres_crop_ratio,
+                                            decoder=config.data.decoder)
+        return self._host_loader
+
+    def measure(self, res: int, crop_mode: str) -> Row:
+        train_step = self.trainer.train_step
+        with contextlib.ExitStack() as streams:
+            stream = streams.enter_context(batch_stream(self.trainer.train_loader, res, crop_mode))
+            fixed = next(stream)  # the model's batch, already on the device; numba compiles here
+            steps: dict[str, Callable[[], object]] = {
+                "loader_device": lambda: next(stream),
+                "model": lambda: train_step(*fixed),
+                "end_to_end": lambda: train_step(*next(stream)),
+            }
+            if self.transfer_measured:
+                host = streams.enter_context(batch_stream(self._host_loader_for_gpu(), res, crop_mode))
+                next(host)  # compiled outside the timed windows too
+                steps["loader_host"] = lambda: next(host)
+            seconds: dict[str, list[float]] = {name: [] for name in steps}
+            for _ in range(self.settings.repeats):
+                for name, step in steps.items():
+                    seconds[name].append(self._window(step, f"{res} {crop_mode}: {name.replace('_', ' ')}"))
+        rates = {name: Rate.from_seconds(runs, self.images_per_window) for name, runs in seconds.items()}
+        return Row(res, crop_mode, loader_host=rates.get("loader_host", rates["loader_device"]),
+                   loader_device=rates["loader_device"], model=rates["model"], end_to_end=rates["end_to_end"])
+
+    def total_steps(self, targets_count: int) -> int:
+        """For the progress bar."""
+        figures = len(FIGURES_WITH_TRANSFER) if self.transfer_measured else len(FIGURES_WITHOUT_TRANSFER)
+        per_window = self.settings.warmup_steps + self.settings.steps
+        return targets_count * figures * self.settings.repeats * per_window
+
+
+# ---------------------------------------------------------------- the whole profile
+def describe_setup(config: Config, trainer: Trainer) -> dict[str, Any]:
+    device = trainer.ctx.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    training = config.training
+    return {"arch": config.model.arch, "precision": training.precision, "channels_last": training.channels_last,
+            "compile": training.compile, "batch_size": training.batch_size,
+            "num_workers": trainer.loader_settings.num_workers, "device": str(device), "device_name": name,
+            "transfer_measured": device.type != "cpu", "torch": torch.__version__,
+            "ffcv": importlib.metadata.version("ffcv")}  # ffcv.__version__ is stale in 1.0.2
+
+
+def run_profile(config: Config, ctx: DistContext, settings: ProfileSettings, out: Path | None = None) -> Report:
+    """Check everything, measure every target, project the run, write ``out`` (JSON) if given."""
+    settings.check()
+    if ctx.distributed:
+        raise ConfigError("the profile runs as one process (one GPU): run it with python, not torchrun")
+    if out is not None:
+        try:
+            check_writable_dir(out.parent)
+        except OSError as err:
+            raise ConfigError(f"--out: {err}") from None
+    datasets = check_datasets(config)
+    check_run_settings(config, datasets, ctx.world_size, ctx.device)
+    trainer = Trainer(config, ctx, datasets)
+    trainer.train_model.train()
+    todo = targets(config, settings.resolutions)
+    with tqdm(unit="step", desc="profile", leave=False, dynamic_ncols=True,
+              disable=not (ctx.is_main and config.logging.progress)) as progress:
+        profiler = Profiler(trainer, settings, progress)
+        progress.reset(total=profiler.total_steps(len(todo)))
+        rows = tuple(profiler.measure(res, mode) for res, mode in todo)
+    epoch_images = images_per_epoch(datasets.train_size, trainer.global_batch)
+    report = Report(describe_setup(config, trainer), settings, rows, project(config, rows, epoch_images))
+    if out is not None:
+        atomic_write_text(out, to_json(report))
+    return report
+
+
+# ---------------------------------------------------------------- output
+def row_dict(row: Row) -> dict[str, Any]:
+    return {"res": row.res, "crop_mode": row.crop_mode, "loader_host": dataclasses.asdict(row.loader_host),
+            "loader_device": dataclasses.asdict(row.loader_device), "model": dataclasses.asdict(row.model),
+            "end_to_end": dataclasses.asdict(row.end_to_end), "ratio": row.ratio, "bottleneck": row.bottleneck}
+
+
+def projection_dict(projection: Projection) -> dict[str, Any]:
+    return {"epochs": projection.epochs, "images_per_epoch": projection.images_per_epoch,
+            "phases": [dataclasses.asdict(phase) for phase in projection.phases],
+            "missing": [{"res": res, "crop_mode": mode} for res, mode in projection.missing],
+            "total_seconds": projection.total_seconds, "includes_evaluation": False}
+
+
+def to_json(report: Report) -> str:
+    return json.dumps({"setup": report.setup, "settings": dataclasses.asdict(report.settings),
+                       "ratio_target": RATIO_TARGET, "rows": [row_dict(row) for row in report.rows],
+                       "projection": projection_dict(report.projection)}, indent=2) + "\n"
+
+
+def format_duration(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), SECONDS_PER_HOUR)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+RATE_WIDTH = 26  # "12345.6 (12000.0-12500.0)"
+TABLE_HEADER = "res | crop   "  # the table's first line starts with this
+
+
+def format_rows(report: Report) -> str:
+    setup, settings = report.setup, report.settings
+    device = setup["device"]
+    columns = ["loader, host", f"loader, to {device}", "model", "end to end"]
+    lines = [f"{setup['arch']}, {setup['precision']}, {'channels_last' if setup['channels_last'] else 'NCHW'}, "
+             f"batch {setup['batch_size']}, loader workers {setup['num_workers']}, {device} ({setup['device_name']})",
+             f"img/s, median (min-max) of {settings.repeats} windows of {settings.steps} steps, each after "
+             f"{settings.warmup_steps} untimed steps",
+             TABLE_HEADER + "".join(f"| {name:<{RATE_WIDTH}} " for name in columns) + "| e2e/min | bottleneck"]
+    for row in report.rows:
+        rates = (row.loader_host, row.loader_device, row.model, row.end_to_end)
+        cells = "".join(f"| {rate.cell():<{RATE_WIDTH}} " for rate in rates)
+        lines.append(f"{row.res:>3} | {row.crop_mode:<6} {cells}| {row.ratio:>7.3f} | {row.bottleneck}")
+    if not setup["transfer_measured"]:
+        lines.append("on the CPU the loader's batches are already on the device: both loader columns are one "
+                     "measurement")
+    lines.append(f"target: end to end >= {RATIO_TARGET} x min(loader, model)")
+    return "\n".join(lines)
+
+
+def format_projection(projection: Projection) -> str:
+    if projection.missing:
+        absent = ", ".join(f"{res} {mode}" for res, mode in projection.missing)
+        return f"no run-time projection: the schedule's {absent} was not measured (drop --res)"
+    lines = [f"projected training time, {projection.epochs} epochs of {projection.images_per_epoch} images "
+             "(evaluation and checkpoints not included):",
+             "epochs    | res | crop   | images       | img/s      | time"]
+    for phase in projection.phases:
+        span = f"{phase.first_epoch}-{phase.last_epoch}" if phase.last_epoch > phase.first_epoch \
+            else f"{phase.first_epoch}"
+        lines.append(f"{span:<9} | {phase.res:>3} | {phase.crop_mode:<6} | {phase.images:>12} | "
+                     f"{phase.rate:>10.1f} | {format_duration(phase.seconds)}")
+    lines.append(f"total: {format_duration(projection.total_seconds or 0.0)}")
+    return "\n".join(lines)
+
+
+def format_report(report: Report) -> str:
+    return format_rows(report) + "\n\n" + format_projection(report.projection)

@@ -1,0 +1,129 @@
+"""The throughput profile as users run it (python -m ffcv_imagenet.profile), on the demo .beton files, CPU only."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffcv_imagenet.config import load_config
+from ffcv_imagenet.inspection import open_beton
+from ffcv_imagenet.profiling import LOADER, MODEL, TABLE_HEADER, format_duration
+from ffcv_imagenet.schedule import full_schedule, phases
+from helpers import DEMO_RECIPE, explain, run, tiny_overrides
+
+PROFILE = [sys.executable, "-m", "ffcv_imagenet.profile", "--config", str(DEMO_RECIPE)]
+# Enough timed steps that the shared 2-core machine's noise stays inside the issue's 1.05 bound.
+TIMING = ["--warmup-steps", "3", "--steps", "8", "--repeats", "5"]
+REPEATS = 5
+RATIO_BOUND = 1.05  # issue 5: end to end cannot beat min(loader, model) beyond measurement noise
+PRINTED_RATE = re.compile(r"([\d.]+) \(([\d.]+)-([\d.]+)\)")
+RATE_KEYS = ("loader_host", "loader_device", "model", "end_to_end")
+
+
+@pytest.fixture(scope="module")
+def profiled(demo_betons: dict,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, dict, list]:
+    """One profile of the tiny recipe: (process, JSON report, the overrides it ran with)."""
+    folder = tmp_path_factory.mktemp("profile")
+    overrides = tiny_overrides(demo_betons, folder / "run")
+    result = run([*PROFILE, *overrides, *TIMING, "--out", str(folder / "profile.json")])
+    assert result.returncode == 0, explain(result)
+    return result, json.loads((folder / "profile.json").read_text()), overrides
+
+
+def printed_rows(stdout: str) -> list[list[str]]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(TABLE_HEADER)) + 1
+    rows = []
+    for line in lines[start:]:
+        if not line[:3].strip().isdigit():
+            break
+        rows.append([cell.strip() for cell in line.split("|")])
+    return rows
+
+
+def test_one_row_per_schedule_phase_with_sane_rates(profiled: tuple) -> None:
+    _, report, overrides = profiled
+    config = load_config(DEMO_RECIPE, overrides)
+    expected = list(dict.fromkeys((res, mode) for _, _, res, mode in
+                                  phases(full_schedule(config.resolution, config.training.epochs))))
+    assert [(row["res"], row["crop_mode"]) for row in report["rows"]] == expected
+    assert report["setup"]["device"] == "cpu" and not report["setup"]["transfer_measured"]
+    for row in report["rows"]:
+        for key in RATE_KEYS:
+            rate = row[key]
+            assert len(rate["runs"]) == REPEATS and all(run_rate > 0 for run_rate in rate["runs"])
+            assert rate["low"] == min(rate["runs"]) <= rate["median"] <= rate["high"] == max(rate["runs"])
+        assert row["loader_host"] == row["loader_device"]  # one device on a CPU: one measurement
+        slower = min(row["loader_device"]["median"], row["model"]["median"])
+        assert row["ratio"] == pytest.approx(row["end_to_end"]["median"] / slower)
+        assert 0 < row["ratio"] <= RATIO_BOUND, row
+        assert row["bottleneck"] == (LOADER if row["loader_device"]["median"] <= row["model"]["median"] else MODEL)
+
+
+def test_printed_table_matches_the_json(profiled: tuple) -> None:
+    result, report, _ = profiled
+    rows = printed_rows(result.stdout)
+    assert len(rows) == len(report["rows"])
+    for cells, row in zip(rows, report["rows"]):
+        assert (int(cells[0]), cells[1]) == (row["res"], row["crop_mode"])
+        for cell, key in zip(cells[2:6], RATE_KEYS):
+            printed = [float(value) for value in PRINTED_RATE.fullmatch(cell).groups()]
+            assert printed == pytest.approx([row[key]["median"], row[key]["low"], row[key]["high"]], abs=0.051)
+        assert float(cells[6]) == pytest.approx(row["ratio"], abs=5e-4)
+        assert cells[7] == row["bottleneck"]
+    assert "both loader columns are one measurement" in result.stdout
+
+
+def test_projection_covers_every_epoch_at_the_measured_rates(profiled: tuple, demo_betons: dict) -> None:
+    result, report, overrides = profiled
+    config = load_config(DEMO_RECIPE, overrides)
+    batch = config.training.batch_size
+    epoch_images = int(open_beton(demo_betons["train"]).num_samples) // batch * batch
+    projection = report["projection"]
+    assert projection["missing"] == [] and projection["includes_evaluation"] is False
+    assert projection["images_per_epoch"] == epoch_images
+    rates = {(row["res"], row["crop_mode"]): row["end_to_end"]["median"] for row in report["rows"]}
+    covered = []
+    for phase in projection["phases"]:
+        epochs = list(range(phase["first_epoch"], phase["last_epoch"] + 1))
+        covered += epochs
+        assert phase["images"] == len(epochs) * epoch_images
+        assert phase["seconds"] == pytest.approx(phase["images"] / rates[(phase["res"], phase["crop_mode"])])
+    assert covered == list(range(config.training.epochs))
+    assert projection["total_seconds"] == pytest.approx(sum(phase["seconds"] for phase in projection["phases"]))
+    assert f"total: {format_duration(projection['total_seconds'])}" in result.stdout
+
+
+def test_given_resolutions_replace_the_schedule_and_the_projection_says_why_not(
+        demo_betons: dict, tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    result = run([*PROFILE, *tiny_overrides(demo_betons, tmp_path / "run"), "--res", "48",
+                  "--warmup-steps", "1", "--steps", "2", "--repeats", "1", "--out", str(out)])
+    assert result.returncode == 0, explain(result)
+    report = json.loads(out.read_text())
+    assert [(row["res"], row["crop_mode"]) for row in report["rows"]] == [(48, "rrc")]
+    assert report["projection"]["total_seconds"] is None and report["projection"]["missing"]
+    assert "no run-time projection" in result.stdout
+
+
+@pytest.mark.parametrize("extra, names", [
+    (["--training.epochz=3"], "training.epochz"),
+    (["--steps", "0"], "--steps"),
+    (["--data.train_dataset=/nonexistent/train.beton"], "data.train_dataset"),
+    (["--out", "{file}/profile.json"], "--out"),
+])
+def test_bad_input_is_one_line_and_exit_2(demo_betons: dict, tmp_path: Path, extra: list, names: str) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    args = [arg.replace("{file}", str(a_file)) for arg in extra]
+    result = run([*PROFILE, *tiny_overrides(demo_betons, tmp_path / "run"), *args])
+    assert result.returncode == 2, explain(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m ffcv_imagenet.profile: error:"), explain(result)
+    assert names in lines[0]
+    assert TABLE_HEADER not in result.stdout

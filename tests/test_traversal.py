@@ -1,0 +1,82 @@
+"""Page-grouped shuffling across ranks, on the real page layout of a real .beton."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ffcv.loader import Loader
+
+from ffcv_imagenet.loaders import LoaderSettings, TrainLoader
+from ffcv_imagenet.schedule import RRC, EpochPlan
+from ffcv_imagenet.traversal import PageShuffleOrder, SkippableOrder, samples_by_page
+
+
+@pytest.fixture(scope="module")
+def demo_pages(demo_betons: dict) -> list[np.ndarray]:
+    loader = Loader(str(demo_betons["train"]), batch_size=8, os_cache=False, pipelines={"image": None})
+    return samples_by_page(loader.memory_manager.page_to_samples, loader.indices)
+
+
+def synthetic_pages(size: int, per_page: int) -> list[np.ndarray]:
+    """``size`` samples in pages of ``per_page`` (the last one short), as a writer lays them out."""
+    return [np.arange(start, min(start + per_page, size)) for start in range(0, size, per_page)]
+
+
+def orders(pages: list[np.ndarray], world_size: int, epoch: int, seed: int = 0, window: int = 2) -> list[np.ndarray]:
+    return [PageShuffleOrder(pages, seed=seed, rank=rank, world_size=world_size, window_pages=window)
+            .sample_order(epoch) for rank in range(world_size)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("size,per_page", [(144, 37), (143, 37), (1000, 64), (7, 3)])
+def test_every_sample_once_per_epoch_across_ranks(world_size: int, size: int, per_page: int) -> None:
+    shares = orders(synthetic_pages(size, per_page), world_size, epoch=0)
+    assert len({len(share) for share in shares}) == 1  # equal shares: DDP steps stay in lock step
+    seen = np.concatenate(shares)
+    assert len(np.unique(seen)) == len(seen)  # disjoint
+    assert len(seen) == size - size % world_size  # all but the stated remainder
+
+
+def test_real_beton_pages_are_covered(demo_pages: list[np.ndarray]) -> None:
+    total = sum(map(len, demo_pages))
+    assert total == 144 and len(demo_pages) >= 1
+    for world_size in (2, 3):
+        seen = np.concatenate(orders(demo_pages, world_size, epoch=1))
+        assert len(np.unique(seen)) == len(seen) == total - total % world_size
+
+
+def test_order_is_seeded_by_seed_and_epoch() -> None:
+    pages = synthetic_pages(500, 25)
+    first = orders(pages, 2, epoch=0)
+    assert all(np.array_equal(a, b) for a, b in zip(first, orders(pages, 2, epoch=0)))
+    assert not np.array_equal(first[0], orders(pages, 2, epoch=1)[0])
+    assert not np.array_equal(first[0], orders(pages, 2, epoch=0, seed=1)[0])
+
+
+def test_window_bounds_the_pages_in_flight() -> None:
+    per_page, window = 20, 3
+    share = orders(synthetic_pages(2000, per_page), 1, epoch=0, window=window)[0]
+    for start in range(0, len(share), window * per_page):
+        pages_touched = np.unique(share[start:start + window * per_page] // per_page)
+        assert len(pages_touched) <= window + 1  # a window may straddle one page boundary
+    assert not np.array_equal(np.sort(share[:window * per_page]), share[:window * per_page])  # shuffled inside
+
+
+def test_skippable_order_skips_once() -> None:
+    order = SkippableOrder(PageShuffleOrder(synthetic_pages(100, 10), seed=0, rank=0, world_size=1, window_pages=2))
+    full = order.sample_order(4)
+    order.skip = 30
+    assert np.array_equal(order.sample_order(4), full[30:])
+    assert np.array_equal(order.sample_order(4), full)  # the next epoch starts from its beginning
+
+
+def test_quasi_random_loader_reads_everything_through_a_bounded_cache(demo_betons: dict) -> None:
+    settings = LoaderSettings(batch_size=8, num_workers=1, device=torch.device("cpu"))
+    loader = TrainLoader(demo_betons["train"], settings, order="quasi_random", in_memory=False, distributed=False,
+                         seed=0, fixres_crop_ratio=0.875, cache_mib=32)
+    labels = torch.cat([labels.clone() for _, labels in loader.epoch(EpochPlan(0, 32, RRC))])  # FFCV reuses buffers
+    assert len(labels) == 144 and torch.bincount(labels).tolist() == [24] * 6  # every image, once
+    page_bytes = 8 * 2 ** 20
+    assert 0 < loader.process_cache_bytes <= 32 * 2 ** 20 + 4 * page_bytes  # the window plus prefetched pages
