@@ -39,6 +39,8 @@ class DataConfig:
     order: str = _help("train traversal: random | quasi_random (page-grouped, for data larger than RAM)", "random")
     cache_mib: int = _help("quasi_random with in_memory false: process cache per rank in MiB; "
                            "bounds the shuffle window (half of it, in pages)", 4096)
+    decoder: str = _help("JPEG decode: fast (window first; only its region, at the largest IDCT downscale "
+                         "that serves) | stock (FFCV's full-size decode; same seeded windows)", "fast")
 
 
 @dataclass
@@ -163,6 +165,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.order": ("random", "quasi_random"),
+    "data.decoder": ("fast", "stock"),
     "resolution.ramp": ("ffcv", "composer"),
     "resolution.fixres_train": ("all", "bn_fc"),
     "model.arch": ("resnet18", "resnet50"),

@@ -24,7 +24,7 @@ from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
-from .decoders import FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
+from .decoders import FULL, REGION, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
 from .schedule import FIXRES, RRC, EpochPlan
 from .traversal import PageShuffleOrder, SkippableOrder, samples_by_page
 
@@ -32,8 +32,16 @@ IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 DEFAULT_CACHE_MIB = 4096  # the recipes' data.cache_mib
 MIB = 2 ** 20
+FAST, STOCK = "fast", "stock"  # the recipe's data.decoder
+DECODE_METHODS = {FAST: REGION, STOCK: FULL}
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 3, H, W) on the device, int64 labels (N,)
+
+
+def _decode_method(decoder: str) -> str:
+    if decoder not in DECODE_METHODS:
+        raise ValueError(f"decoder must be {FAST} or {STOCK}: {decoder!r}")
+    return DECODE_METHODS[decoder]
 
 
 def workers_per_rank(requested: int) -> int:
@@ -78,11 +86,15 @@ class TrainLoader:
     (it does not: traversal.PageShuffleOrder, whole pages read in a row through
     a process cache of about ``cache_mib`` per rank). Like FFCV's own loader,
     ``distributed`` takes the rank and rank count from torch.distributed.
+    ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode).
+    A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
     """
 
     def __init__(self, path: str | Path, settings: LoaderSettings, *, order: str, in_memory: bool,
-                 distributed: bool, seed: int, fixres_crop_ratio: float, cache_mib: int = DEFAULT_CACHE_MIB):
+                 distributed: bool, seed: int, fixres_crop_ratio: float, cache_mib: int = DEFAULT_CACHE_MIB,
+                 decoder: str = FAST):
         self.path = str(path)
+        self.method = _decode_method(decoder)
         self.settings = settings
         self.order = order
         self.in_memory = in_memory
@@ -98,9 +110,9 @@ class TrainLoader:
     def _decoder_for(self, plan: EpochPlan) -> SeededCropDecoder:
         size = (plan.res, plan.res)
         if plan.crop_mode == RRC:
-            return RandomResizedCropDecoder(size)
+            return RandomResizedCropDecoder(size, method=self.method)
         if plan.crop_mode == FIXRES:
-            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio)
+            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio, method=self.method)
         raise ValueError(f"unknown crop mode {plan.crop_mode!r}")
 
     def _build(self, plan: EpochPlan) -> tuple[Loader, SeededCropDecoder]:
@@ -146,13 +158,14 @@ class TrainLoader:
     def epoch(self, plan: EpochPlan, skip_batches: int = 0) -> Iterator[Batch]:
         """The batches of ``plan``'s epoch after the first ``skip_batches``, which are not even read."""
         self.prepare(plan)
-        assert self._loader is not None
+        assert self._loader is not None and self._decoder is not None
         self._loader.traversal_order.skip = skip_batches * self.settings.batch_size
         batches = iter(self._loader)
         cache = getattr(batches.memory_context, "memory", None)  # FFCV's process cache, if in use
         self.process_cache_bytes = cache.nbytes if cache is not None else 0
         try:
             for images, labels in batches:
+                self._decoder.check_decoded(self.path)
                 yield images, labels.view(-1)
         finally:
             # An epoch left early (a stop signal, the profiler's timed windows) must stop FFCV's
@@ -169,12 +182,37 @@ def val_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, num_samples, world_size, dtype=np.uint64)
 
 
+class ValLoader:
+    """An FFCV val loader whose batches are checked for corrupt records before they are yielded."""
+
+    def __init__(self, loader: Loader, decoder: CenterCropDecoder | None, path: str):
+        self.loader, self.decoder, self.path = loader, decoder, path
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = iter(self.loader)
+        try:
+            for images, labels in batches:
+                if self.decoder is not None:
+                    self.decoder.check_decoded(self.path)
+                yield images, labels
+        finally:
+            batches.close()  # stop FFCV's decode thread when the pass ends early (an error)
+
+
 def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, crop_ratio: float,
-                     num_samples: int, rank: int, world_size: int) -> Loader:
-    """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1))."""
-    decoder = CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
-    return Loader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
-                  order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
-                  indices=val_indices(num_samples, rank, world_size),
-                  pipelines={"image": [decoder, *_image_tail(settings.device, settings.channels_last)],
-                             "label": _label_pipeline(settings.device)})
+                     num_samples: int, rank: int, world_size: int, decoder: str = FAST) -> ValLoader:
+    """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1)).
+
+    'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records).
+    """
+    ours = CenterCropDecoder((res, res), ratio=crop_ratio) if _decode_method(decoder) == REGION else None
+    image_decoder = ours if ours is not None else CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
+    loader = Loader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
+                    order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
+                    indices=val_indices(num_samples, rank, world_size),
+                    pipelines={"image": [image_decoder, *_image_tail(settings.device, settings.channels_last)],
+                               "label": _label_pipeline(settings.device)})
+    return ValLoader(loader, ours, str(path))

@@ -237,7 +237,8 @@ class Profiler:
             self._host_loader = TrainLoader(trainer.datasets.train_path, settings, order=config.data.order,
                                             in_memory=config.data.in_memory, distributed=False,
                                             seed=config.training.seed,
-                                            fixres_crop_ratio=config.resolution.fixres_crop_ratio)
+                                            fixres_crop_ratio=config.resolution.fixres_crop_ratio,
+                                            decoder=config.data.decoder)
         return self._host_loader
 
     def measure(self, res: int, crop_mode: str) -> Row:

@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Imported here so that --help and recipe mistakes answer without loading torch.
     from .distributed import init_distributed, shutdown, world_from_env
+    from .decoders import CorruptRecordError
     from .trainer import TrainingStopped, evaluate_saved, train
 
     rank, _, world_size = world_from_env()
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             train(config, ctx, resume=args.resume)
     except ConfigError as err:
         return _fail(str(err), EXIT_ERROR, speaks)
+    except CorruptRecordError as err:  # the dataset, not the run: every rank that meets it says so
+        return _fail(str(err), EXIT_ERROR, True)
     except TrainingStopped as stop:
         return _fail(str(stop), stop.exit_code, speaks)
     except OSError as err:  # a full disk or a vanished folder while writing a checkpoint or log

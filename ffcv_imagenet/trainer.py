@@ -204,7 +204,8 @@ class Trainer:
         self.train_loader = TrainLoader(datasets.train_path, self.loader_settings, order=config.data.order,
                                         in_memory=config.data.in_memory, distributed=ctx.distributed,
                                         seed=config.training.seed, cache_mib=config.data.cache_mib,
-                                        fixres_crop_ratio=config.resolution.fixres_crop_ratio)
+                                        fixres_crop_ratio=config.resolution.fixres_crop_ratio,
+                                        decoder=config.data.decoder)
         self.last_save = time.monotonic()
         self.val_loaders: dict[int, Any] = {}
         if resume_from is not None:
@@ -366,7 +367,8 @@ class Trainer:
                                       device=self.ctx.device, channels_last=self.config.training.channels_last)
             self.val_loaders[res] = build_val_loader(
                 self.datasets.val_path, settings, res=res, crop_ratio=validation.crop_ratio,
-                num_samples=self.datasets.val_size, rank=self.ctx.rank, world_size=self.ctx.world_size)
+                num_samples=self.datasets.val_size, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                decoder=self.config.data.decoder)
         return self.val_loaders[res]
 
     def evaluate(self, res: int | None = None, model: nn.Module | None = None) -> EvalResult:

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(libturbojpeg0-dev libopencv-dev pkg-config)
+SYSTEM_PACKAGES=(libturbojpeg0-dev libjpeg-dev libopencv-dev pkg-config g++)  # g++, libjpeg-dev: our region decoder
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -1,0 +1,149 @@
+// Decode only the MCU-aligned region of a JPEG that holds a window, at a 1/2^k IDCT scale, and
+// resize the window once: called from numba-compiled loader code through ctypes, without the GIL.
+//
+// libjpeg's partial decode: jpeg_skip_scanlines passes the rows above the window (entropy decoding
+// only), jpeg_crop_scanline narrows the output to the iMCU columns around it, and decoding stops
+// after its last row. One decompressor per thread is reused across images.
+#include <Python.h>
+
+#include <algorithm>
+#include <csetjmp>
+#include <cstdint>
+#include <cstdio>
+
+#include <jpeglib.h>
+#include <opencv2/imgproc.hpp>
+
+#if !defined(LIBJPEG_TURBO_VERSION_NUMBER) || LIBJPEG_TURBO_VERSION_NUMBER < 1005000
+#error "ffcv_imagenet needs libjpeg-turbo 1.5 or newer (jpeg_crop_scanline, jpeg_skip_scanlines)"
+#endif
+
+namespace {
+
+constexpr int kOk = 0;
+constexpr int kCorrupt = -1;     // libjpeg error or warning: damaged data
+constexpr int kBadWindow = -2;   // window outside the scaled image
+constexpr int kNoRoom = -3;      // scratch buffer too small for the region
+constexpr size_t kChannels = 3;
+constexpr int kFastResize = -1;  // "interpolation" asking for resize_fast instead of one OpenCV mode
+constexpr int kLinearBelow = 2;  // INTER_LINEAR alone while the window is under this many times the output
+
+struct ErrorManager {
+    jpeg_error_mgr pub;
+    jmp_buf jump;
+    int warnings;
+};
+
+void on_error(j_common_ptr cinfo) { longjmp(reinterpret_cast<ErrorManager *>(cinfo->err)->jump, 1); }
+
+// Warnings (level -1) mean damaged data (TurboJPEG also fails on them); trace messages are ignored.
+void on_message(j_common_ptr cinfo, int level) {
+    if (level < 0) reinterpret_cast<ErrorManager *>(cinfo->err)->warnings++;
+}
+
+struct Decompressor {
+    jpeg_decompress_struct cinfo;
+    ErrorManager err;
+    Decompressor() {
+        cinfo.err = jpeg_std_error(&err.pub);
+        err.pub.error_exit = on_error;
+        err.pub.emit_message = on_message;
+        jpeg_create_decompress(&cinfo);
+    }
+    ~Decompressor() { jpeg_destroy_decompress(&cinfo); }
+};
+
+thread_local Decompressor decompressor;
+thread_local cv::Mat boxed;  // resize_fast's intermediate, reused across images
+
+// Window -> out at a fraction of INTER_AREA's cost at general ratios: INTER_LINEAR while the window is
+// under twice the output per side; beyond, first an exact k x k box average (OpenCV's integer
+// INTER_AREA path; the window trimmed by under k pixels to a multiple of k) that brings it under
+// 1.5x, then INTER_LINEAR.
+void resize_fast(const cv::Mat &window, cv::Mat &out) {
+    const int k = std::min(window.rows / out.rows, window.cols / out.cols);
+    if (k < kLinearBelow) {
+        cv::resize(window, out, out.size(), 0, 0, cv::INTER_LINEAR);
+        return;
+    }
+    const int height = window.rows / k * k, width = window.cols / k * k;
+    const cv::Rect trimmed((window.cols - width) / 2, (window.rows - height) / 2, width, height);
+    cv::resize(window(trimmed), boxed, cv::Size(width / k, height / k), 0, 0, cv::INTER_AREA);
+    cv::resize(boxed, out, out.size(), 0, 0, cv::INTER_LINEAR);
+}
+
+void resize_window(const cv::Mat &window, cv::Mat &out, int interpolation) {
+    if (interpolation == kFastResize) {
+        resize_fast(window, out);
+    } else {
+        cv::resize(window, out, out.size(), 0, 0, interpolation);
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Window [top, bottom) x [left, right) in pixels of the 1/scale_denom-scaled image -> destination
+// (out_h x out_w x 3, RGB), resized with an OpenCV interpolation or kFastResize (resize_fast).
+// Returns kOk or a negative code; never longjmps out.
+int crop_decode_resize(const uint8_t *source, uint64_t source_size, uint32_t scale_denom,
+                       int32_t top, int32_t bottom, int32_t left, int32_t right,
+                       uint8_t *scratch, uint64_t scratch_size,
+                       uint8_t *destination, int32_t out_h, int32_t out_w, int32_t interpolation) {
+    jpeg_decompress_struct &cinfo = decompressor.cinfo;
+    decompressor.err.warnings = 0;
+    if (setjmp(decompressor.err.jump)) {
+        jpeg_abort_decompress(&cinfo);
+        return kCorrupt;
+    }
+    jpeg_mem_src(&cinfo, source, source_size);
+    jpeg_read_header(&cinfo, TRUE);
+    cinfo.out_color_space = JCS_RGB;
+    cinfo.scale_num = 1;
+    cinfo.scale_denom = scale_denom;
+    cinfo.dct_method = JDCT_IFAST;  // as FFCV's TJFLAG_FASTDCT
+    jpeg_start_decompress(&cinfo);
+    if (top < 0 || left < 0 || top >= bottom || left >= right ||
+        bottom > static_cast<int32_t>(cinfo.output_height) || right > static_cast<int32_t>(cinfo.output_width)) {
+        jpeg_abort_decompress(&cinfo);
+        return kBadWindow;
+    }
+    JDIMENSION xoffset = left, width = right - left;
+    jpeg_crop_scanline(&cinfo, &xoffset, &width);  // widened to whole iMCU columns
+    const size_t stride = width * kChannels;
+    if (stride * (bottom - top) > scratch_size) {
+        jpeg_abort_decompress(&cinfo);
+        return kNoRoom;
+    }
+    if (top > 0) jpeg_skip_scanlines(&cinfo, top);
+    while (cinfo.output_scanline < static_cast<JDIMENSION>(bottom)) {
+        JSAMPROW row = scratch + (cinfo.output_scanline - top) * stride;
+        jpeg_read_scanlines(&cinfo, &row, 1);
+    }
+    jpeg_abort_decompress(&cinfo);  // the rows below the window are never decoded
+    if (decompressor.err.warnings) return kCorrupt;
+
+    cv::Mat region(bottom - top, width, CV_8UC3, scratch, stride);
+    cv::Mat out(out_h, out_w, CV_8UC3, destination);
+    resize_window(region.colRange(left - xoffset, right - xoffset), out, interpolation);
+    return kOk;
+}
+
+// A window of an (height x width x 3) RGB image -> destination, with an OpenCV interpolation or kFastResize.
+void crop_resize(const uint8_t *source, int32_t height, int32_t width,
+                 int32_t top, int32_t bottom, int32_t left, int32_t right,
+                 uint8_t *destination, int32_t out_h, int32_t out_w, int32_t interpolation) {
+    cv::Mat image(height, width, CV_8UC3, const_cast<uint8_t *>(source));
+    cv::Mat out(out_h, out_w, CV_8UC3, destination);
+    resize_window(image.rowRange(top, bottom).colRange(left, right), out, interpolation);
+}
+
+}  // extern "C"
+
+// A Python module only so that setuptools builds and installs the library; the functions are
+// reached through ctypes (ffcv_imagenet.jpeg_region), as FFCV does for its own libffcv.
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpeg_region",
+                                    "Region JPEG decode; the functions are reached through ctypes", -1, nullptr};
+
+PyMODINIT_FUNC PyInit__jpeg_region(void) { return PyModule_Create(&module); }

@@ -1,0 +1,49 @@
+"""ctypes entry points of the compiled ``_jpeg_region`` library, callable from numba without the GIL.
+
+``crop_decode_resize`` decodes only the iMCU-aligned region of a JPEG around a window, at a 1/d
+IDCT scale, and resizes the window once; ``crop_resize`` resizes a window of a raw record. Both
+take an OpenCV interpolation code, or FAST_RESIZE: INTER_LINEAR while the window is under twice
+the output per side, else an exact integer box average first (see csrc/jpeg_region.cpp). The wrappers have FFCV's libffcv shape (arrays in, their
+``.ctypes.data`` out) so ``Compiler.compile`` can compile them into the loader's pipeline.
+"""
+from __future__ import annotations
+
+from ctypes import CDLL, c_int32, c_uint32, c_uint64, c_void_p
+
+import numpy as np
+
+try:
+    from . import _jpeg_region
+except ImportError as err:  # not built, or the system libjpeg lacks the partial-decode API
+    raise ImportError(
+        f"ffcv_imagenet's region JPEG decoder is unavailable ({err}). It is built by `pip install -e .` and "
+        "needs a C++ compiler, libjpeg-turbo >= 1.5 (jpeg_crop_scanline, jpeg_skip_scanlines) and OpenCV 4 "
+        "headers: run scripts/setup.sh, then reinstall.") from None
+
+REGION_OK = 0  # crop_decode_resize's return value on success; negative on damaged data or a bad window
+FAST_RESIZE = -1  # in place of an OpenCV interpolation code: the cheaper resize of csrc/jpeg_region.cpp
+
+_lib = CDLL(_jpeg_region.__file__)
+_crop_decode_resize = _lib.crop_decode_resize
+_crop_decode_resize.argtypes = [c_void_p, c_uint64, c_uint32, c_int32, c_int32, c_int32, c_int32,
+                                c_void_p, c_uint64, c_void_p, c_int32, c_int32, c_int32]
+_crop_decode_resize.restype = c_int32
+_crop_resize = _lib.crop_resize
+_crop_resize.argtypes = [c_void_p, c_int32, c_int32, c_int32, c_int32, c_int32, c_int32,
+                         c_void_p, c_int32, c_int32, c_int32]
+_crop_resize.restype = None
+
+
+def crop_decode_resize(source: np.ndarray, scale_denom: int, top: int, bottom: int, left: int, right: int,
+                       scratch: np.ndarray, destination: np.ndarray, interpolation: int) -> int:
+    """JPEG bytes -> ``destination`` (h, w, 3): the window [top, bottom) x [left, right), in 1/d-scaled pixels."""
+    return _crop_decode_resize(source.ctypes.data, source.size, scale_denom, top, bottom, left, right,
+                               scratch.ctypes.data, scratch.size,
+                               destination.ctypes.data, destination.shape[0], destination.shape[1], interpolation)
+
+
+def crop_resize(source: np.ndarray, top: int, bottom: int, left: int, right: int,
+                destination: np.ndarray, interpolation: int) -> None:
+    """(h, w, 3) uint8 image -> ``destination``: the window resized with ``interpolation``."""
+    _crop_resize(source.ctypes.data, source.shape[0], source.shape[1], top, bottom, left, right,
+                 destination.ctypes.data, destination.shape[0], destination.shape[1], interpolation)
