@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from ffcv.fields import IntField
@@ -63,21 +64,31 @@ def texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     return out
 
 
-def make_folder(root: Path, images: int, seed: int = 0) -> float:
-    """Write ``images`` JPEGs under root/<class>/; returns their mean bytes per pixel."""
+SizeSampler = Callable[[np.random.Generator], tuple[int, int]]
+
+
+def make_folder(root: Path, images: int, seed: int = 0, size: SizeSampler = source_size,
+                quality: int = SOURCE_QUALITY) -> float:
+    """Write ``images`` photo-like JPEGs under root/<class>/, sides drawn by ``size``;
+    returns their mean bytes per pixel. The other benchmarks make their data here too."""
     rng = np.random.default_rng(seed)
     scenes = [make_image(k % CLASSES, rng) for k in range(DISTINCT_SCENES)]
     total_bytes = total_pixels = 0
     for k in range(images):
-        width, height = source_size(rng)
+        width, height = size(rng)
         scene = np.asarray(scenes[k % DISTINCT_SCENES].resize((width, height), Image.BICUBIC), dtype=np.float32)
         path = root / f"n{k % CLASSES:08d}" / f"{k:06d}.JPEG"
         path.parent.mkdir(parents=True, exist_ok=True)
         pixels = np.clip(scene + texture(rng, width, height), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(path, quality=SOURCE_QUALITY)
+        Image.fromarray(pixels).save(path, quality=quality)
         total_bytes += path.stat().st_size
         total_pixels += width * height
     return total_bytes / total_pixels
+
+
+def uniform_sides(low: int, high: int) -> SizeSampler:
+    """Each side uniform in [low, high): photos of a few hundred pixels, as ImageNet's are once stored."""
+    return lambda rng: tuple(int(side) for side in rng.integers(low, high, size=2))
 
 
 def ffcv_imagenet_way(root: Path, out: Path, settings: ConversionSettings) -> int:

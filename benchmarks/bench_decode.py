@@ -28,35 +28,20 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder, get_random_crop
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_conversion import CLASSES, DISTINCT_SCENES, RAW_MODE, SOURCE_QUALITY, texture  # noqa: E402
+from bench_conversion import RAW_MODE, make_folder, uniform_sides  # noqa: E402
 
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
 from ffcv_imagenet.decoders import (METHODS, REGION, RRC_RATIO, RRC_SCALE, VAL_CROP_RATIO,  # noqa: E402
                                     CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder,
                                     dct_denominator)
-from ffcv_imagenet.demo_data import make_image  # noqa: E402
 from ffcv_imagenet.inspection import image_metadata, open_beton  # noqa: E402
 
 SIDE_RANGE = (250, 500)  # stored sides: about 400x350 on average, like ImageNet's originals
 BATCH_SIZE = 64
 # (crop mode, output resolutions): the issue's targets
 CASES = {"rrc": (160, 192), "fixres": (224, 288), "center": (224, 256)}
-
-
-def make_folder(root: Path, images: int, seed: int = 0) -> None:
-    """``images`` photo-like JPEGs under root/<class>/, each side uniform in SIDE_RANGE."""
-    rng = np.random.default_rng(seed)
-    scenes = [make_image(k % CLASSES, rng) for k in range(DISTINCT_SCENES)]
-    for k in range(images):
-        width, height = (int(v) for v in rng.integers(*SIDE_RANGE, size=2))
-        scene = np.asarray(scenes[k % DISTINCT_SCENES].resize((width, height), Image.BICUBIC), dtype=np.float32)
-        path = root / f"n{k % CLASSES:08d}" / f"{k:06d}.JPEG"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = np.clip(scene + texture(rng, width, height), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(path, quality=SOURCE_QUALITY)
 
 
 def decoders(mode: str, res: int) -> dict[str, list]:
@@ -96,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root, beton = Path(tmp) / "photos", Path(tmp) / "photos.beton"
-        make_folder(root, args.images)
+        make_folder(root, args.images, size=uniform_sides(*SIDE_RANGE))
         convert_imagefolder(root, beton, ConversionSettings(), progress=False)
         meta = image_metadata(open_beton(beton))
         keep = meta["mode"] != RAW_MODE if args.jpeg_only else np.ones(len(meta), dtype=bool)

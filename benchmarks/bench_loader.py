@@ -32,24 +32,21 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from bench_conversion import DISTINCT_SCENES, texture
+from bench_conversion import make_folder, uniform_sides
 from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip
-from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from ffcv_imagenet.config import ValidationConfig
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
-from ffcv_imagenet.demo_data import make_image
 from ffcv_imagenet.inspection import image_metadata, open_beton
 from ffcv_imagenet.loaders import LoaderSettings, TrainLoader, _image_tail, _label_pipeline, build_val_loader
 from ffcv_imagenet.profiling import Rate
 from ffcv_imagenet.schedule import RRC, EpochPlan
 
-CLASSES = 10
 PHOTO_SIDE = (300, 500)  # ImageNet's photos: a few hundred pixels per side (mean about 400 x 350)
 RAW_MODE = 1  # RGBImageField's metadata code for a raw record
 SETTLE_SECONDS = 20  # a freshly written file reads slower while the page cache flushes (PERF-NOTES)
@@ -57,23 +54,6 @@ OURS, STOCK, TORCHVISION = "ours (TrainLoader)", "FFCV stock RRC + flip", "torch
 VAL_OURS, VAL_TORCHVISION = "ours (build_val_loader)", "torchvision Resize + CenterCrop"
 
 Epoch = Callable[[], int]  # runs one epoch, returns the images it delivered
-
-
-def make_photos(root: Path, images: int, quality: int, seed: int = 0) -> float:
-    """``images`` photo-like JPEGs under root/<class>/; returns their mean bytes per pixel."""
-    rng = np.random.default_rng(seed)
-    scenes = [make_image(k % CLASSES, rng) for k in range(DISTINCT_SCENES)]
-    total_bytes = total_pixels = 0
-    for k in range(images):
-        width, height = (int(side) for side in rng.integers(*PHOTO_SIDE, size=2))
-        scene = np.asarray(scenes[k % DISTINCT_SCENES].resize((width, height), Image.BICUBIC), dtype=np.float32)
-        path = root / f"n{k % CLASSES:08d}" / f"{k:06d}.JPEG"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = np.clip(scene + texture(rng, width, height), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(path, quality=quality)
-        total_bytes += path.stat().st_size
-        total_pixels += width * height
-    return total_bytes / total_pixels
 
 
 def count(batches: Iterable) -> int:
@@ -170,7 +150,8 @@ def main() -> None:
     val = ValidationConfig()
     with tempfile.TemporaryDirectory() as tmp:
         root, beton = Path(tmp) / "images", Path(tmp) / "train.beton"
-        bytes_per_pixel = make_photos(root, args.images, conversion.jpeg_quality)
+        bytes_per_pixel = make_folder(root, args.images, size=uniform_sides(*PHOTO_SIDE),
+                                      quality=conversion.jpeg_quality)
         convert_imagefolder(root, beton, conversion, progress=False)
         raw_share = float(np.mean(image_metadata(open_beton(beton))["mode"] == RAW_MODE))
         os.sync()

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from matplotlib.patches import Polygon, Rectangle
 from PIL import Image
 

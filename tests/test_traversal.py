@@ -1,7 +1,6 @@
 """Page-grouped shuffling across ranks, on the real page layout of a real .beton."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
