@@ -1,20 +1,14 @@
 """``python -m ffcv_imagenet.plot RUN_DIR [--compare RUN_DIR ...] [--out DIR]``: PNGs of a run."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 from .plots import PlotError, load_run, write_figures
+from .train_cli import EXIT_ERROR, OneLineParser
 
 PROG = "python -m ffcv_imagenet.plot"
-EXIT_ERROR = 2
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"plot: error: {message} (see {PROG} -h)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [load_run(folder) for folder in [args.run, *args.compare]]
         written = write_figures(runs, args.out or args.run / "plots")
     except (PlotError, OSError) as err:
-        print(f"plot: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     for path in written:
         print(path)

@@ -8,24 +8,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 from .config import ConfigError, load_config
 from .distributed import init_distributed, shutdown
 from .profiling import (DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, ProfileSettings, format_report,
                         run_profile)
-from .train_cli import EXIT_ERROR, EXIT_IO_ERROR, split_overrides
+from .train_cli import EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, split_overrides
 
 PROG = "python -m ffcv_imagenet.profile"
 
 
-class ProfileParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = ProfileParser(prog=PROG, description="Images per second of the recipe's loader alone, model alone "
+    parser = OneLineParser(prog=PROG, description="Images per second of the recipe's loader alone, model alone "
                            "and both together at each (resolution, crop mode) of its schedule; names the "
                            "bottleneck and projects the run's training time. Any recipe key can be overridden "
                            "as --section.key=value.")

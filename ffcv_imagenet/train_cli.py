@@ -18,8 +18,10 @@ EXIT_IO_ERROR = 1
 
 
 class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr (no usage dump), exit code 2; shared by the package's commands."""
+
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"{PROG}: error: {message} (see {PROG} -h)\n")
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
