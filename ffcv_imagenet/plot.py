@@ -22,8 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runs = [load_run(folder) for folder in [args.run, *args.compare]]
         written = write_figures(runs, args.out or args.run / "plots")
-    except (PlotError, OSError) as err:
+    except PlotError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:  # an unwritable --out, a full disk, an unreadable log
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{PROG}: error: {where}{err.strerror or err}", file=sys.stderr)
         return EXIT_ERROR
     for path in written:
         print(path)
