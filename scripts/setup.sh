@@ -60,10 +60,11 @@ fi
 
 "$PY" - <<'EOF' || fail "the environment does not import torch, ffcv and ffcv_imagenet"
 import sys
+from importlib.metadata import version
 import ffcv, torch, ffcv_imagenet  # noqa: F401
 cuda = torch.cuda.is_available()
 gpus = torch.cuda.device_count() if cuda else 0
 print(f"setup: ok | python {sys.executable} ({sys.version.split()[0]}) | torch {torch.__version__}"
-      f" | ffcv {ffcv.__version__} | cuda {'yes' if cuda else 'no'} | GPUs {gpus}")
+      f" | ffcv {version('ffcv')} | cuda {'yes' if cuda else 'no'} | GPUs {gpus}")
 EOF
 echo "setup: next: .venv/bin/python write_datasets.py demo data/demo && .venv/bin/python train_imagenet.py --config rcfg/demo.yaml"
