@@ -325,18 +325,18 @@ def check_section(name: str, section: Any) -> None:
         check_value(f"{name}.{key}", getattr(section, key))
 
 
-def _unknown(what: str, name: str, known: Sequence[str]) -> ConfigError:
+def _unknown(what: str, shown: str, name: str, known: Sequence[str], prefix: str = "") -> ConfigError:
     close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    return ConfigError(f"{name}: unknown {what}{hint}; --help-config lists every key")
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return ConfigError(f"{shown}: unknown {what}{hint}; --help-config lists every key")
 
 
 def check_known(dotted: str) -> None:
     section, _, key = dotted.partition(".")
     if section not in SECTIONS:
-        raise _unknown("section", section, list(SECTIONS))
+        raise _unknown("section", section, section, list(SECTIONS))
     if key not in SECTIONS[section]:
-        raise _unknown("key", dotted, [f"{section}.{name}" for name in SECTIONS[section]])
+        raise _unknown("key", dotted, key, list(SECTIONS[section]), prefix=f"{section}.")
 
 
 # ---------------------------------------------------------------- loading
