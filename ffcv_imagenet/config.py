@@ -29,7 +29,8 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------- checkers
 class Typed(Checker):
-    """Exactly this type (YAML's, not Python's coercions: ``true`` is not 1, ``3.5`` is not an int)."""
+    """Exactly this type (YAML's, not Python's coercions: ``true`` is not 1, ``3.5`` is not an int).
+    A number written as a string is a number: PyYAML reads ``5e-5`` (no dot) as one."""
 
     NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -37,6 +38,8 @@ class Typed(Checker):
         self.kind = kind
 
     def check(self, value: Any) -> Any:
+        if isinstance(value, str) and self.kind in (int, float):
+            value = self.kind(value)  # ValueError for anything but a number
         if isinstance(value, bool) and self.kind is not bool:
             raise TypeError(value)
         if self.kind is float and isinstance(value, int):

@@ -62,7 +62,8 @@ def composer_ramp_res(cfg: ResolutionConfig, epoch: int, epochs: int) -> int:
     else:
         progress = (elapsed - cfg.delay_fraction) / (ramp_end - cfg.delay_fraction)
         scale = cfg.initial_scale + (1.0 - cfg.initial_scale) * progress
-    steps = int(scale * cfg.max_res / cfg.size_increment)  # round down, as Composer does
+    # To the nearest multiple, as Composer does (Python's round: halves go to the even multiple)
+    steps = round(scale * cfg.max_res / cfg.size_increment)
     return max(1, steps) * cfg.size_increment
 
 
