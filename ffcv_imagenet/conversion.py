@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .beton_format import (ConversionError, load_class_names, load_sidecar, sidecar_path,  # noqa: F401
+from .beton_format import (ConversionError, load_class_names, sidecar_path,  # noqa: F401 - re-exported
                            skipped_report_path)
 from .fileio import atomic_path, atomic_write_text, check_writable_dir
 from .image_files import Sample, Skipped, is_hidden, probe, scan_class
