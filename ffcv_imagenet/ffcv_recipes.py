@@ -127,7 +127,8 @@ def _one_key(dotted: str, value: Any, out: Translation) -> None:
 def translate(content: dict[str, dict[str, Any]], recipe: Path) -> Translation:
     """Their file's values as ours (dotted keys), with the assumptions stated in ``notes``."""
     theirs = flatten(content)
-    out = Translation(notes=[f"{recipe} is an ffcv-imagenet config: translated to this trainer's keys"])
+    out = Translation(notes=[f"{recipe} is an ffcv-imagenet config: translated to this trainer's keys; "
+                             "the keys it leaves out take this trainer's base recipe (--help-config)"])
     for dotted, value in theirs.items():
         _one_key(dotted, value, out)
     _learning_rate(theirs, out)
