@@ -22,7 +22,6 @@ import numpy as np
 from ffcv.fields import IntField, RGBImageField
 from ffcv.fields.base import Field
 from ffcv.memory_allocator import MemoryAllocator
-from ffcv.types import ALLOC_TABLE_TYPE, HeaderType
 from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
 from tqdm import tqdm
 
@@ -189,17 +188,3 @@ def write_records(samples: list[Sample], path: Path, field: RGBImageField, *, wo
         failed += [(samples[index][0], f"decode failed: {reason}") for index, reason in sorted(bad.items())]
         samples = [sample for index, sample in enumerate(samples) if index not in bad]
     return samples, failed
-
-
-def read_header(path: str | Path) -> np.void:
-    """The .beton header (version, num_samples, alloc_table_ptr, ...), read without FFCV's Reader."""
-    header = np.fromfile(path, dtype=HeaderType, count=1)
-    if len(header) != 1:
-        raise ValueError(f"{path} is too short to be a .beton")
-    return header[0]
-
-
-def stored_bytes(path: str | Path) -> int:
-    """Bytes of record data (images) in a .beton: what a loader reads, page padding excluded."""
-    table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=int(read_header(path)["alloc_table_ptr"]))
-    return int(table["size"].sum())

@@ -1,234 +1,418 @@
-"""Every hyperparameter, declared once: name, type, default and help.
+"""Every hyperparameter, declared once with fastargs: name, type, default, help and allowed values.
 
-Layers, lowest first: the defaults below < a YAML recipe in rcfg/ < command-line
-overrides in the same dotted names (``--training.epochs=16``). Unknown keys and
-wrong types fail at load time with one line naming the key, before any work.
+Layers, lowest first: the declared defaults (the base recipe) < a YAML recipe in
+rcfg/, which holds only what differs from the base < command-line overrides in
+the same dotted names (``--training.epochs=16``). An unknown key, a wrong type
+or a value outside its range or choices fails at load time with one line
+naming the key, before any work. Rules between keys live in ``preflight``.
 
-The result is a plain tree of dataclasses passed explicitly into functions, so
-every module can be tested without parsing a command line.
+fastargs collects the layers; the result is turned into a plain tree of
+dataclasses (generated from the same declarations) and passed explicitly into
+functions, so every module can be tested without parsing a command line.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import difflib
 from pathlib import Path
 from typing import Any, Sequence
 
+import fastargs
 import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from fastargs import Param, Section
+from fastargs.validation import And, Checker, InRange, OneOf
 
 
 class ConfigError(ValueError):
     """A recipe problem, reported to the user as one line."""
 
 
-def _help(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
-    """A dataclass field carrying its help string (shown by ``--help-config``)."""
+# ---------------------------------------------------------------- checkers
+class Typed(Checker):
+    """Exactly this type (YAML's, not Python's coercions: ``true`` is not 1, ``3.5`` is not an int).
+    A number written as a string is a number: PyYAML reads ``5e-5`` (no dot) as one."""
+
+    NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+    def __init__(self, kind: type):
+        self.kind = kind
+
+    def check(self, value: Any) -> Any:
+        if isinstance(value, str) and self.kind in (int, float):
+            value = self.kind(value)  # ValueError for anything but a number
+        if isinstance(value, bool) and self.kind is not bool:
+            raise TypeError(value)
+        if self.kind is float and isinstance(value, int):
+            return float(value)
+        if not isinstance(value, self.kind):
+            raise TypeError(value)
+        return value
+
+    def help(self) -> str:
+        return self.NAMES[self.kind]
+
+
+class ListOf(Checker):
+    """A list whose items each pass ``item`` (and, if given, exactly ``length`` of them)."""
+
+    def __init__(self, item: Checker, length: int | None = None):
+        self.item, self.length = item, length
+
+    def check(self, value: Any) -> list:
+        if not isinstance(value, list) or (self.length is not None and len(value) != self.length):
+            raise TypeError(value)
+        return [self.item.check(entry) for entry in value]
+
+    def help(self) -> str:
+        count = f"{self.length} " if self.length is not None else ""
+        return f"a list of {count}items, each {self.item.help()}"
+
+
+class Positive(Checker):
+    def check(self, value: Any) -> Any:
+        if not value > 0:
+            raise ValueError(value)
+        return value
+
+    def help(self) -> str:
+        return "positive"
+
+
+class Interval(InRange):
+    """fastargs' InRange with either end open: ``Interval(0, 1, "[)")`` is 0 <= x < 1."""
+
+    def __init__(self, low: float, high: float = float("inf"), ends: str = "[]"):
+        super().__init__(min=low, max=high)
+        self.ends = ends
+
+    def check(self, value: Any) -> Any:
+        super().check(value)
+        if (self.ends[0] == "(" and value == self.low) or (self.ends[1] == ")" and value == self.high):
+            raise ValueError(value)
+        return value
+
+    def help(self) -> str:
+        if self.high == float("inf"):
+            return f"{'above' if self.ends[0] == '(' else 'at least'} {self.low:g}"
+        return f"in {self.ends[0]}{self.low:g}, {self.high:g}{self.ends[1]}"
+
+
+class Choice(OneOf):
+    """fastargs' OneOf, listing the choices in their declared order."""
+
+    def __init__(self, *choices: str):
+        super().__init__(choices)
+        self.choices = choices
+
+    def help(self) -> str:
+        return f"one of {', '.join(self.choices)}"
+
+
+def typed(kind: type, *constraints: Checker) -> Checker:
+    return And(Typed(kind), *constraints) if constraints else Typed(kind)
+
+
+INT, FLOAT, BOOL, STR = typed(int), typed(float), typed(bool), typed(str)
+POSITIVE_INT, POSITIVE_FLOAT = typed(int, Positive()), typed(float, Positive())
+FRACTION = typed(float, InRange(0.0, 1.0))  # 0 <= x <= 1
+OPEN_FRACTION = typed(float, Interval(0.0, 1.0, "[)"))  # 0 <= x < 1
+NON_NEGATIVE = typed(float, Interval(0.0))
+
+
+def choice(*choices: str) -> Checker:
+    return typed(str, Choice(*choices))
+
+
+# ---------------------------------------------------------------- declarations
+def declare(target: fastargs.Config) -> fastargs.Config:
+    """Every recipe key, into ``target``; its defaults are the base recipe."""
+    def section(name: str, desc: str) -> Section:
+        return Section(name, desc, config_descriptor=target)
+
+    section("data", "datasets and how they are read").params(
+        train_dataset=Param(STR, ".beton written by write_datasets.py for training", default=""),
+        val_dataset=Param(STR, ".beton written by write_datasets.py for validation", default=""),
+        num_workers=Param(typed(int, Interval(0)), "decode threads per rank; 0 = this rank's share of the cores",
+                          default=0),
+        in_memory=Param(BOOL, "the dataset fits in RAM (OS page cache); else use order: quasi_random",
+                        default=True),
+        order=Param(choice("random", "quasi_random"),
+                    "train traversal: random | quasi_random (page-grouped, for data larger than RAM)",
+                    default="random"),
+        cache_mib=Param(POSITIVE_INT, "quasi_random with in_memory false: process cache per rank in MiB; "
+                        "bounds the shuffle window (half of it, in pages)", default=4096),
+        decoder=Param(choice("fast", "stock"), "JPEG decode: fast (window first; only its region, at the "
+                      "largest IDCT downscale that serves) | stock (FFCV's full-size decode; same seeded "
+                      "windows)", default="fast"),
+    )
+    section("model", "the network").params(
+        arch=Param(choice("resnet18", "resnet50"), "torchvision architecture: resnet18 | resnet50",
+                   default="resnet50"),
+        use_blurpool=Param(BOOL, "blur before every strided conv (Zhang 2019), as ffcv-imagenet", default=True),
+        num_classes=Param(typed(int, Interval(0)), "0 = take it from the train .beton's class list", default=0),
+        drop_path_rate=Param(OPEN_FRACTION, "stochastic depth: drop rate of the last residual block, rising "
+                             "linearly from 0 at the first; 0 = off", default=0.0),
+        dropout=Param(OPEN_FRACTION, "dropout before the classifier; 0 = off", default=0.0),
+    )
+    section("resolution", "progressive resizing and the FixRes phase").params(
+        ramp=Param(choice("ffcv", "composer"),
+                   "progressive-resizing style: ffcv (epochs) | composer (fractions of training)", default="ffcv"),
+        min_res=Param(POSITIVE_INT, "ffcv ramp: training resolution up to start_ramp", default=160),
+        max_res=Param(POSITIVE_INT, "both ramps: resolution at the end of the ramp", default=192),
+        start_ramp=Param(typed(int, Interval(0)), "ffcv ramp: last epoch at min_res", default=0),
+        end_ramp=Param(typed(int, Interval(0)), "ffcv ramp: first epoch at max_res", default=0),
+        initial_scale=Param(typed(float, Interval(0.0, 1.0, "(]")),
+                            "composer ramp: starting side as a fraction of max_res", default=0.5),
+        delay_fraction=Param(OPEN_FRACTION, "composer ramp: fraction of training held at initial_scale",
+                             default=0.5),
+        finetune_fraction=Param(OPEN_FRACTION, "composer ramp: fraction of training (at its end) at full max_res",
+                                default=0.2),
+        size_increment=Param(POSITIVE_INT, "composer ramp: resolutions are multiples of this", default=32),
+        fixres_epochs=Param(typed(int, Interval(-1)),
+                            "last epochs in the FixRes phase; -1 = max(1, round(epochs/10)), 0 = none", default=0),
+        fixres_res=Param(POSITIVE_INT, "FixRes phase resolution (at least the main phase's largest)", default=224),
+        fixres_crop_ratio=Param(typed(float, Interval(0.0, 1.0, "(]")),
+                                "FixRes: crop side / resized shorter side (resize to res/ratio)", default=224 / 256),
+        fixres_train=Param(choice("all", "bn_fc"), "FixRes phase trains: all | bn_fc (BatchNorm and classifier "
+                           "only, the FixRes paper's fine-tuning)", default="all"),
+    )
+    section("lr", "learning-rate schedule").params(
+        lr_per_256=Param(NON_NEGATIVE, "peak learning rate per 256 images of global batch", default=0.1),
+        schedule=Param(choice("linear", "cosine", "step", "onecycle"), "shape after warm-up: linear | cosine | "
+                       "step | onecycle (cosine warm-up and cosine decay)", default="linear"),
+        warmup_epochs=Param(NON_NEGATIVE, "linear warm-up from warmup_start_factor*peak to peak", default=2.0),
+        warmup_start_factor=Param(FRACTION, "warm-up starts at this fraction of the peak", default=1e-4),
+        end_factor=Param(FRACTION, "linear/cosine decay ends at this fraction of the peak", default=0.0),
+        step_ratio=Param(NON_NEGATIVE, "step schedule: multiply the LR by this ...", default=0.1),
+        step_length=Param(POSITIVE_INT, "step schedule: ... every this many epochs", default=30),
+    )
+    section("training", "optimisation").params(
+        epochs=Param(POSITIVE_INT, "number of epochs", default=16),
+        batch_size=Param(POSITIVE_INT, "images per rank per step; global batch = batch_size x ranks", default=512),
+        optimizer=Param(choice("sgd", "adamw", "lamb", "lars"),
+                        "sgd | adamw | lamb | lars (the last two for very large batches)", default="sgd"),
+        momentum=Param(FRACTION, "SGD and LARS momentum", default=0.9),
+        nesterov=Param(BOOL, "Nesterov momentum (SGD)", default=False),
+        betas=Param(ListOf(typed(float, Interval(0.0, 1.0, "[)")), length=2), "AdamW and LAMB (beta1, beta2)",
+                    default=[0.9, 0.999]),
+        grad_clip_norm=Param(NON_NEGATIVE, "clip the gradients' global norm to this; 0 = off", default=0.0),
+        weight_decay=Param(NON_NEGATIVE, "L2 on conv/linear weights; BN and biases get none", default=5e-5),
+        label_smoothing=Param(OPEN_FRACTION, "cross-entropy label smoothing", default=0.1),
+        precision=Param(choice("fp32", "bf16", "fp16"), "fp32 | bf16 | fp16 (fp16 uses a GradScaler)",
+                        default="fp16"),
+        channels_last=Param(BOOL, "NHWC memory format for the model and its inputs", default=True),
+        seed=Param(typed(int, Interval(0)), "seed for weights, data order and augmentation", default=0),
+        max_bad_steps=Param(POSITIVE_INT, "stop after this many consecutive non-finite losses", default=20),
+        compile=Param(BOOL, "torch.compile the model", default=False),
+    )
+    section("augment", "main-phase regularizers; all are switched off in the FixRes phase, whose point is "
+            "minimal augmentation").params(
+        mixup_alpha=Param(NON_NEGATIVE, "mixup Beta(alpha, alpha); 0 = off", default=0.0),
+        cutmix_alpha=Param(NON_NEGATIVE, "CutMix Beta(alpha, alpha); 0 = off", default=0.0),
+        cutmix_share=Param(FRACTION, "with both on: the share of mixed batches that use CutMix", default=0.5),
+        mix_prob=Param(FRACTION, "share of batches that are mixed at all", default=1.0),
+        randaugment_ops=Param(typed(int, InRange(0, 14)), "RandAugment: operations per image; 0 = off", default=0),
+        randaugment_magnitude=Param(typed(int, InRange(0, 30)), "RandAugment: magnitude M (0-30)", default=9),
+        randaugment_group=Param(POSITIVE_INT, "RandAugment runs on the device on groups of this many images, "
+                                "each group drawing its own operations", default=16),
+    )
+    section("ema", "weight averaging").params(
+        decay=Param(OPEN_FRACTION, "exponential moving average of the weights, evaluated beside them; 0 = off",
+                    default=0.0),
+        every=Param(POSITIVE_INT, "update the average every this many steps", default=1),
+        warmup=Param(BOOL, "ramp the decay up from 0 over the first updates (timm's ModelEmaV3 warm-up)",
+                     default=True),
+    )
+    section("validation", "evaluation").params(
+        batch_size=Param(POSITIVE_INT, "images per rank per validation step", default=256),
+        resolution=Param(POSITIVE_INT, "center-crop side at evaluation", default=256),
+        crop_ratio=Param(typed(float, Interval(0.0, 1.0, "(]")),
+                         "center crop covers this fraction of the shorter side", default=224 / 256),
+        flip_tta=Param(BOOL, "average logits over the image and its mirror", default=True),
+        every=Param(POSITIVE_INT, "evaluate every N epochs (the last epoch always)", default=1),
+        resolutions=Param(ListOf(POSITIVE_INT), "after training, also evaluate at each of these test "
+                          "resolutions and print the table (e.g. [224, 256, 288, 320])", default=[]),
+    )
+    section("logging", "the run folder").params(
+        folder=Param(STR, "run folder: logs, checkpoints, final weights", default="runs/default"),
+        resume=Param(BOOL, "continue from the run folder's last checkpoint if there is one", default=True),
+        progress=Param(BOOL, "tqdm progress bar on rank 0", default=True),
+        checkpoint_minutes=Param(NON_NEGATIVE, "also checkpoint inside an epoch every this many minutes; "
+                                 "0 = per epoch only", default=0.0),
+    )
+    section("dist", "processes and devices").params(
+        backend=Param(choice("auto", "nccl", "gloo"), "auto (nccl on GPU, gloo on CPU) | nccl | gloo",
+                      default="auto"),
+        device=Param(choice("auto", "cuda", "cpu"), "auto | cuda | cpu", default="auto"),
+        timeout_s=Param(POSITIVE_INT, "collective timeout: a dead rank makes the others fail after this",
+                        default=600),
+    )
+    return target
+
+
+DECLARED = declare(fastargs.Config())
+SECTIONS: dict[str, dict[str, Param]] = {
+    ns[0]: {path[1]: DECLARED.entries[path] for path in paths} for ns, paths in DECLARED.sections_to_entries.items()}
+
+
+# ---------------------------------------------------------------- the typed tree, generated from the declarations
+def _base_type(checker: Checker) -> type:
+    """The Python type a checker admits (for the generated dataclass' annotation)."""
+    if isinstance(checker, And):
+        return _base_type(checker.checkers[0])
+    if isinstance(checker, ListOf):
+        return list
+    return checker.kind
+
+
+def _default_field(param: Param) -> Any:
+    default = param.default
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": text}, **kwargs)
-    return field(default=default, metadata={"help": text}, **kwargs)
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": param.desc})
+    return dataclasses.field(default=default, metadata={"help": param.desc})
 
 
-@dataclass
-class DataConfig:
-    train_dataset: str = _help(".beton written by write_datasets.py for training", "")
-    val_dataset: str = _help(".beton written by write_datasets.py for validation", "")
-    num_workers: int = _help("decode threads per rank; 0 = this rank's share of the cores", 0)
-    in_memory: bool = _help("the dataset fits in RAM (OS page cache); else use order: quasi_random", True)
-    order: str = _help("train traversal: random | quasi_random (page-grouped, for data larger than RAM)", "random")
-    cache_mib: int = _help("quasi_random with in_memory false: process cache per rank in MiB; "
-                           "bounds the shuffle window (half of it, in pages)", 4096)
-    decoder: str = _help("JPEG decode: fast (window first; only its region, at the largest IDCT downscale "
-                         "that serves) | stock (FFCV's full-size decode; same seeded windows)", "fast")
+def _section_class(name: str, params: dict[str, Param]) -> type:
+    fields = [(key, _base_type(param.checker), _default_field(param)) for key, param in params.items()]
+    cls = dataclasses.make_dataclass(f"{name.title().replace('_', '')}Config", fields)
+    cls.__module__ = __name__
+    cls.__doc__ = DECLARED.sections[(name,)].desc
+    return cls
 
 
-@dataclass
-class ModelConfig:
-    arch: str = _help("torchvision architecture: resnet18 | resnet50", "resnet50")
-    use_blurpool: bool = _help("blur before every strided conv (Zhang 2019), as ffcv-imagenet", True)
-    num_classes: int = _help("0 = take it from the train .beton's class list", 0)
-    drop_path_rate: float = _help("stochastic depth: drop rate of the last residual block, rising linearly "
-                                  "from 0 at the first; 0 = off", 0.0)
-    dropout: float = _help("dropout before the classifier; 0 = off", 0.0)
+DataConfig = _section_class("data", SECTIONS["data"])
+ModelConfig = _section_class("model", SECTIONS["model"])
+ResolutionConfig = _section_class("resolution", SECTIONS["resolution"])
+LRConfig = _section_class("lr", SECTIONS["lr"])
+TrainingConfig = _section_class("training", SECTIONS["training"])
+AugmentConfig = _section_class("augment", SECTIONS["augment"])
+EMAConfig = _section_class("ema", SECTIONS["ema"])
+ValidationConfig = _section_class("validation", SECTIONS["validation"])
+LoggingConfig = _section_class("logging", SECTIONS["logging"])
+DistConfig = _section_class("dist", SECTIONS["dist"])
+SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "resolution": ResolutionConfig, "lr": LRConfig,
+                   "training": TrainingConfig, "augment": AugmentConfig, "ema": EMAConfig,
+                   "validation": ValidationConfig, "logging": LoggingConfig, "dist": DistConfig}
+assert list(SECTION_CLASSES) == list(SECTIONS), "every declared section has its class"
+Config = dataclasses.make_dataclass("Config", [
+    (name, cls, dataclasses.field(default_factory=cls)) for name, cls in SECTION_CLASSES.items()])
+Config.__module__ = __name__
+Config.__doc__ = "The whole recipe: one attribute per section (config.training.epochs)."
 
 
-@dataclass
-class ResolutionConfig:
-    ramp: str = _help("progressive-resizing style: ffcv (epochs) | composer (fractions of training)", "ffcv")
-    min_res: int = _help("ffcv ramp: training resolution up to start_ramp", 160)
-    max_res: int = _help("both ramps: resolution at the end of the ramp", 192)
-    start_ramp: int = _help("ffcv ramp: last epoch at min_res", 0)
-    end_ramp: int = _help("ffcv ramp: first epoch at max_res", 0)
-    initial_scale: float = _help("composer ramp: starting side as a fraction of max_res", 0.5)
-    delay_fraction: float = _help("composer ramp: fraction of training held at initial_scale", 0.5)
-    finetune_fraction: float = _help("composer ramp: fraction of training (at its end) at full max_res", 0.2)
-    size_increment: int = _help("composer ramp: resolutions are multiples of this", 32)
-    fixres_epochs: int = _help("last epochs in the FixRes phase; -1 = max(1, round(epochs/10)), 0 = none", 0)
-    fixres_res: int = _help("FixRes phase resolution (at least the main phase's largest)", 224)
-    fixres_crop_ratio: float = _help("FixRes: crop side / resized shorter side (resize to res/ratio)", 224 / 256)
-    fixres_train: str = _help("FixRes phase trains: all | bn_fc (BatchNorm and classifier only, the "
-                              "FixRes paper's fine-tuning)", "all")
+# ---------------------------------------------------------------- one value's check, one line
+def _failed_part(checker: Checker, value: Any) -> Checker | None:
+    """The first part of ``checker`` that refuses ``value`` (None: it passes)."""
+    parts = checker.checkers if isinstance(checker, And) else [checker]
+    for part in parts:
+        try:
+            value = part.check(value)
+        except Exception:  # fastargs' checkers raise TypeError, ValueError or whatever a comparison raises
+            return part
+    return None
 
 
-@dataclass
-class LRConfig:
-    lr_per_256: float = _help("peak learning rate per 256 images of global batch", 0.1)
-    schedule: str = _help("shape after warm-up: linear | cosine | step | onecycle (cosine warm-up "
-                          "and cosine decay)", "linear")
-    warmup_epochs: float = _help("linear warm-up from warmup_start_factor*peak to peak", 2.0)
-    warmup_start_factor: float = _help("warm-up starts at this fraction of the peak", 1e-4)
-    end_factor: float = _help("linear/cosine decay ends at this fraction of the peak", 0.0)
-    step_ratio: float = _help("step schedule: multiply the LR by this ...", 0.1)
-    step_length: int = _help("step schedule: ... every this many epochs", 30)
+def check_value(dotted: str, value: Any) -> Any:
+    """``value`` as the declaration of ``dotted`` admits it; ConfigError naming the key otherwise."""
+    section, key = dotted.split(".")
+    checker = SECTIONS[section][key].checker
+    failed = _failed_part(checker, value)
+    if failed is not None:
+        raise ConfigError(f"{dotted} must be {failed.help()}: {value!r}")
+    return checker.check(value)
 
 
-@dataclass
-class TrainingConfig:
-    epochs: int = _help("number of epochs", 16)
-    batch_size: int = _help("images per rank per step; global batch = batch_size x ranks", 512)
-    optimizer: str = _help("sgd | adamw | lamb | lars (the last two for very large batches)", "sgd")
-    momentum: float = _help("SGD and LARS momentum", 0.9)
-    nesterov: bool = _help("Nesterov momentum (SGD)", False)
-    betas: list[float] = _help("AdamW and LAMB (beta1, beta2)", [0.9, 0.999])
-    grad_clip_norm: float = _help("clip the gradients' global norm to this; 0 = off", 0.0)
-    weight_decay: float = _help("L2 on conv/linear weights; BN and biases get none", 5e-5)
-    label_smoothing: float = _help("cross-entropy label smoothing", 0.1)
-    precision: str = _help("fp32 | bf16 | fp16 (fp16 uses a GradScaler)", "fp16")
-    channels_last: bool = _help("NHWC memory format for the model and its inputs", True)
-    seed: int = _help("seed for weights, data order and augmentation", 0)
-    max_bad_steps: int = _help("stop after this many consecutive non-finite losses", 20)
-    compile: bool = _help("torch.compile the model", False)
+def check_section(name: str, section: Any) -> None:
+    """Every value of a section object (e.g. a ResolutionConfig built in code) against its declaration."""
+    for key in SECTIONS[name]:
+        check_value(f"{name}.{key}", getattr(section, key))
 
 
-@dataclass
-class AugmentConfig:
-    """Main-phase regularizers; all are switched off in the FixRes phase, whose point is minimal augmentation."""
-
-    mixup_alpha: float = _help("mixup Beta(alpha, alpha); 0 = off", 0.0)
-    cutmix_alpha: float = _help("CutMix Beta(alpha, alpha); 0 = off", 0.0)
-    cutmix_share: float = _help("with both on: the share of mixed batches that use CutMix", 0.5)
-    mix_prob: float = _help("share of batches that are mixed at all", 1.0)
-    randaugment_ops: int = _help("RandAugment: operations per image; 0 = off", 0)
-    randaugment_magnitude: int = _help("RandAugment: magnitude M (0-30)", 9)
-    randaugment_group: int = _help("RandAugment runs on the device on groups of this many images, "
-                                   "each group drawing its own operations", 16)
+def _unknown(what: str, shown: str, name: str, known: Sequence[str], prefix: str = "") -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return ConfigError(f"{shown}: unknown {what}{hint}; --help-config lists every key")
 
 
-@dataclass
-class EMAConfig:
-    decay: float = _help("exponential moving average of the weights, evaluated beside them; 0 = off", 0.0)
-    every: int = _help("update the average every this many steps", 1)
-    warmup: bool = _help("ramp the decay up from 0 over the first updates (timm's ModelEmaV3 warm-up)", True)
+def check_known(dotted: str) -> None:
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS:
+        raise _unknown("section", section, section, list(SECTIONS))
+    if key not in SECTIONS[section]:
+        raise _unknown("key", dotted, key, list(SECTIONS[section]), prefix=f"{section}.")
 
 
-@dataclass
-class ValidationConfig:
-    batch_size: int = _help("images per rank per validation step", 256)
-    resolution: int = _help("center-crop side at evaluation", 256)
-    crop_ratio: float = _help("center crop covers this fraction of the shorter side", 224 / 256)
-    flip_tta: bool = _help("average logits over the image and its mirror", True)
-    every: int = _help("evaluate every N epochs (the last epoch always)", 1)
-    resolutions: list[int] = _help("after training, also evaluate at each of these test resolutions "
-                                   "and print the table (e.g. [224, 256, 288, 320])", [])
+# ---------------------------------------------------------------- loading
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A recipe file's sections; one-line errors for a missing, unparsable or mis-shaped file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(content, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections")
+    for section, body in content.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{section}: recipe {path} must give this section as a mapping of keys")
+    return content
 
 
-@dataclass
-class LoggingConfig:
-    folder: str = _help("run folder: logs, checkpoints, final weights", "runs/default")
-    resume: bool = _help("continue from the run folder's last checkpoint if there is one", True)
-    progress: bool = _help("tqdm progress bar on rank 0", True)
-    checkpoint_minutes: float = _help("also checkpoint inside an epoch every this many minutes; 0 = per epoch only",
-                                      0.0)
+def flatten(recipe: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{"training": {"epochs": 3}} -> {"training.epochs": 3}."""
+    return {f"{section}.{key}": value for section, body in recipe.items() for key, value in body.items()}
 
 
-@dataclass
-class DistConfig:
-    backend: str = _help("auto (nccl on GPU, gloo on CPU) | nccl | gloo", "auto")
-    device: str = _help("auto | cuda | cpu", "auto")
-    timeout_s: int = _help("collective timeout: a dead rank makes the others fail after this", 600)
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
-    lr: LRConfig = field(default_factory=LRConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    ema: EMAConfig = field(default_factory=EMAConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
-
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.order": ("random", "quasi_random"),
-    "data.decoder": ("fast", "stock"),
-    "resolution.ramp": ("ffcv", "composer"),
-    "resolution.fixres_train": ("all", "bn_fc"),
-    "model.arch": ("resnet18", "resnet50"),
-    "lr.schedule": ("linear", "cosine", "step", "onecycle"),
-    "training.optimizer": ("sgd", "adamw", "lamb", "lars"),
-    "training.precision": ("fp32", "bf16", "fp16"),
-    "dist.backend": ("auto", "nccl", "gloo"),
-    "dist.device": ("auto", "cuda", "cpu"),
-}
-
-
-def _one_line(err: OmegaConfBaseException) -> str:
-    """OmegaConf errors span several lines; keep the message and the full key."""
-    message = str(err).splitlines()[0]
-    key = getattr(err, "full_key", None)
-    return f"{key}: {message}" if key else message
-
-
-def _parse_override(arg: str) -> str:
-    """``--training.epochs=16`` -> ``training.epochs=16`` (OmegaConf dotlist)."""
+def parse_override(arg: str) -> tuple[str, Any]:
+    """``--training.epochs=16`` -> ("training.epochs", 16): YAML values, so lists and booleans work."""
     body = arg[2:] if arg.startswith("--") else arg
-    if "=" not in body or "." not in body.split("=", 1)[0]:
+    dotted, sep, text = body.partition("=")
+    if not sep or "." not in dotted or not arg.startswith("--"):
         raise ConfigError(f"override {arg!r} is not of the form --section.key=value")
-    return body
+    check_known(dotted)
+    section, key = dotted.split(".")
+    if _base_type(SECTIONS[section][key].checker) is str:
+        return dotted, text  # a path or a name, taken as written (a folder named 2024 stays a string)
+    try:
+        return dotted, yaml.safe_load(text)
+    except yaml.YAMLError:
+        return dotted, text  # not YAML: the declared type refuses it below, naming the key
+
+
+def collect(values: dict[str, Any]) -> Config:
+    """Declared defaults < ``values`` (dotted keys), collected and checked by fastargs -> the typed tree."""
+    for dotted in values:
+        check_known(dotted)
+    collected = declare(fastargs.Config())
+    collected.collect({dotted: value for dotted, value in values.items() if value is not None})
+    errors = collected.validate(mode="errordict")
+    for dotted, value in values.items():  # fastargs skips nulls; a null is a wrong type here
+        if value is None or tuple(dotted.split(".")) in errors:
+            check_value(dotted, value)
+    sections = {name: cls(**{key: collected[(name, key)] for key in SECTIONS[name]})
+                for name, cls in SECTION_CLASSES.items()}
+    return Config(**sections)
+
+
+def recipe_values(recipe: str | Path) -> dict[str, Any]:
+    """A recipe file as dotted values: ours as written, ffcv-imagenet's translated (``ffcv_recipes``)."""
+    content = read_yaml_mapping(recipe)
+    from .ffcv_recipes import is_ffcv_imagenet, translate  # it imports this module
+    if is_ffcv_imagenet(content):
+        return translate(content, Path(recipe)).values
+    return flatten(content)
 
 
 def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults < recipe YAML < overrides; raises ConfigError naming the bad key."""
-    merged = OmegaConf.structured(Config)
-    layers = []
-    if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(f"recipe {path} does not exist")
-        try:
-            content = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from err
-        if not isinstance(content, dict):
-            raise ConfigError(f"recipe {path} must be a mapping of sections")
-        for section, body in content.items():
-            if not isinstance(body, dict):
-                raise ConfigError(f"{section}: recipe {path} must give this section as a mapping of keys")
-        layers.append(OmegaConf.create(content))
-    dotlist = [_parse_override(arg) for arg in overrides]
-    try:
-        layers.append(OmegaConf.from_dotlist(dotlist))
-        for layer in layers:
-            merged = OmegaConf.merge(merged, layer)
-        config: Config = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        raise ConfigError(_one_line(err)) from err
-    check_choices(config)
-    return config
+    """Base recipe < recipe YAML < overrides; raises ConfigError naming the bad key."""
+    values = recipe_values(recipe) if recipe is not None else {}
+    values.update(parse_override(arg) for arg in overrides)
+    return collect(values)
 
 
-def check_choices(config: Config) -> None:
-    for dotted, allowed in CHOICES.items():
-        value = get_value(config, dotted)
-        if value not in allowed:
-            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
-
-
+# ---------------------------------------------------------------- writing and describing
 def get_value(config: Config, dotted: str) -> Any:
     section, key = dotted.split(".")
     return getattr(getattr(config, section), key)
@@ -243,13 +427,19 @@ def to_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
+def delta(config: Config) -> dict[str, dict[str, Any]]:
+    """Only what differs from the base recipe: the form rcfg/ files are written in."""
+    base, own = to_dict(Config()), to_dict(config)
+    changed = {section: {key: value for key, value in body.items() if value != base[section][key]}
+               for section, body in own.items()}
+    return {section: body for section, body in changed.items() if body}
+
+
 def describe() -> str:
-    """Every key with its type, default and help: the reference for recipe writers."""
+    """Every key with its type, default, allowed values and help: the reference for recipe writers."""
     lines = []
-    for section in dataclasses.fields(Config):
-        lines.append(f"{section.name}:")
-        for param in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
-            default = param.default if param.default is not dataclasses.MISSING else param.default_factory()  # type: ignore[misc]
-            type_name = param.type if isinstance(param.type, str) else param.type.__name__
-            lines.append(f"  {param.name} ({type_name}, default {default!r}): {param.metadata.get('help', '')}")
+    for section, params in SECTIONS.items():
+        lines.append(f"{section}: ({DECLARED.sections[(section,)].desc})")
+        for key, param in params.items():
+            lines.append(f"  {key} ({param.checker.help()}; default {param.default!r}): {param.desc}")
     return "\n".join(lines)

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .beton_format import (ConversionError, load_class_names, sidecar_path,  # noqa: F401 - re-exported
+                           skipped_report_path)
 from .fileio import atomic_path, atomic_write_text, check_writable_dir
 from .image_files import Sample, Skipped, is_hidden, probe, scan_class
 
@@ -38,10 +40,6 @@ WRITE_MODES = ("raw", "jpg", "proportion", "smart")
 MAX_RESOLUTION_LIMIT = 8192  # a raw record of this side fills a 256 MiB page per worker
 PROBE_CHUNKS_PER_WORKER = 4
 KIB = 1024
-
-
-class ConversionError(RuntimeError):
-    """A problem with the input or output, reported to the user as one line."""
 
 
 @dataclass(frozen=True)
@@ -105,55 +103,6 @@ class ConversionSummary:
                 f"({self.images_per_second:.0f} img/s); {self.skipped} skipped "
                 f"(listed in {skipped_report_path(self.output).name}); "
                 f"{self.bytes_per_image / KIB:.1f} KiB per image")
-
-
-# ---------------------------------------------------------------- sidecar and report paths
-def sidecar_path(beton: str | Path) -> Path:
-    """``train.beton`` -> ``train.beton.json``."""
-    beton = Path(beton)
-    return beton.with_name(beton.name + ".json")
-
-
-def skipped_report_path(beton: str | Path) -> Path:
-    """``train.beton`` -> ``train.beton.skipped``: one ``path<TAB>reason`` line per file left out."""
-    beton = Path(beton)
-    return beton.with_name(beton.name + ".skipped")
-
-
-def load_sidecar(beton_or_json: str | Path) -> dict:
-    """The sidecar of a ``.beton`` (either path may be given), checked against the ``.beton`` when present."""
-    path = Path(beton_or_json)
-    if path.suffix != ".json":
-        path = sidecar_path(path)
-    try:
-        sidecar = json.loads(path.read_text())
-        classes, count = list(sidecar["classes"]), int(sidecar["num_images"])
-    except FileNotFoundError:
-        raise ConversionError(f"{path} is missing: convert with write_datasets.py, which writes it beside "
-                              "the .beton") from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConversionError(f"{path} is not a readable sidecar: {type(err).__name__}: {err}") from None
-    beton = path.with_name(path.name[: -len(".json")])
-    if beton.is_file() and _record_count(beton) != count:
-        raise ConversionError(f"{path} describes {count} images but {beton} holds {_record_count(beton)}: "
-                              "they come from different conversions; convert again")
-    if not classes:
-        raise ConversionError(f"{path} has an empty class list")
-    return sidecar
-
-
-def _record_count(beton: Path) -> int:
-    from .beton_writer import read_header
-
-    try:
-        return int(read_header(beton)["num_samples"])
-    except (OSError, ValueError) as err:
-        raise ConversionError(f"{beton} is not a readable .beton: {err}") from None
-
-
-def load_class_names(beton: str | Path) -> list[str]:
-    """Index -> class folder name, as recorded when the ``.beton`` was written."""
-    return list(load_sidecar(beton)["classes"])
 
 
 # ---------------------------------------------------------------- classes and candidates
@@ -292,7 +241,8 @@ def convert_imagefolder(root: str | Path, out_path: str | Path,
     skipped += prober.skipped
 
     importing = time.perf_counter()
-    from .beton_writer import WorkerFailed, stored_bytes, write_records  # FFCV: only now there is work
+    from .beton_format import stored_bytes
+    from .beton_writer import WorkerFailed, write_records  # FFCV: only now there is work
 
     started += time.perf_counter() - importing  # a one-time cost of the process, not of this conversion
 

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .distributed import DistContext, all_reduce_sum
-from .loaders import normalize
+from .loaders import LoaderSettings, ValLoader, build_val_loader, normalize, workers_per_rank
+
+if TYPE_CHECKING:
+    from .config import Config
 
 TOP_K = (1, 5)
 
@@ -71,3 +75,38 @@ def resolution_table(rows: list[dict[str, float]], trained_at: int) -> str:
     for row in rows:
         lines.append(f"{row['res']:>8} | {100 * row['top1']:6.2f}% | {100 * row['top5']:6.2f}%")
     return "\n".join(lines)
+
+
+class Evaluator:
+    """The recipe's evaluation of any model: val loaders built on first use at each resolution and kept
+    (numba compiles a pipeline once), rank 0's BatchNorm statistics, flip TTA as the recipe says."""
+
+    def __init__(self, config: Config, ctx: DistContext, val_path: Path, val_size: int):
+        self.config, self.ctx = config, ctx
+        self.val_path, self.val_size = val_path, val_size
+        self.loaders: dict[int, ValLoader] = {}
+
+    def loader(self, res: int) -> ValLoader:
+        if res not in self.loaders:
+            config = self.config
+            settings = LoaderSettings(batch_size=config.validation.batch_size,
+                                      num_workers=workers_per_rank(config.data.num_workers),
+                                      device=self.ctx.device, channels_last=config.training.channels_last)
+            self.loaders[res] = build_val_loader(
+                self.val_path, settings, res=res, crop_ratio=config.validation.crop_ratio,
+                num_samples=self.val_size, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                decoder=config.data.decoder)
+        return self.loaders[res]
+
+    def evaluate(self, model: nn.Module, res: int | None = None) -> EvalResult:
+        sync_buffers(self.ctx, model)
+        return evaluate(model, self.loader(res or self.config.validation.resolution), self.ctx,
+                        precision=self.config.training.precision, flip_tta=self.config.validation.flip_tta)
+
+    def resolution_rows(self, model: nn.Module, resolutions: Sequence[int]) -> list[dict[str, float]]:
+        """Top-1/top-5 at each test resolution (resize + center crop), for the train/test resolution table."""
+        rows = []
+        for res in resolutions:
+            result = self.evaluate(model, res)
+            rows.append({"res": res, "top1": result.top1, "top5": result.top5, "count": result.count})
+        return rows

@@ -7,10 +7,8 @@ import numpy as np
 from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 
-from .beton_writer import stored_bytes
-from .conversion import ConversionError, load_class_names, sidecar_path
-
-EXPECTED_FIELDS = ("image", "label")
+from .beton_format import (ConversionError, image_metadata, labels, load_class_names, open_beton,  # noqa: F401
+                           sidecar_path, stored_bytes)
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
 FULL_HISTOGRAM_MAX_CLASSES = 20  # above this, the histogram is summarised
@@ -18,30 +16,6 @@ EXTREMES_SHOWN = 3
 BAR_WIDTH = 30
 JPEG_MODE = 0  # RGBImageField's metadata code for a JPEG record
 KIB = 1024
-
-
-def open_beton(path: str | Path) -> Reader:
-    """FFCV's reader, with one-line errors for a missing, corrupt or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path} does not exist")
-    try:
-        reader = Reader(str(path))
-    except Exception as err:  # FFCV raises assorted types on a foreign or truncated file
-        raise ConversionError(f"{path} is not a readable .beton: {type(err).__name__}: {err}") from None
-    missing = [name for name in EXPECTED_FIELDS if name not in reader.field_names]
-    if missing:
-        raise ConversionError(f"{path} lacks the field(s) {missing}: it has {reader.field_names}; "
-                              "write it with write_datasets.py")
-    return reader
-
-
-def image_metadata(reader: Reader) -> np.ndarray:
-    return reader.metadata[f"f{reader.field_names.index('image')}"]
-
-
-def labels(reader: Reader) -> np.ndarray:
-    return np.asarray(reader.metadata[f"f{reader.field_names.index('label')}"]).astype(np.int64)
 
 
 def read_image(reader: Reader, index: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .plots import PlotError, load_run, write_figures
-from .train_cli import EXIT_ERROR, OneLineParser
+from .cli import OneLineParser, fail, os_error_message
 
 PROG = "python -m ffcv_imagenet.plot"
 
@@ -23,12 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [load_run(folder) for folder in [args.run, *args.compare]]
         written = write_figures(runs, args.out or args.run / "plots")
     except PlotError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as err:  # an unwritable --out, a full disk, an unreadable log
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"{PROG}: error: {where}{err.strerror or err}", file=sys.stderr)
-        return EXIT_ERROR
+        return fail(PROG, str(err))
+    except OSError as err:  # an unwritable --out, a full disk, an unreadable log: bad input here
+        return fail(PROG, os_error_message(err))
     for path in written:
         print(path)
     return 0

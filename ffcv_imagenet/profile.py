@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .cli import (EXIT_IO_ERROR, OneLineParser, add_recipe_options, answer_recipe_questions, fail, os_error_message,
+                  split_overrides)
 from .config import ConfigError, load_config
 from .distributed import init_distributed, shutdown
 from .profiling import (DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, ProfileSettings, format_report,
                         run_profile)
-from .train_cli import EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, split_overrides
 
 PROG = "python -m ffcv_imagenet.profile"
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "and both together at each (resolution, crop mode) of its schedule; names the "
                            "bottleneck and projects the run's training time. Any recipe key can be overridden "
                            "as --section.key=value.")
-    parser.add_argument("--config", metavar="RECIPE", required=True, help="YAML recipe, e.g. rcfg/rn50_88.yaml")
+    add_recipe_options(parser, required=True)
     parser.add_argument("--res", type=int, nargs="+", metavar="RES",
                         help="measure these resolutions (crop mode rrc) instead of the recipe's schedule")
     parser.add_argument("--warmup-steps", type=int, default=DEFAULT_WARMUP_STEPS,
@@ -43,15 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = ProfileSettings(args.warmup_steps, args.steps, args.repeats, tuple(args.res or ()))
     ctx = None
     try:
+        if answer_recipe_questions(args, overrides):
+            return 0
         config = load_config(args.config, overrides)
         ctx = init_distributed(config.dist)
         report = run_profile(config, ctx, settings, args.out)
     except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
-        return EXIT_ERROR
+        return fail(PROG, str(err))
     except OSError as err:  # the JSON could not be written after all (full disk, folder removed)
-        print(f"{PROG}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr, flush=True)
-        return EXIT_IO_ERROR
+        return fail(PROG, os_error_message(err), EXIT_IO_ERROR)
     finally:
         if ctx is not None:
             shutdown(ctx)

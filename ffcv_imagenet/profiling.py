@@ -48,7 +48,8 @@ from .config import Config, ConfigError
 from .distributed import DistContext
 from .fileio import atomic_write_text, check_writable_dir
 from .loaders import Batch, TrainLoader
-from .trainer import Trainer, check_datasets, check_run_settings
+from .preflight import preflight
+from .trainer import Trainer
 
 LOADER, MODEL = "loader", "model"
 RATIO_TARGET = 0.95  # issue 5: end to end should reach this share of min(loader, model)
@@ -292,8 +293,7 @@ def run_profile(config: Config, ctx: DistContext, settings: ProfileSettings, out
             check_writable_dir(out.parent)
         except OSError as err:
             raise ConfigError(f"--out: {err}") from None
-    datasets = check_datasets(config)
-    check_run_settings(config, datasets, ctx.world_size, ctx.device)
+    datasets = preflight(config, ctx)
     trainer = Trainer(config, ctx, datasets)
     trainer.train_model.train()
     todo = targets(config, settings.resolutions)

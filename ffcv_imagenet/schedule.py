@@ -12,15 +12,16 @@ Each epoch gets a training resolution and a crop mode:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from .config import ConfigError, ResolutionConfig, load_config
+from .cli import OneLineParser, add_recipe_options, answer_recipe_questions, fail, split_overrides
+from .config import ConfigError, ResolutionConfig, check_section, check_value, load_config
 
+PROG = "python -m ffcv_imagenet.schedule"
 RES_MULTIPLE = 32  # ffcv-imagenet rounds ramp resolutions to a multiple of 32
 FIXRES_AUTO = -1
 FIXRES_AUTO_SHARE = 0.1  # auto FixRes phase: about the last tenth of training
@@ -61,7 +62,8 @@ def composer_ramp_res(cfg: ResolutionConfig, epoch: int, epochs: int) -> int:
     else:
         progress = (elapsed - cfg.delay_fraction) / (ramp_end - cfg.delay_fraction)
         scale = cfg.initial_scale + (1.0 - cfg.initial_scale) * progress
-    steps = int(scale * cfg.max_res / cfg.size_increment)  # round down, as Composer does
+    # To the nearest multiple, as Composer does (Python's round: halves go to the even multiple)
+    steps = round(scale * cfg.max_res / cfg.size_increment)
     return max(1, steps) * cfg.size_increment
 
 
@@ -87,23 +89,16 @@ def validate(cfg: ResolutionConfig, epochs: int) -> None:
         if not ok:
             raise ConfigError(message)
 
-    need(epochs > 0, f"training.epochs must be positive: {epochs}")
-    for key in ("min_res", "max_res", "fixres_res", "size_increment"):
-        need(getattr(cfg, key) > 0, f"resolution.{key} must be positive: {getattr(cfg, key)}")
+    check_value("training.epochs", epochs)
+    check_section("resolution", cfg)  # each value against its declaration; the rules between them follow
     need(cfg.min_res <= cfg.max_res, f"resolution.min_res {cfg.min_res} is above max_res {cfg.max_res}")
     need(cfg.start_ramp <= cfg.end_ramp,
          f"resolution.end_ramp {cfg.end_ramp} is before start_ramp {cfg.start_ramp}")
-    need(0.0 < cfg.initial_scale <= 1.0, f"resolution.initial_scale must be in (0, 1]: {cfg.initial_scale}")
-    need(0.0 <= cfg.delay_fraction < 1.0, f"resolution.delay_fraction must be in [0, 1): {cfg.delay_fraction}")
-    need(0.0 <= cfg.finetune_fraction < 1.0,
-         f"resolution.finetune_fraction must be in [0, 1): {cfg.finetune_fraction}")
     need(cfg.delay_fraction + cfg.finetune_fraction < 1.0,
          f"resolution.delay_fraction + finetune_fraction must be below 1: "
          f"{cfg.delay_fraction} + {cfg.finetune_fraction}")
-    need(cfg.fixres_epochs >= FIXRES_AUTO, f"resolution.fixres_epochs must be -1 (auto), 0 or more: {cfg.fixres_epochs}")
     phase = fixres_epochs(cfg, epochs)
     need(phase < epochs, f"resolution.fixres_epochs {phase} leaves no main-phase epoch in {epochs} epochs")
-    need(0.0 < cfg.fixres_crop_ratio <= 1.0, f"resolution.fixres_crop_ratio must be in (0, 1]: {cfg.fixres_crop_ratio}")
     if phase:
         largest = max(main_phase_res(cfg, epoch, epochs) for epoch in range(epochs - phase))
         need(cfg.fixres_res >= largest,
@@ -130,16 +125,16 @@ def format_table(plans: Sequence[EpochPlan]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ffcv_imagenet.schedule",
-                                     description="print a recipe's resolution schedule")
-    parser.add_argument("--config", required=True, help="recipe YAML in rcfg/")
-    args, overrides = parser.parse_known_args(argv)
+    parser = OneLineParser(prog=PROG, description="print a recipe's resolution schedule")
+    add_recipe_options(parser, required=True)
+    args, overrides = split_overrides(parser, sys.argv[1:] if argv is None else argv)
     try:
+        if answer_recipe_questions(args, overrides):
+            return 0
         config = load_config(args.config, overrides)
         validate(config.resolution, config.training.epochs)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(PROG, str(err))
     print(format_table(full_schedule(config.resolution, config.training.epochs)))
     return 0
 

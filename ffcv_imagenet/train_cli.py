@@ -7,30 +7,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 from . import schedule
-from .config import ConfigError, describe, load_config
+from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, add_recipe_options, answer_recipe_questions, fail,
+                  os_error_message, recipe_text, split_overrides, translation_notes)
+from .config import ConfigError, load_config
 
 PROG = "train_imagenet.py"
-EXIT_ERROR = 2
-EXIT_IO_ERROR = 1
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes are one line on stderr (no usage dump), exit code 2; shared by the package's commands."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="Train a ResNet on FFCV .beton files from a recipe in rcfg/. "
                            "Any recipe key can be overridden as --section.key=value, e.g. --training.epochs=16.")
-    parser.add_argument("--config", metavar="RECIPE", help="YAML recipe, e.g. rcfg/rn50_88.yaml")
+    add_recipe_options(parser)
     parser.add_argument("--print-schedule", action="store_true",
                         help="print the per-epoch resolution schedule and exit")
-    parser.add_argument("--help-config", action="store_true", help="list every recipe key with its help and exit")
     parser.add_argument("--resume", metavar="PATH",
                         help="checkpoint file or run folder to continue from (default: the run folder's own)")
     parser.add_argument("--evaluate", metavar="WEIGHTS",
@@ -41,26 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    args, rest = parser.parse_known_args(argv)
-    for arg in rest:
-        if not arg.startswith("--") or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r} (recipe overrides look like --training.epochs=16)")
-    return args, rest
-
-
-def _fail(message: str, code: int, show: bool) -> int:
-    if show:
-        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-    return code
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, overrides = split_overrides(parser, sys.argv[1:] if argv is None else argv)
-    if args.help_config:
-        print(describe())
-        return 0
+    try:
+        if answer_recipe_questions(args, overrides):
+            return 0
+    except ConfigError as err:
+        return fail(PROG, str(err))
     if not args.config:
         parser.error("--config RECIPE is required")
 
@@ -77,9 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_schedule:
             print(schedule.format_table(schedule.full_schedule(config.resolution, config.training.epochs)))
             return 0
+        notes = translation_notes(args.config)
+        if notes and speaks:  # an ffcv-imagenet config: say what it became (saved in full as recipe.yaml)
+            print(recipe_text(config, notes, full=False), flush=True)
         ctx = init_distributed(config.dist)
     except ConfigError as err:
-        return _fail(str(err), EXIT_ERROR, speaks or world_size == 1)
+        return fail(PROG, str(err), EXIT_ERROR, speaks or world_size == 1)
     try:
         if args.evaluate:
             resolutions = args.eval_res or config.validation.resolutions or [config.validation.resolution]
@@ -87,13 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             train(config, ctx, resume=args.resume)
     except ConfigError as err:
-        return _fail(str(err), EXIT_ERROR, speaks)
+        return fail(PROG, str(err), EXIT_ERROR, speaks)
     except CorruptRecordError as err:  # the dataset, not the run: every rank that meets it says so
-        return _fail(str(err), EXIT_ERROR, True)
+        return fail(PROG, str(err), EXIT_ERROR)
     except TrainingStopped as stop:
-        return _fail(str(stop), stop.exit_code, speaks)
+        return fail(PROG, str(stop), stop.exit_code, speaks)
     except OSError as err:  # a full disk or a vanished folder while writing a checkpoint or log
-        return _fail(f"{err.filename or ''}: {err.strerror or err}", EXIT_IO_ERROR, True)
+        return fail(PROG, os_error_message(err), EXIT_IO_ERROR)
     finally:
         shutdown(ctx)
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,16 +23,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import checkpointing, schedule
-from .config import Config, ConfigError, get_value, to_dict
-from .conversion import ConversionError, load_class_names
+from .cli import EXIT_DIVERGED, EXIT_PREEMPTED
+from .config import Config, ConfigError, to_dict
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
-from .evaluation import EvalResult, autocast_for, evaluate, resolution_table, sync_buffers
+from .evaluation import EvalResult, Evaluator, autocast_for, resolution_table
 from .fileio import atomic_path, check_writable_dir
-from .inspection import open_beton
-from .loaders import LoaderSettings, TrainLoader, build_val_loader, normalize, workers_per_rank
+from .loaders import LoaderSettings, TrainLoader, normalize, workers_per_rank
 from .lr_schedule import lr_at, peak_lr
 from .model import build_model, load_torchvision_weights, torchvision_state_dict
 from .optimizers import backbone_frozen, build_optimizer
+from .preflight import Datasets, check_datasets, preflight  # noqa: F401 - check_datasets: Trainer's callers
 from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, apply_model_regularizers
 from .run_log import RunLog
 
@@ -51,87 +50,16 @@ class TrainingStopped(Exception):
         self.exit_code = exit_code
 
 
-EXIT_DIVERGED = 3
-EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a scheduler expects from a job it signalled
-
-
-@dataclass(frozen=True)
-class Datasets:
-    train_path: Path
-    val_path: Path
-    train_size: int
-    val_size: int
-    classes: list[str]
-
-
-# ---------------------------------------------------------------- checks before any work
-def check_datasets(config: Config) -> Datasets:
-    """Both .beton files readable, with image/label fields, and the same class list."""
-    paths = {"data.train_dataset": config.data.train_dataset, "data.val_dataset": config.data.val_dataset}
-    sizes, class_lists = {}, {}
-    for key, value in paths.items():
-        if not value:
-            raise ConfigError(f"{key}: no dataset given (a .beton from write_datasets.py)")
-        try:
-            sizes[key] = open_beton(value).num_samples
-            class_lists[key] = load_class_names(value)
-        except ConversionError as err:
-            raise ConfigError(f"{key}: {err}") from None
-    if class_lists["data.train_dataset"] != class_lists["data.val_dataset"]:
-        raise ConfigError("data.val_dataset: its classes differ from the train set's; convert val with "
-                          "--class-map TRAIN.beton (write_datasets.py does this in its imagenet command)")
-    return Datasets(Path(paths["data.train_dataset"]), Path(paths["data.val_dataset"]),
-                    sizes["data.train_dataset"], sizes["data.val_dataset"], class_lists["data.train_dataset"])
-
-
-def check_run_settings(config: Config, datasets: Datasets, world_size: int, device: torch.device) -> None:
-    training = config.training
-    for key, value in (("training.batch_size", training.batch_size), ("validation.batch_size",
-                       config.validation.batch_size), ("training.epochs", training.epochs),
-                       ("validation.resolution", config.validation.resolution),
-                       ("validation.every", config.validation.every)):
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
-    if datasets.train_size // world_size < training.batch_size:
-        raise ConfigError(f"training.batch_size: {training.batch_size} per rank x {world_size} ranks is more than "
-                          f"the {datasets.train_size} training images; no full batch per rank")
-    if datasets.val_size < world_size:
-        raise ConfigError(f"data.val_dataset: {datasets.val_size} images cannot be shared by {world_size} ranks")
-    if training.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("training.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
-    if config.data.cache_mib <= 0:
-        raise ConfigError(f"data.cache_mib: must be positive, got {config.data.cache_mib}")
-    if config.logging.checkpoint_minutes < 0:
-        raise ConfigError(f"logging.checkpoint_minutes: must be 0 (off) or positive, got "
-                          f"{config.logging.checkpoint_minutes}")
-    if config.model.num_classes not in (0, len(datasets.classes)):
-        raise ConfigError(f"model.num_classes: {config.model.num_classes}, but the datasets have "
-                          f"{len(datasets.classes)} classes (0 takes the datasets' count)")
-    check_option_ranges(config)
-    schedule.validate(config.resolution, training.epochs)
-
-
-# (key, lowest, highest, whether the highest itself is allowed)
-OPTION_RANGES = (("augment.mixup_alpha", 0.0, float("inf"), False), ("augment.cutmix_alpha", 0.0, float("inf"), False),
-                 ("augment.cutmix_share", 0.0, 1.0, True), ("augment.mix_prob", 0.0, 1.0, True),
-                 ("augment.randaugment_ops", 0, 14, True), ("augment.randaugment_magnitude", 0, 30, True),
-                 ("augment.randaugment_group", 1, float("inf"), False), ("ema.decay", 0.0, 1.0, False),
-                 ("ema.every", 1, float("inf"), False), ("model.drop_path_rate", 0.0, 1.0, False),
-                 ("model.dropout", 0.0, 1.0, False), ("training.grad_clip_norm", 0.0, float("inf"), False))
-
-
-def check_option_ranges(config: Config) -> None:
-    for dotted, lowest, highest, highest_allowed in OPTION_RANGES:
-        value = get_value(config, dotted)
-        if not (lowest <= value < highest or (highest_allowed and value == highest)):
-            top = "]" if highest_allowed else ")"
-            raise ConfigError(f"{dotted}: {value} is outside [{lowest}, {highest}{top}")
-    betas = config.training.betas
-    if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
-        raise ConfigError(f"training.betas: {betas} must be two numbers in [0, 1)")
-
-
 # ---------------------------------------------------------------- model and optimizer
+def prepare_model(config: Config, ctx: DistContext, num_classes: int) -> nn.Module:
+    """The recipe's network on this rank's device, regularizers and memory format applied (not DDP-wrapped)."""
+    model = build_model(config.model, num_classes=num_classes).to(ctx.device)
+    apply_model_regularizers(model, config.model)
+    if config.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def memory_stats(device: torch.device) -> dict[str, float | None]:
     gpu_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
     return {"gpu_peak_mib": gpu_peak, "host_rss_mib": psutil.Process().memory_info().rss / MIB}
@@ -189,7 +117,7 @@ class Trainer:
         self.step_in_epoch = 0  # batches of self.epoch already trained (a mid-epoch checkpoint)
 
         torch.manual_seed(config.training.seed)
-        self.model = self._build_model()
+        self.model = prepare_model(config, ctx, len(datasets.classes))
         self.ema = WeightAverage(self.model, config.ema) if config.ema.decay > 0 else None
         self.mixer = BatchMixer(config.augment, num_classes=len(datasets.classes))
         self.randaugment = GroupRandAugment(config.augment)
@@ -207,16 +135,9 @@ class Trainer:
                                         fixres_crop_ratio=config.resolution.fixres_crop_ratio,
                                         decoder=config.data.decoder)
         self.last_save = time.monotonic()
-        self.val_loaders: dict[int, Any] = {}
+        self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size)
         if resume_from is not None:
             self._resume(resume_from)
-
-    def _build_model(self) -> nn.Module:
-        model = build_model(self.config.model, num_classes=len(self.datasets.classes)).to(self.ctx.device)
-        apply_model_regularizers(model, self.config.model)
-        if self.config.training.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
@@ -359,36 +280,12 @@ class Trainer:
                 "images_per_second": images_seen / seconds, "epoch_seconds": seconds}
 
     # ------------------------------------------------------------ evaluation
-    def _val_loader(self, res: int):
-        """Built on first use at each resolution and kept: numba compiles a pipeline once."""
-        if res not in self.val_loaders:
-            validation = self.config.validation
-            settings = LoaderSettings(batch_size=validation.batch_size, num_workers=self.loader_settings.num_workers,
-                                      device=self.ctx.device, channels_last=self.config.training.channels_last)
-            self.val_loaders[res] = build_val_loader(
-                self.datasets.val_path, settings, res=res, crop_ratio=validation.crop_ratio,
-                num_samples=self.datasets.val_size, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                decoder=self.config.data.decoder)
-        return self.val_loaders[res]
-
     def evaluate(self, res: int | None = None, model: nn.Module | None = None) -> EvalResult:
-        model = model or self.model
-        sync_buffers(self.ctx, model)
-        return evaluate(model, self._val_loader(res or self.config.validation.resolution), self.ctx,
-                        precision=self.config.training.precision, flip_tta=self.config.validation.flip_tta)
-
-    def resolution_rows(self, resolutions: Sequence[int]) -> list[dict[str, float]]:
-        """Top-1/top-5 at each test resolution (resize + center crop), for the train/test resolution table."""
-        rows = []
-        for res in resolutions:
-            result = self.evaluate(res)
-            rows.append({"res": res, "top1": result.top1, "top5": result.top5, "count": result.count})
-        return rows
+        return self.evaluator.evaluate(model or self.model, res)
 
     def report_resolutions(self, resolutions: Sequence[int]) -> list[dict[str, float]]:
-        rows = self.resolution_rows(resolutions)
-        trained_at = self.plans[-1].res
-        self.log.say(resolution_table(rows, trained_at))
+        rows = self.evaluator.resolution_rows(self.model, resolutions)
+        self.log.say(resolution_table(rows, self.plans[-1].res))
         return rows
 
     def _evaluation_due(self, epoch: int) -> bool:
@@ -471,8 +368,7 @@ def prepare_run_folder(config: Config, explicit_resume: str | None) -> Path | No
 
 def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
     """Check everything, then train (resuming if there is a checkpoint) and save the final weights."""
-    datasets = check_datasets(config)
-    check_run_settings(config, datasets, ctx.world_size, ctx.device)
+    datasets = preflight(config, ctx)
     # Rank 0 decides and tells the others, so a refusal stops every rank instead of leaving them waiting.
     outcome: tuple[Path | None, str | None] = (None, None)
     if ctx.is_main:
@@ -490,8 +386,8 @@ def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
     trainer.run()
 
 
-def load_trained_weights(trainer: Trainer, path: str | Path) -> None:
-    """A run's checkpoint (last.pt) or its exported final_weights.pt, into the trainer's model."""
+def load_trained_weights(model: nn.Module, path: str | Path, arch: str) -> None:
+    """A run's checkpoint (last.pt) or its exported final_weights.pt, into ``model``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--evaluate: {path} does not exist")
@@ -501,21 +397,28 @@ def load_trained_weights(trainer: Trainer, path: str | Path) -> None:
         raise ConfigError(f"--evaluate: {path} is not readable: {type(err).__name__}") from None
     try:
         if isinstance(state, dict) and "model" in state and "recipe" in state:
-            trainer.model.load_state_dict(state["model"])
+            model.load_state_dict(state["model"])
         else:
-            load_torchvision_weights(trainer.model, state)
+            load_torchvision_weights(model, state)
     except (RuntimeError, ValueError, TypeError) as err:
-        raise ConfigError(f"--evaluate: {path} does not fit model.arch={trainer.config.model.arch} with "
-                          f"{len(trainer.datasets.classes)} classes: {str(err).splitlines()[0]}") from None
+        classes = model.fc.out_features
+        raise ConfigError(f"--evaluate: {path} does not fit model.arch={arch} with {classes} classes: "
+                          f"{str(err).splitlines()[0]}") from None
 
 
 def evaluate_saved(config: Config, ctx: DistContext, path: str | Path, resolutions: Sequence[int]) -> list[dict]:
-    """The separate evaluation command: saved weights at each test resolution, printed as a table."""
-    datasets = check_datasets(config)
-    check_run_settings(config, datasets, ctx.world_size, ctx.device)
+    """The separate evaluation command: saved weights at each test resolution, printed as a table.
+
+    Only the model and the val loaders are built: no optimizer, scaler or train loader.
+    """
+    datasets = preflight(config, ctx)
     for res in resolutions:
         if res <= 0:
             raise ConfigError(f"--eval-res: resolutions must be positive, got {res}")
-    trainer = Trainer(config, ctx, datasets)
-    load_trained_weights(trainer, path)
-    return trainer.report_resolutions(resolutions)
+    model = prepare_model(config, ctx, len(datasets.classes))
+    load_trained_weights(model, path, config.model.arch)
+    rows = Evaluator(config, ctx, datasets.val_path, datasets.val_size).resolution_rows(model, resolutions)
+    if ctx.is_main:
+        print(resolution_table(rows, schedule.full_schedule(config.resolution, config.training.epochs)[-1].res),
+              flush=True)
+    return rows

@@ -4,27 +4,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
+from .cli import EXIT_INTERRUPTED, OneLineParser, fail
 from .conversion import (WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
                          find_class_folders, require_known_classes)
 from .demo_data import make_demo_imagefolder
 
 PROG = "write_datasets.py"
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C
 DEFAULTS = ConversionSettings()
 DEMO_MAX_RESOLUTION = 256  # demo images are at most 540 px; small records keep the demo quick
 DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS = 10, 80, 20
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes are one line on stderr (no usage dump), exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        command = self.prog.removeprefix(PROG).strip()  # "convert" for a subcommand's parser
-        where = f"{command}: " if command else ""
-        self.exit(EXIT_ERROR, f"{PROG}: error: {where}{message} (see {self.prog} -h)\n")
 
 
 def _conversion_options(parser: argparse.ArgumentParser) -> None:
@@ -65,22 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="ImageFolder trees -> FFCV .beton files, and checks of them")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{convert,imagenet,inspect,demo}")
 
-    convert = commands.add_parser("convert", help="one ImageFolder root -> one .beton")
+    convert = commands.add_parser("convert", root_prog=PROG, help="one ImageFolder root -> one .beton")
     convert.add_argument("root", type=Path, help="folder of class folders: ROOT/<class>/<image>")
     convert.add_argument("out", type=Path, help="output .beton (OUT.json and OUT.skipped are written beside it)")
     convert.add_argument("--class-map", type=Path, metavar="TRAIN.beton",
                          help="the train .beton (or its .json) whose class indices this set must use")
     _conversion_options(convert)
 
-    imagenet = commands.add_parser("imagenet", help="IMAGENET_DIR/{train,val} -> OUT_DIR/{train,val}.beton")
+    imagenet = commands.add_parser("imagenet", root_prog=PROG, help="IMAGENET_DIR/{train,val} -> OUT_DIR/{train,val}.beton")
     imagenet.add_argument("imagenet_dir", type=Path, help="holds train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
     imagenet.add_argument("out_dir", type=Path)
     _conversion_options(imagenet)
 
-    inspect = commands.add_parser("inspect", help="record count, label histogram, sizes and a few decodes")
+    inspect = commands.add_parser("inspect", root_prog=PROG, help="record count, label histogram, sizes and a few decodes")
     inspect.add_argument("beton", type=Path)
 
-    demo = commands.add_parser("demo", help="make the built-in demo ImageFolder and convert it")
+    demo = commands.add_parser("demo", root_prog=PROG, help="make the built-in demo ImageFolder and convert it")
     demo.add_argument("out_dir", type=Path, help="gets images/{train,val}, train.beton and val.beton")
     demo.add_argument("--classes", type=int, default=DEMO_CLASSES, help="default %(default)s")
     demo.add_argument("--train-per-class", type=int, default=DEMO_TRAIN_PER_CLASS, help="default %(default)s")
@@ -136,8 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args)
     except (ConversionError, OSError, ValueError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return fail(PROG, str(err))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no partial .beton was left behind", file=sys.stderr)
         return EXIT_INTERRUPTED

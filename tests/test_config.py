@@ -54,15 +54,84 @@ def test_describe_lists_every_key_with_help() -> None:
         assert key in text
 
 
-def test_every_recipe_names_every_key() -> None:
-    """Recipes are data: each one states every hyperparameter, none left to a code default."""
+def test_every_recipe_holds_only_what_differs_from_the_base() -> None:
+    """Recipes are deltas: every key they name is declared, and none restates a base default."""
     import yaml
 
-    from ffcv_imagenet.config import Config, to_dict
+    from ffcv_imagenet.config import SECTIONS, Config, to_dict
 
-    expected = {section: set(keys) for section, keys in to_dict(Config()).items()}
-    recipes = sorted((Path(__file__).resolve().parents[1] / "rcfg").glob("*.yaml"))
+    base = to_dict(Config())
+    recipes = sorted((REPO / "rcfg").glob("*.yaml"))
     assert len(recipes) == 13
     for recipe in recipes:
         content = yaml.safe_load(recipe.read_text())
-        assert {section: set(keys) for section, keys in content.items()} == expected, recipe.name
+        for section, body in content.items():
+            for key, value in body.items():
+                assert key in SECTIONS[section], (recipe.name, section, key)
+                assert value != base[section][key], f"{recipe.name} restates the default of {section}.{key}"
+        assert load_config(recipe) != Config()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--training.epochs=0", "training.epochs must be positive: 0"),  # Positive
+    ("--training.epochs=2.5", "training.epochs must be an integer: 2.5"),  # Typed
+    ("--training.channels_last=1", "training.channels_last must be true or false: 1"),
+    ("--augment.mix_prob=1.5", "augment.mix_prob must be between 0.0 and 1.0: 1.5"),  # fastargs' InRange
+    ("--augment.randaugment_ops=15", "augment.randaugment_ops must be between 0 and 14: 15"),
+    ("--ema.decay=1.0", "ema.decay must be in [0, 1): 1.0"),  # Interval, open at the top
+    ("--validation.crop_ratio=0", "validation.crop_ratio must be in (0, 1]: 0"),  # open at the bottom
+    ("--resolution.fixres_epochs=-2", "resolution.fixres_epochs must be at least -1: -2"),
+    ("--lr.schedule=exp", "lr.schedule must be one of linear, cosine, step, onecycle: 'exp'"),  # Choice
+    ("--training.betas=[0.9]", "training.betas must be a list of 2 items"),  # ListOf
+    ("--training.betas=[0.9, 1.0]", "training.betas must be a list of 2 items, each a number and in [0, 1)"),
+    ("--validation.resolutions=[224, -1]", "validation.resolutions must be a list of items"),
+    ("--training.epochs=", "training.epochs must be an integer: None"),
+])
+def test_each_checker_kind_names_the_key_and_the_rule(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(REPO / "rcfg" / "demo.yaml", [override])
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("content, overrides, message", [
+    ("training:\n  epoch: 3\n", [], "training.epoch: unknown key (did you mean training.epochs?)"),
+    ("", ["--lr.lr_per_265=0.1"], "lr.lr_per_265: unknown key (did you mean lr.lr_per_256?)"),
+    ("valdation:\n  every: 2\n", [], "valdation: unknown section (did you mean validation?)"),
+    ("", ["--training.wibble=1"], "training.wibble: unknown key;"),
+])
+def test_unknown_keys_in_a_file_or_on_the_command_line_are_refused(tmp_path: Path, content: str, overrides: list,
+                                                                    message: str) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        load_config(recipe, overrides)
+    assert str(caught.value).startswith(message)
+
+
+def test_overrides_take_yaml_values_and_strings_as_written() -> None:
+    config = load_config(REPO / "rcfg" / "demo.yaml", ["--validation.resolutions=[128, 160]",
+                                                       "--training.nesterov=true", "--logging.folder=2024",
+                                                       "--lr.lr_per_256=1"])
+    assert config.validation.resolutions == [128, 160] and config.training.nesterov is True
+    assert config.logging.folder == "2024" and config.lr.lr_per_256 == 1.0
+    assert isinstance(config.lr.lr_per_256, float)
+
+
+def test_print_config_prints_the_resolved_recipe_and_help_config_every_key() -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from ffcv_imagenet.config import SECTIONS, to_dict
+
+    command = [sys.executable, str(REPO / "train_imagenet.py"), "--config", str(REPO / "rcfg" / "rn50_88.yaml")]
+    printed = subprocess.run(command + ["--print-config", "--training.epochs=40"], capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    expected = to_dict(load_config(REPO / "rcfg" / "rn50_88.yaml", ["--training.epochs=40"]))
+    assert yaml.safe_load(printed.stdout) == expected
+    listed = subprocess.run(command[:2] + ["--help-config"], capture_output=True, text=True).stdout
+    for section, params in SECTIONS.items():
+        for key, param in params.items():
+            assert any(line.strip().startswith(f"{key} (") and repr(param.default) in line
+                       for line in listed.splitlines()), f"{section}.{key}"

@@ -33,8 +33,10 @@ def test_published_ramp_without_fixres() -> None:
 def test_composer_ramp_by_hand() -> None:
     cfg = ResolutionConfig(ramp="composer", max_res=224, initial_scale=0.5, delay_fraction=0.2,
                            finetune_fraction=0.2, size_increment=32, fixres_epochs=0)
-    # elapsed 0.0..0.9; scale 0.5 until 0.2, linear to 1.0 at 0.8; side = 32 * floor(scale * 224 / 32)
-    assert [p.res for p in full_schedule(cfg, 10)] == [96, 96, 96, 128, 128, 160, 160, 192, 224, 224]
+    # elapsed 0.0..0.9; scale 0.5 until 0.2, linear to 1.0 at 0.8; side = 32 * round(scale * 224 / 32), as
+    # Composer's ProgressiveResizing: 0.5 -> 3.5 -> 4 (half to even); 0.583 -> 4.08 -> 4; 0.667 -> 4.67 -> 5;
+    # 0.75 -> 5.25 -> 5; 0.833 -> 5.83 -> 6; 0.917 -> 6.42 -> 6; 1.0 -> 7
+    assert [p.res for p in full_schedule(cfg, 10)] == [128, 128, 128, 128, 160, 160, 192, 192, 224, 224]
 
 
 def test_fixres_phase_length() -> None:

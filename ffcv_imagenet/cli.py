@@ -1,0 +1,99 @@
+"""What every command of the package shares: the parser, the error line, the exit codes, recipe options.
+
+A mistake is one line on stderr, ``PROG: error: <key or path>: ...``, and exit
+code 2, before any work; no usage dump, no table. This module imports neither
+torch nor FFCV, so a wrong argument is answered at once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+import yaml
+
+from .config import Config, ConfigError, delta, describe, load_config, read_yaml_mapping, to_yaml
+
+# Exit codes, for every command.
+EXIT_OK = 0
+EXIT_IO_ERROR = 1  # a full disk or a vanished folder while writing
+EXIT_ERROR = 2  # bad input: recipe, arguments, datasets
+EXIT_DIVERGED = 3  # training stopped on non-finite losses
+EXIT_INTERRUPTED = 130  # the shell's code for a Ctrl-C
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a scheduler expects from a job it signalled
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr, exit code 2. A subcommand's parser gets ``root_prog``
+    (the command's name) so its line reads ``write_datasets.py: error: convert: ...``."""
+
+    def __init__(self, *args: Any, root_prog: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.root_prog = root_prog or self.prog
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix(self.root_prog).strip()
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_ERROR, f"{self.root_prog}: error: {where}{message} (see {self.prog} -h)\n")
+
+
+def fail(prog: str, message: str, code: int = EXIT_ERROR, show: bool = True) -> int:
+    """The one error line (``show`` False on ranks that leave it to rank 0); returns the exit code."""
+    if show:
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def os_error_message(err: OSError) -> str:
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
+
+
+# ---------------------------------------------------------------- recipes on the command line
+def add_recipe_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("--config", metavar="RECIPE", required=required,
+                        help="YAML recipe: one of rcfg/ (only what differs from the base recipe), or an "
+                             "ffcv-imagenet config (rn50_88_epochs.yaml, ...), translated")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the fully resolved recipe (base < --config < overrides) and exit")
+    parser.add_argument("--help-config", action="store_true",
+                        help="list every recipe key with its type, default, allowed values and help, and exit")
+
+
+def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Known options, and the ``--section.key=value`` recipe overrides among the rest."""
+    args, rest = parser.parse_known_args(argv)
+    for arg in rest:
+        if not arg.startswith("--") or "=" not in arg:
+            parser.error(f"unrecognised argument {arg!r} (recipe overrides look like --training.epochs=16)")
+    return args, rest
+
+
+def translation_notes(recipe: str | Path | None) -> list[str]:
+    """What translating an ffcv-imagenet config assumed; nothing for one of ours."""
+    if recipe is None:
+        return []
+    from .ffcv_recipes import is_ffcv_imagenet, translate
+
+    content = read_yaml_mapping(recipe)
+    return translate(content, Path(recipe)).notes if is_ffcv_imagenet(content) else []
+
+
+def recipe_text(config: Config, notes: Sequence[str], full: bool) -> str:
+    """The recipe as YAML (loadable again), the notes as comments above it."""
+    body = to_yaml(config) if full else yaml.safe_dump(delta(config), sort_keys=False)
+    return "".join(f"# {note}\n" for note in notes) + body.rstrip()
+
+
+def answer_recipe_questions(args: argparse.Namespace, overrides: Sequence[str]) -> bool:
+    """--help-config and --print-config: print the answer and say so (the command then exits 0).
+    Raises ConfigError for a bad recipe."""
+    if args.help_config:
+        print(describe())
+        return True
+    if args.print_config:
+        config = load_config(args.config, overrides)
+        print(recipe_text(config, translation_notes(args.config), full=True))
+        return True
+    return False
