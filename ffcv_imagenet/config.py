@@ -140,6 +140,9 @@ class LoggingConfig:
     progress: bool = _help("tqdm progress bar on rank 0", True)
     checkpoint_minutes: float = _help("also checkpoint inside an epoch every this many minutes; 0 = per epoch only",
                                       0.0)
+    tensorboard: bool = _help("also write the epoch records and per-step loss/LR as TensorBoard scalars to "
+                              "RUN/tensorboard (rank 0; needs the tensorboard package)", False)
+    tensorboard_every: int = _help("with tensorboard: write the training loss and LR every this many steps", 50)
 
 
 @dataclass
