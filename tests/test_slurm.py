@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ffcv_imagenet import slurm, trainer
@@ -129,8 +130,9 @@ def test_batch_script_parses_and_wires_the_signal_and_the_requeue() -> None:
 
 
 def test_sigusr1_to_the_launcher_checkpoints_and_exits_143(demo_betons: dict, tmp_path: Path) -> None:
-    """The launcher on one 'node' (localhost) runs the real torchrun; SIGUSR1 goes to the launcher alone,
-    as srun would deliver it, and must reach the training process through it."""
+    """The launcher on one 'node' (localhost) runs the real torchrun. SIGUSR1 to torchrun itself (SLURM
+    signals every process of a step) must not kill it; the training process, in its own session, gets
+    the signal only through the launcher here."""
     args = tiny_overrides(demo_betons, tmp_path, **{"training.epochs": 2, "resolution.fixres_epochs": 0})
     env = slurm_env(SLURM_JOB_NODELIST="localhost", SLURM_NNODES="1", SLURM_NODEID="0", SLURM_GPUS_ON_NODE="1")
     launcher = subprocess.Popen([*LAUNCHER, f"--port={free_port()}", "--", str(TRAIN), "--config",
@@ -140,6 +142,10 @@ def test_sigusr1_to_the_launcher_checkpoints_and_exits_143(demo_betons: dict, tm
     while not ((tmp_path / "log.jsonl").is_file() and epoch_records(tmp_path)):
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
         time.sleep(0.05)
+    (torchrun,) = psutil.Process(launcher.pid).children()
+    torchrun.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    assert torchrun.is_running() and torchrun.status() != psutil.STATUS_ZOMBIE
     launcher.send_signal(signal.SIGUSR1)  # lands in epoch 1 (or its loader's start)
     stdout, stderr = launcher.communicate(timeout=300)
     assert launcher.returncode == slurm.EXIT_PREEMPTED, f"{stdout[-2000:]}\n{stderr[-3000:]}"
