@@ -71,3 +71,20 @@ def test_missing_tensorboard_is_one_line_before_any_work(demo_betons: dict, tmp_
     assert len(lines) == 1 and lines[0].startswith("train_imagenet.py: error: logging.tensorboard: "), result.stderr
     assert "pip install tensorboard" in lines[0]
     assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
+def test_a_resumed_run_replaces_what_a_killed_attempt_logged_after_its_checkpoint(tmp_path: Path) -> None:
+    """First attempt logs steps 1-10 and dies; the resumed one starts again at step 7 (its checkpoint)."""
+    from ffcv_imagenet.tensorboard_log import TensorBoardLog
+
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    killed = TensorBoardLog(tmp_path, every=1)
+    for step in range(1, 11):
+        killed.train_step(step, loss=100.0 + step, lr=0.1)
+    killed.close()
+    resumed = TensorBoardLog(tmp_path, every=1)
+    for step in range(7, 13):
+        resumed.train_step(step, loss=200.0 + step, lr=0.1)
+    resumed.close()
+    losses = read_scalars(tmp_path / TENSORBOARD_FOLDER)[STEP_LOSS_TAG]
+    assert losses == [(step, 100.0 + step) for step in range(1, 7)] + [(step, 200.0 + step) for step in range(7, 13)]
