@@ -113,7 +113,7 @@ def gpus_on_node(env: Mapping[str, str]) -> int:
         return _count(*found, lowest=1)
     if found := _first(env, ["SLURM_GPUS_PER_NODE"]):
         name, value = found
-        return sum(_count(name, kind.split(":")[-1].split("(")[0], lowest=1) for kind in value.split(","))
+        return sum(_count(name, kind.split(":")[-1], lowest=1) for kind in value.split(","))
     if found := _first(env, ["CUDA_VISIBLE_DEVICES"]):
         return len([device for device in found[1].split(",") if device.strip()])
     raise SlurmEnvError("SLURM_GPUS_ON_NODE: not set (nor SLURM_GPUS_PER_NODE or CUDA_VISIBLE_DEVICES); "
