@@ -239,6 +239,10 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         progress=Param(BOOL, "tqdm progress bar on rank 0", default=True),
         checkpoint_minutes=Param(NON_NEGATIVE, "also checkpoint inside an epoch every this many minutes; "
                                  "0 = per epoch only", default=0.0),
+        tensorboard=Param(BOOL, "also write the epoch records and per-step loss/LR as TensorBoard scalars to "
+                          "RUN/tensorboard (rank 0; needs the tensorboard package)", default=False),
+        tensorboard_every=Param(POSITIVE_INT, "with tensorboard: write the training loss and LR every this many "
+                                "steps", default=50),
     )
     section("dist", "processes and devices").params(
         backend=Param(choice("auto", "nccl", "gloo"), "auto (nccl on GPU, gloo on CPU) | nccl | gloo",

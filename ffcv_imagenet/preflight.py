@@ -15,6 +15,7 @@ from . import schedule
 from .beton_format import ConversionError, load_class_names, open_beton
 from .config import SECTIONS, Config, ConfigError, check_section
 from .distributed import DistContext
+from .tensorboard_log import check_tensorboard
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def check_run_settings(config: Config, datasets: Datasets, world_size: int, devi
         raise ConfigError(f"model.num_classes: {config.model.num_classes}, but the datasets have "
                           f"{len(datasets.classes)} classes (0 takes the datasets' count)")
     schedule.validate(config.resolution, training.epochs)
+    check_tensorboard(config.logging)
 
 
 def preflight(config: Config, ctx: DistContext) -> Datasets:

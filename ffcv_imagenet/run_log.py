@@ -2,7 +2,8 @@
 
 ``log.jsonl`` in the run folder is the machine-readable record (one object per
 line, appended and flushed as each epoch ends, so a killed run keeps what it
-finished); the readable line goes to stdout. Other ranks log nothing.
+finished); the readable line goes to stdout. Other ranks log nothing. With
+``logging.tensorboard`` on, the same records also go to TensorBoard (tensorboard_log.py).
 """
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, SupportsFloat, TextIO
 
 from .config import Config, to_yaml
 from .fileio import atomic_write_text
+from .tensorboard_log import TensorBoardLog
 
 LOG_NAME = "log.jsonl"
 RECIPE_NAME = "recipe.yaml"
@@ -50,10 +52,12 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
 class RunLog:
     """Rank 0 writes; on other ranks every method does nothing."""
 
-    def __init__(self, run_folder: str | Path, enabled: bool, stream: TextIO = sys.stdout):
+    def __init__(self, run_folder: str | Path, enabled: bool, stream: TextIO = sys.stdout,
+                 tensorboard: TensorBoardLog | None = None):
         self.folder = Path(run_folder)
         self.enabled = enabled
         self.stream = stream
+        self.tensorboard = tensorboard if enabled else None
 
     def say(self, message: str) -> None:
         if self.enabled:
@@ -75,3 +79,14 @@ class RunLog:
     def epoch(self, record: dict[str, Any], epochs: int) -> None:
         self.record("epoch", **record)
         self.say(epoch_line(record, epochs))
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(record)
+
+    def train_step(self, step: int, loss: SupportsFloat, lr: float) -> None:
+        """Per-step values, for TensorBoard only (log.jsonl keeps one line per epoch)."""
+        if self.tensorboard is not None:
+            self.tensorboard.train_step(step, loss, lr)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()

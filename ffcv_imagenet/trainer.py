@@ -35,6 +35,7 @@ from .optimizers import backbone_frozen, build_optimizer
 from .preflight import Datasets, check_datasets, preflight  # noqa: F401 - check_datasets: Trainer's callers
 from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, apply_model_regularizers
 from .run_log import RunLog
+from .tensorboard_log import TensorBoardLog
 
 FINAL_WEIGHTS = "final_weights.pt"
 FINAL_EMA_WEIGHTS = "final_weights_ema.pt"
@@ -107,7 +108,9 @@ class Trainer:
         self.ctx = ctx
         self.datasets = datasets
         self.folder = Path(config.logging.folder)
-        self.log = RunLog(self.folder, enabled=ctx.is_main)
+        log_cfg = config.logging
+        tensorboard = TensorBoardLog(self.folder, log_cfg.tensorboard_every) if log_cfg.tensorboard else None
+        self.log = RunLog(self.folder, enabled=ctx.is_main, tensorboard=tensorboard)
         self.epochs = config.training.epochs
         self.plans = schedule.full_schedule(config.resolution, self.epochs)
         self.global_batch = config.training.batch_size * ctx.world_size
@@ -259,6 +262,7 @@ class Trainer:
                     first_shape = list(images.shape)
                 lr = self._set_lr(plan, step, steps)
                 loss, stop, checkpoint_due = self.train_step(images, labels)
+                self.log.train_step(plan.epoch * steps + step + 1, loss, lr)
                 if self.bad_steps == 0:
                     loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
                 self._check_divergence(step)
@@ -308,6 +312,7 @@ class Trainer:
                 self._run_epoch(self.plans[self.epoch])
         finally:
             self.stop.uninstall()
+            self.log.close()
         self._save_final_weights()
         if self.config.validation.resolutions:
             rows = self.report_resolutions(self.config.validation.resolutions)

@@ -15,6 +15,7 @@ from torchvision import models
 from ffcv_imagenet.checkpointing import last_checkpoint_path, load_checkpoint
 from ffcv_imagenet.config import load_config
 from ffcv_imagenet.schedule import full_schedule
+from ffcv_imagenet.tensorboard_log import TENSORBOARD_FOLDER
 from ffcv_imagenet.trainer import EXIT_DIVERGED, EXIT_PREEMPTED, FINAL_WEIGHTS
 from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, free_port, run, tiny_overrides, torchrun_command,
                      train_command)
@@ -55,6 +56,10 @@ def test_final_weights_load_into_torchvision(straight_run: Path) -> None:
     model.eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 6)
+
+
+def test_no_tensorboard_folder_without_the_key(straight_run: Path) -> None:
+    assert (straight_run / "log.jsonl").is_file() and not (straight_run / TENSORBOARD_FOLDER).exists()
 
 
 def test_finished_run_is_not_trained_again(straight_run: Path, demo_betons: dict) -> None:

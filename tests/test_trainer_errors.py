@@ -38,6 +38,8 @@ CASES = {
     "ramp end before start": ({"resolution.start_ramp": 2, "resolution.end_ramp": 1}, "resolution."),
     "fixres longer than training": ({"resolution.fixres_epochs": 9}, "fixres_epochs"),
     "unwritable run folder": ({"logging.folder": "/proc/run"}, "logging.folder"),
+    "tensorboard every 0 steps": ({"logging.tensorboard": True, "logging.tensorboard_every": 0},
+                                  "logging.tensorboard_every"),
 }
 
 
