@@ -4,9 +4,10 @@ A record is passed through when the write mode stores it as JPEG anyway and the
 file is already what a JPEG record should be: baseline (progressive files cost far
 more to decode, every epoch), 8-bit, three YCbCr components (CMYK, greyscale and
 Adobe-RGB files go through the usual conversion), no side above the stored size
-(else it is resized), and decodable without a single libjpeg warning by our region
-decoder (which refuses such records at training time). Everything else takes the
-usual path: decode, resize, re-encode at the chosen quality.
+(else it is resized), and decodable to its end marker without a single libjpeg
+warning (extra bytes before the end, a damaged scan: FFCV's reader reports those, our
+decoders refuse them at training time; the usual path re-encodes what PIL makes of
+them). Everything else takes the usual path: decode, resize, re-encode.
 
 FFCV records a field by its class, so the field stays an ``RGBImageField``; only
 its ``encode`` is replaced on the instance, to store a ``SourceJpeg`` as it is.
@@ -20,6 +21,7 @@ from typing import Callable
 import numpy as np
 from ffcv.fields import RGBImageField
 from ffcv.fields.rgb_image import IMAGE_MODES
+from ffcv.libffcv import imdecode
 
 SOI = b"\xff\xd8"
 MARKER_PREFIX = 0xFF
@@ -35,7 +37,7 @@ EIGHT_BIT = 8
 YCBCR_COMPONENTS = 3
 RGB_CHANNELS = 3
 CHECK_SCALE = 8  # the check decodes at 1/8 scale: every coefficient is entropy-decoded, IDCT is cheap
-NEAREST = 0  # cv2.INTER_NEAREST: the check's 1-pixel output is thrown away
+DECODED = 0  # imdecode's status without error or warning
 
 
 @dataclass(frozen=True)
@@ -106,15 +108,14 @@ def why_not_passed_through(header: JpegHeader | None, max_resolution: int) -> st
 
 
 def decodes_cleanly(data: bytes, header: JpegHeader) -> bool:
-    """Every coefficient of the file decodes without a libjpeg warning, through our region decoder."""
-    from .jpeg_region import REGION_OK, crop_decode_resize  # the compiled extension: only where records are made
-
+    """Every coefficient of the file decodes, up to its end marker, without a libjpeg warning, through
+    FFCV's own decoder (TurboJPEG): what its reader and our decoders need (they refuse such a record)."""
     height = -(-header.height // CHECK_SCALE)  # libjpeg's scaled size rounds up
     width = -(-header.width // CHECK_SCALE)
-    scratch = np.empty(height * width * RGB_CHANNELS, dtype=np.uint8)
-    pixel = np.empty((1, 1, RGB_CHANNELS), dtype=np.uint8)
+    scaled = np.empty((height, width, RGB_CHANNELS), dtype=np.uint8)
     source = np.frombuffer(data, dtype=np.uint8)
-    return crop_decode_resize(source, CHECK_SCALE, 0, height, 0, width, scratch, pixel, NEAREST) == REGION_OK
+    return imdecode(source, scaled, header.height, header.width, header.height, header.width, 0, 0,
+                    1, CHECK_SCALE, False, False) == DECODED
 
 
 def passthrough_source(path: str, max_resolution: int) -> SourceJpeg | None:

@@ -24,7 +24,7 @@ DECODE_TOLERANCE = 2.0  # mean absolute difference: FFCV's fast-DCT decode again
 REENCODE_TOLERANCE = 4.0  # one more JPEG generation at quality 90
 CROP = 64
 MIN_PSNR_DB = 30.0  # region decode against FFCV's stock center crop, as in test_fast_decode
-GRAIN = 6.0
+GRAIN = 3.0
 
 
 def photo(height: int, width: int, seed: int) -> np.ndarray:

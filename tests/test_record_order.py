@@ -32,8 +32,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def convert(tree: Path, out: Path, **settings: object) -> list[tuple[str, int, bool]]:
-    convert_imagefolder(tree, out, ConversionSettings(write_mode="raw", num_workers=2, **settings), progress=False)
+def convert(tree: Path, out: Path, class_map: Path | None = None, **settings: object) -> list[tuple[str, int, bool]]:
+    convert_imagefolder(tree, out, ConversionSettings(write_mode="raw", num_workers=2, **settings),
+                        class_map=class_map, progress=False)
     return read_index(out)
 
 
