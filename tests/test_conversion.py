@@ -290,7 +290,8 @@ def test_inspect_of_a_foreign_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_imagenet_command_converts_train_then_val_with_its_class_map(demo_root: Path, tmp_path: Path) -> None:
-    result = run_cli("imagenet", str(demo_root), str(tmp_path / "out"), "--max-per-class", "2", "--workers", "2")
+    result = run_cli("imagenet", str(demo_root), str(tmp_path / "out"), "--max-per-class", "2", "--workers", "2",
+                     "--record-order", "shuffled", "--no-jpeg-passthrough")
     assert result.returncode == 0, result.stderr
     summaries = [line for line in result.stdout.splitlines() if line.startswith("wrote")]
     assert len(summaries) == 2 and all("classes" in line and "img/s" in line and "KiB per image" in line
@@ -298,7 +299,8 @@ def test_imagenet_command_converts_train_then_val_with_its_class_map(demo_root: 
     train, val = tmp_path / "out" / "train.beton", tmp_path / "out" / "val.beton"
     assert load_class_names(val) == load_class_names(train)
     assert json.loads(sidecar_path(val).read_text())["settings"]["max_per_class"] == 2
-    # train in a seeded random order, val in folder order (evaluation reads it all)
+    assert json.loads(sidecar_path(train).read_text())["settings"]["jpeg_passthrough"] is False
+    # train in a seeded random order, val in folder order (evaluation reads it all) even when shuffled is asked
     assert [json.loads(sidecar_path(path).read_text())["record_order"] for path in (train, val)] == ["shuffled",
                                                                                                     "folder"]
     assert labels(open_beton(val)).tolist() == sorted(labels(open_beton(val)).tolist())
