@@ -29,7 +29,8 @@ from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
 from tqdm import tqdm
 
 from .image_files import Sample, Skipped, load_rgb
-from .jpeg_passthrough import SourceJpeg, chooses_jpeg, may_store_as_jpeg, passthrough_source, with_passthrough
+from .jpeg_passthrough import (SourceJpeg, chooses_jpeg, decodes_cleanly, may_store_as_jpeg, passthrough_candidate,
+                               with_passthrough)
 
 POLL_SECONDS = 0.1
 DEFAULT_PAGE_SIZE = 4 * MIN_PAGE_SIZE  # DatasetWriter's own default
@@ -72,8 +73,10 @@ class SourceImages:
         path, label = self.samples[index]
         try:
             if self.passthrough:
-                source = passthrough_source(path, self.field.max_resolution)
-                if source is not None and chooses_jpeg(self.field, source.width, source.height):
+                # the cheap tests first: a record drawn as raw is decoded anyway
+                source = passthrough_candidate(path, self.field.max_resolution)
+                if (source is not None and chooses_jpeg(self.field, source.width, source.height)
+                        and decodes_cleanly(source)):
                     self.passed_through[index] = True
                     return source, label
             return load_rgb(path, self.field.max_resolution), label

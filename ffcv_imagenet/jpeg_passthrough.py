@@ -107,23 +107,23 @@ def why_not_passed_through(header: JpegHeader | None, max_resolution: int) -> st
     return None
 
 
-def decodes_cleanly(data: bytes, header: JpegHeader) -> bool:
+def decodes_cleanly(source: SourceJpeg) -> bool:
     """Every coefficient of the file decodes, up to its end marker, without a libjpeg warning, through
     FFCV's own decoder (TurboJPEG): what its reader and our decoders need (they refuse such a record)."""
-    height = -(-header.height // CHECK_SCALE)  # libjpeg's scaled size rounds up
-    width = -(-header.width // CHECK_SCALE)
+    height = -(-source.height // CHECK_SCALE)  # libjpeg's scaled size rounds up
+    width = -(-source.width // CHECK_SCALE)
     scaled = np.empty((height, width, RGB_CHANNELS), dtype=np.uint8)
-    source = np.frombuffer(data, dtype=np.uint8)
-    return imdecode(source, scaled, header.height, header.width, header.height, header.width, 0, 0,
+    data = np.frombuffer(source.data, dtype=np.uint8)
+    return imdecode(data, scaled, source.height, source.width, source.height, source.width, 0, 0,
                     1, CHECK_SCALE, False, False) == DECODED
 
 
-def passthrough_source(path: str, max_resolution: int) -> SourceJpeg | None:
-    """The file at ``path`` as a SourceJpeg if its bytes can be stored as they are, else None."""
+def passthrough_candidate(path: str, max_resolution: int) -> SourceJpeg | None:
+    """The file at ``path`` as a SourceJpeg if its header qualifies (``decodes_cleanly`` is the costly last test)."""
     with open(path, "rb") as handle:
         data = handle.read()
     header = read_jpeg_header(data)
-    if why_not_passed_through(header, max_resolution) is not None or not decodes_cleanly(data, header):
+    if why_not_passed_through(header, max_resolution) is not None:
         return None
     return SourceJpeg(data, header.width, header.height)
 
