@@ -2,17 +2,21 @@
 
 The ffcv-imagenet way is its write_imagenet.py: FFCV's DatasetWriter over torchvision's
 ImageFolder (PIL loader), with the same RGBImageField settings, worker count and chunk
-size. The source folder mimics ImageNet's originals: photo-like JPEGs (the demo data's
-scenes scaled up, with grain and texture), most 400-800 px per side, a tail of large photos.
-Runs alternate in order so page-cache warmth favours neither side; the ratio of median
-img/s is the result. Records both sides stored raw are compared pixel by pixel (PSNR),
-so a speed-up cannot hide a quality loss.
+size. Ours runs with its defaults (seeded shuffled order, JPEG pass-through) and with
+``--no-jpeg-passthrough``. The source folder mimics ImageNet's originals: photo-like
+baseline JPEGs (the demo data's scenes scaled up, with grain and texture), mostly at or
+under 500 px on the long side, a share of 500-800 px, a tail of large photos (MIX).
+Each write mode (proportion = the rn50 data, jpg) is timed separately; runs rotate in
+order so page-cache warmth favours no side; the ratio of median img/s is the result.
+Records both sides stored raw are compared pixel by pixel (PSNR), so a speed-up cannot
+hide a quality loss.
 
-    python benchmarks/bench_conversion.py [--images 600] [--workers 0] [--repeats 3]
+    python benchmarks/bench_conversion.py [--images 600] [--workers 0] [--repeats 3] [--modes proportion jpg]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -26,14 +30,18 @@ from ffcv.writer import DatasetWriter
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder, read_index
 from ffcv_imagenet.demo_data import make_image
 from ffcv_imagenet.inspection import image_metadata, open_beton, read_image
 
 CLASSES = 10
-TYPICAL_SIDE = (400, 800)  # most ImageNet originals: each side in this range
+TYPICAL_SIDE = (400, 800)  # make_folder's default sizes: each side in this range
 LARGE_FRACTION = 0.15  # a tail of large photos, long side in LARGE_SIDE
 LARGE_SIDE = (1000, 2500)
+# ImageNet's originals: most are Flickr "medium" sizes, long side at most 500 px (500x375, 500x333, ...)
+MIX = {"long side 300-500": 0.80, "long side 501-800": 0.12, "long side 1000-2500": 0.08}
+SMALL_LONG_SIDE, MEDIUM_LONG_SIDE = (300, 501), (501, 801)
+ASPECT = (0.6, 1.0)  # short side / long side
 # Grain, texture at 1/2 and 1/4 scale and a high source quality give the JPEGs a photo's
 # entropy, which is what decoding costs: about 0.7 bytes per pixel, near ImageNet's originals
 # (about 110 KB for about 400x350 px: 0.8).
@@ -62,6 +70,17 @@ def texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
         out += np.asarray(Image.fromarray(coarse.clip(0, 255).astype(np.uint8)).resize((width, height)),
                           dtype=np.float32) - 128
     return out
+
+
+def imagenet_size(rng: np.random.Generator) -> tuple[int, int]:
+    """(width, height) drawn from MIX."""
+    share = rng.random()
+    small, medium, _ = MIX.values()
+    long_side = (int(rng.integers(*SMALL_LONG_SIDE)) if share < small
+                 else int(rng.integers(*MEDIUM_LONG_SIDE)) if share < small + medium
+                 else int(rng.integers(*LARGE_SIDE)))
+    short_side = int(long_side * rng.uniform(*ASPECT))
+    return (long_side, short_side) if rng.random() < 0.6 else (short_side, long_side)
 
 
 SizeSampler = Callable[[np.random.Generator], tuple[int, int]]
@@ -103,16 +122,38 @@ def ours(root: Path, out: Path, settings: ConversionSettings) -> int:
     return convert_imagefolder(root, out, settings, progress=False).images
 
 
-def agreement(reference: Path, candidate: Path) -> tuple[int, int, float]:
-    """Over the records both files stored raw (decode and resize differences, no JPEG noise):
+def ours_reencoding(root: Path, out: Path, settings: ConversionSettings) -> int:
+    return ours(root, out, dataclasses.replace(settings, jpeg_passthrough=False))
+
+
+WAYS = {"ffcv-imagenet way": ffcv_imagenet_way, "ours": ours, "ours, no pass-through": ours_reencoding}
+
+
+def agreement(root: Path, reference: Path, candidate: Path) -> tuple[int, int, float]:
+    """Over the records both files stored raw (decode and resize differences, no JPEG noise), matched by
+    source path (ImageFolder's order in the reference, the .index in ours):
     (how many, how many identical, PSNR of the others pooled)."""
     a, b = open_beton(reference), open_beton(candidate)
-    assert a.num_samples == b.num_samples
-    both_raw = np.flatnonzero((image_metadata(a)["mode"] == RAW_MODE) & (image_metadata(b)["mode"] == RAW_MODE))
-    errors = [np.mean((read_image(a, i).astype(np.float64) - read_image(b, i)) ** 2) for i in both_raw]
+    ours_index = {path: record for record, (path, _, _) in enumerate(read_index(candidate))}
+    pairs = [(record, ours_index[path]) for record, (path, _) in enumerate(ImageFolder(str(root)).samples)]
+    a_modes, b_modes = image_metadata(a)["mode"], image_metadata(b)["mode"]
+    both_raw = [(i, j) for i, j in pairs if a_modes[i] == RAW_MODE and b_modes[j] == RAW_MODE]
+    errors = [np.mean((read_image(a, i).astype(np.float64) - read_image(b, j)) ** 2) for i, j in both_raw]
     differing = [error for error in errors if error > 0]
     pooled = float(10 * np.log10(255 ** 2 / np.mean(differing))) if differing else float("inf")
     return len(errors), len(errors) - len(differing), pooled
+
+
+def time_mode(root: Path, tmp: Path, settings: ConversionSettings, repeats: int) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {name: [] for name in WAYS}
+    for repeat in range(repeats):
+        names = list(WAYS)
+        names = names[repeat % len(names):] + names[:repeat % len(names)]  # rotate: no side always goes first
+        for name in names:
+            started = time.perf_counter()
+            count = WAYS[name](root, tmp / f"{name}.beton", settings)
+            rates[name].append(count / (time.perf_counter() - started))
+    return rates
 
 
 def main() -> None:
@@ -120,29 +161,30 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--workers", type=int, default=0, help="0 = all cores")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", default=["proportion", "jpg"], choices=["proportion", "jpg", "raw"])
     args = parser.parse_args()
-    settings = ConversionSettings(num_workers=args.workers)  # ffcv-imagenet's RN-50 settings
-    ways = {"ffcv-imagenet way": ffcv_imagenet_way, "ours": ours}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
-        bytes_per_pixel = make_folder(root, args.images)
-        rates: dict[str, list[float]] = {name: [] for name in ways}
-        for repeat in range(args.repeats):
-            order = list(ways.items()) if repeat % 2 == 0 else list(ways.items())[::-1]
-            for name, convert in order:
-                out = Path(tmp) / f"{name.split()[0]}.beton"
-                started = time.perf_counter()
-                count = convert(root, out, settings)
-                rates[name].append(count / (time.perf_counter() - started))
-        raw, identical, pooled_psnr = agreement(Path(tmp) / "ffcv-imagenet.beton", Path(tmp) / "ours.beton")
-    print(f"\n{args.images} ImageNet-like JPEGs ({bytes_per_pixel:.2f} bytes/pixel), {settings.workers} workers, "
-          f"{os.cpu_count()} cores, {args.repeats} runs each")
-    for name, values in rates.items():
-        print(f"  {name:18s} {statistics.median(values):7.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in values)})")
-    ratio = statistics.median(rates["ours"]) / statistics.median(rates["ffcv-imagenet way"])
-    print(f"  ratio ours / ffcv-imagenet way: {ratio:.2f}x")
-    print(f"  records stored raw by both: {raw}; identical: {identical}; the others (large photos decoded at "
-          f"reduced DCT scale) differ by PSNR {pooled_psnr:.1f} dB")
+        bytes_per_pixel = make_folder(root, args.images, size=imagenet_size)
+        print(f"\n{args.images} ImageNet-like baseline JPEGs ({bytes_per_pixel:.2f} bytes/pixel; "
+              + ", ".join(f"{share:.0%} {what}" for what, share in MIX.items())
+              + f"), {ConversionSettings(num_workers=args.workers).workers} workers, {os.cpu_count()} cores, "
+              f"{args.repeats} runs each")
+        for mode in args.modes:
+            settings = ConversionSettings(write_mode=mode, num_workers=args.workers)  # else ffcv-imagenet's RN-50
+            rates = time_mode(root, Path(tmp), settings, args.repeats)
+            raw, identical, pooled_psnr = agreement(root, Path(tmp) / "ffcv-imagenet way.beton",
+                                                    Path(tmp) / "ours.beton")
+            kept = sum(kept for _, _, kept in read_index(Path(tmp) / "ours.beton"))
+            print(f" write mode {mode} (max side {settings.max_resolution}, quality {settings.jpeg_quality}"
+                  + (f", compress probability {settings.compress_probability}" if mode == "proportion" else "")
+                  + f"); ours kept {kept} of {args.images} source JPEGs as they are")
+            baseline = statistics.median(rates["ffcv-imagenet way"])
+            for name, values in rates.items():
+                print(f"  {name:22s} {statistics.median(values):7.1f} img/s  "
+                      f"{statistics.median(values) / baseline:5.2f}x  (runs: {', '.join(f'{v:.1f}' for v in values)})")
+            print(f"  records stored raw by both: {raw}; identical: {identical}; the others (large photos decoded "
+                  f"at reduced DCT scale) differ by PSNR {pooled_psnr:.1f} dB")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 - ``NAME.beton``: FFCV's records (fields ``image``, ``label``), its header and allocation table;
 - ``NAME.beton.json``: the sidecar (class list, counts, conversion settings);
-- ``NAME.beton.skipped``: one ``path<TAB>reason`` line per input file left out.
+- ``NAME.beton.skipped``: one ``path<TAB>reason`` line per input file left out;
+- ``NAME.beton.index``: one ``path<TAB>label<TAB>kept|decoded`` line per record, in record order.
 
 Everything that reads datasets (trainer, profiler, ``inspect``) opens them here,
 with one-line errors for a missing, foreign or mismatched file. FFCV is
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from ffcv.reader import Reader
 
 EXPECTED_FIELDS = ("image", "label")
+KEPT, DECODED = "kept", "decoded"  # the index's third column: source JPEG bytes kept, or decoded and stored
 
 
 class ConversionError(RuntimeError):
@@ -37,6 +39,25 @@ def skipped_report_path(beton: str | Path) -> Path:
     """``train.beton`` -> ``train.beton.skipped``: one ``path<TAB>reason`` line per file left out."""
     beton = Path(beton)
     return beton.with_name(beton.name + ".skipped")
+
+
+def index_path(beton: str | Path) -> Path:
+    """``train.beton`` -> ``train.beton.index``: one ``path<TAB>label<TAB>how`` line per record, in record order."""
+    beton = Path(beton)
+    return beton.with_name(beton.name + ".index")
+
+
+def read_index(beton: str | Path) -> list[tuple[str, int, bool]]:
+    """(source path, label, source bytes kept) per record of a ``.beton``, from its ``.index``."""
+    path = index_path(beton)
+    try:
+        rows = [line.split("\t") for line in path.read_text().splitlines()]
+        return [(source, int(label), how == KEPT) for source, label, how in rows]
+    except FileNotFoundError:
+        raise ConversionError(f"{path} is missing: convert again to get the per-record index") from None
+    except (OSError, ValueError) as err:
+        raise ConversionError(f"{path} is not a readable record index: {type(err).__name__}: {err}") from None
+
 
 
 def load_sidecar(beton_or_json: str | Path) -> dict:
@@ -116,3 +137,10 @@ def image_metadata(reader: Reader) -> np.ndarray:
 
 def labels(reader: Reader) -> np.ndarray:
     return np.asarray(reader.metadata[f"f{reader.field_names.index('label')}"]).astype(np.int64)
+
+
+def record_bytes(reader: Reader, index: int) -> np.ndarray:
+    """The stored bytes of record ``index``'s image: a JPEG file's bytes, or raw RGB pixels."""
+    size = int(reader.alloc_table["size"][reader.alloc_table["sample_id"] == index].sum())
+    offset = int(image_metadata(reader)[index]["data_ptr"])
+    return np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=offset)

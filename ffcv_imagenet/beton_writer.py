@@ -14,7 +14,9 @@ import queue
 import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from multiprocessing import Process, Queue, Value
+from multiprocessing.sharedctypes import RawArray
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -26,6 +28,8 @@ from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
 from tqdm import tqdm
 
 from .image_files import Sample, Skipped, load_rgb
+from .jpeg_passthrough import (SourceJpeg, chooses_jpeg, decodes_cleanly, may_store_as_jpeg, passthrough_candidate,
+                               with_passthrough)
 
 POLL_SECONDS = 0.1
 DEFAULT_PAGE_SIZE = 4 * MIN_PAGE_SIZE  # DatasetWriter's own default
@@ -38,30 +42,43 @@ class WorkerFailed(RuntimeError):
 
 
 class SourceImages:
-    """What DatasetWriter's workers index: (RGB array, label) for each selected file.
+    """What DatasetWriter's workers index: (RGB array or SourceJpeg, label) for each selected file.
 
     A worker that raises would stop the whole write, so a file that fails to
     decode here (rare: ``probe`` rejected the usual suspects) is recorded in
     ``failure_dir`` and stands in as one pixel; the caller rewrites without it.
+    With ``field`` able to pass JPEGs through, a file that qualifies (see
+    jpeg_passthrough) is handed over as its own bytes and flagged in ``passed_through``,
+    an array in shared memory that the writer processes fill in.
     """
 
-    def __init__(self, samples: list[Sample], max_resolution: int, seed: int, failure_dir: str):
+    def __init__(self, samples: list[Sample], field: RGBImageField, seed: int, failure_dir: str,
+                 passthrough: bool):
         self.samples = samples
-        self.max_resolution = max_resolution
+        self.field = field
         self.seed = seed
         self.failure_dir = failure_dir
+        self.passthrough = passthrough and may_store_as_jpeg(field)
+        self.passed_through = RawArray(ctypes.c_bool, len(samples))
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray | SourceJpeg, int]:
         # RGBImageField.encode draws np.random.rand() right after this call, in this
         # process, to store the record as JPEG or raw: seeding here makes that choice
         # a function of (seed, index) instead of which worker got which chunk.
         np.random.seed([self.seed, index])
         path, label = self.samples[index]
         try:
-            return load_rgb(path, self.max_resolution), label
+            if self.passthrough:
+                # the cheap tests first: a record drawn as raw is decoded anyway
+                source = passthrough_candidate(path, self.field.max_resolution)
+                if (source is not None and chooses_jpeg(self.field, source.width, source.height)
+                        and decodes_cleanly(source)):
+                    self.passed_through[index] = True
+                    return source, label
+            return load_rgb(path, self.field.max_resolution), label
         except Exception as err:
             Path(self.failure_dir, str(index)).write_text(f"{type(err).__name__}: {err}")
             return PLACEHOLDER, label
@@ -167,24 +184,37 @@ def _stop(processes: list[Process]) -> None:
         process.join()
 
 
-def write_records(samples: list[Sample], path: Path, field: RGBImageField, *, workers: int, chunk_size: int,
-                  seed: int, progress_label: str | None) -> tuple[list[Sample], list[Skipped]]:
-    """Write ``samples`` to ``path``, redoing the write without any file that failed to decode.
+@dataclass
+class Written:
+    """What ``write_records`` stored: ``samples[i]`` is record i; ``passed_through[i]``: its source bytes kept."""
 
-    Returns (written, failed). A redo costs a full write but only happens for files
-    that pass ``probe`` yet fail to decode, which real folders almost never have.
+    samples: list[Sample]
+    passed_through: np.ndarray
+    failed: list[Skipped]
+
+
+def write_records(samples: list[Sample], path: Path, field: RGBImageField, *, workers: int, chunk_size: int,
+                  seed: int, passthrough: bool, progress_label: str | None) -> Written:
+    """Write ``samples`` to ``path`` in the given order, redoing the write without any file that failed to decode.
+
+    A redo costs a full write but only happens for files that pass ``probe`` yet
+    fail to decode, which real folders almost never have.
     """
     failed: list[Skipped] = []
+    if passthrough:
+        field = with_passthrough(field)
+    passed_through = np.zeros(0, dtype=bool)
     while samples:
         with tempfile.TemporaryDirectory(prefix="ffcv-imagenet-failures-") as failure_dir:
-            dataset = SourceImages(samples, field.max_resolution, seed, failure_dir)
+            dataset = SourceImages(samples, field, seed, failure_dir, passthrough)
             writer = GuardedWriter(path, {"image": field, "label": IntField()},
                                    num_workers=max(1, min(workers, len(samples))),
                                    page_size=_page_size_for(field.max_resolution), progress_label=progress_label)
             writer.from_indexed_dataset(dataset, chunksize=chunk_size)
+            passed_through = np.frombuffer(dataset.passed_through, dtype=bool).copy()
             bad = {int(name): Path(failure_dir, name).read_text() for name in os.listdir(failure_dir)}
         if not bad:
             break
         failed += [(samples[index][0], f"decode failed: {reason}") for index, reason in sorted(bad.items())]
         samples = [sample for index, sample in enumerate(samples) if index not in bad]
-    return samples, failed
+    return Written(samples, passed_through, failed)

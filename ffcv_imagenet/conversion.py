@@ -5,9 +5,14 @@
 2. scan: candidate files per class (hidden and non-image files are reported);
 3. check and select: a cheap probe per file, in parallel, only as many files as
    the selection needs (a per-class cap or a seeded subset probes just those);
-4. write: FFCV's DatasetWriter, every core decoding each image once, under a
+4. order: a train set's records in a seeded random permutation, so that every
+   FFCV page holds many classes (a quasi-random batch draws from a few pages);
+   a val set (converted with a class map) in folder order;
+5. write: FFCV's DatasetWriter, every core decoding each image once (or, for a
+   JPEG that needs no work, keeping its bytes: jpeg_passthrough), under a
    temporary name renamed when complete; then the sidecar JSON (class list,
-   counts, settings) and the ``.skipped`` report beside it.
+   counts, settings), the ``.index`` (source and label of every record, in
+   record order) and the ``.skipped`` report beside it.
 """
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .beton_format import (ConversionError, load_class_names, sidecar_path,  # noqa: F401 - re-exported
-                           skipped_report_path)
+from .beton_format import (DECODED, KEPT, ConversionError, index_path, load_class_names,  # noqa: F401
+                           read_index, sidecar_path, skipped_report_path)
 from .fileio import atomic_path, atomic_write_text, check_writable_dir
 from .image_files import Sample, Skipped, is_hidden, probe, scan_class
 
@@ -37,6 +42,9 @@ if TYPE_CHECKING:
 # torch and numba (about 4 s), and bad input should fail in a fraction of that.
 
 WRITE_MODES = ("raw", "jpg", "proportion", "smart")
+SHUFFLED, FOLDER, BY_ROLE = "shuffled", "folder", "auto"
+RECORD_ORDERS = (SHUFFLED, FOLDER)
+ORDER_STREAM = 1  # the record order's random stream: apart from the subset's, same seed
 MAX_RESOLUTION_LIMIT = 8192  # a raw record of this side fills a 256 MiB page per worker
 PROBE_CHUNKS_PER_WORKER = 4
 KIB = 1024
@@ -56,6 +64,8 @@ class ConversionSettings:
     subset: int = 0  # 0 = all; else a fixed-seed random subset of this many images
     seed: int = 0  # of the subset and of proportion mode's JPEG-or-raw choice per image
     smart_threshold: int = 0  # smart mode: store as JPEG when the raw RGB record exceeds this many bytes
+    record_order: str = BY_ROLE  # shuffled | folder | auto: shuffled for a train set, folder with a class map
+    jpeg_passthrough: bool = True  # keep a source JPEG's bytes when it needs no work (False: ffcv-imagenet's records)
 
     def __post_init__(self) -> None:
         if self.write_mode not in WRITE_MODES:
@@ -69,12 +79,20 @@ class ConversionSettings:
         for name in ("num_workers", "max_per_class", "subset", "seed", "smart_threshold"):
             if getattr(self, name) < 0:
                 raise ConversionError(f"{name.replace('_', ' ')} must not be negative: {getattr(self, name)}")
+        if self.record_order not in (*RECORD_ORDERS, BY_ROLE):
+            raise ConversionError(f"record order must be one of {', '.join(RECORD_ORDERS)}: {self.record_order!r}")
         if self.chunk_size <= 0:
             raise ConversionError(f"chunk size must be positive: {self.chunk_size}")
         if self.write_mode == "smart" and not self.smart_threshold:
             # FFCV's smart mode without a threshold silently stores everything raw
             raise ConversionError("write mode smart needs a smart threshold (raw bytes above which a record "
                                   "is stored as JPEG), e.g. 250000")
+
+    def resolved(self, has_class_map: bool) -> ConversionSettings:
+        """These settings with ``auto`` order decided: a set that follows a train set's class map is val."""
+        if self.record_order != BY_ROLE:
+            return self
+        return dataclasses.replace(self, record_order=FOLDER if has_class_map else SHUFFLED)
 
     @property
     def workers(self) -> int:
@@ -94,13 +112,15 @@ class ConversionSummary:
     images: int
     classes: int
     skipped: int
+    passed_through: int  # JPEG records that are their source file's bytes
     bytes_per_image: float  # record data per image (what a loader reads), page padding excluded
     images_per_second: float  # images written / seconds of the whole conversion
     seconds: float
 
     def __str__(self) -> str:
         return (f"wrote {self.images} images of {self.classes} classes to {self.output} in {self.seconds:.1f} s "
-                f"({self.images_per_second:.0f} img/s); {self.skipped} skipped "
+                f"({self.images_per_second:.0f} img/s); {self.passed_through} JPEGs kept as they are; "
+                f"{self.skipped} skipped "
                 f"(listed in {skipped_report_path(self.output).name}); "
                 f"{self.bytes_per_image / KIB:.1f} KiB per image")
 
@@ -229,6 +249,7 @@ def convert_imagefolder(root: str | Path, out_path: str | Path,
     settings) and ``<out>.skipped`` (files left out, with reasons). ``class_map`` names the train
     ``.beton`` (or its sidecar) whose class indices a val conversion must use."""
     root, out_path = Path(root), Path(out_path)
+    settings = settings.resolved(has_class_map=class_map is not None)
     started = time.perf_counter()
     classes = classes_for(root, Path(class_map) if class_map else None)
     check_output(out_path)
@@ -237,7 +258,7 @@ def convert_imagefolder(root: str | Path, out_path: str | Path,
             tqdm(desc="check", unit="img", total=_probes_expected(by_class, settings), disable=not progress,
                  dynamic_ncols=True) as bar:
         prober = Prober(probe_many, bar)
-        selected = select_samples(root, classes, by_class, settings, prober)
+        selected = in_record_order(select_samples(root, classes, by_class, settings, prober), settings)
     skipped += prober.skipped
 
     importing = time.perf_counter()
@@ -248,26 +269,39 @@ def convert_imagefolder(root: str | Path, out_path: str | Path,
 
     with atomic_path(out_path) as tmp:
         try:
-            written, failed = write_records(selected, tmp, settings.image_field(), workers=settings.workers,
-                                            chunk_size=settings.chunk_size, seed=settings.seed,
-                                            progress_label=f"write {out_path.name}" if progress else None)
+            written = write_records(selected, tmp, settings.image_field(), workers=settings.workers,
+                                    chunk_size=settings.chunk_size, seed=settings.seed,
+                                    passthrough=settings.jpeg_passthrough,
+                                    progress_label=f"write {out_path.name}" if progress else None)
         except WorkerFailed as err:
             raise ConversionError(f"writing {out_path} failed: {err}") from None
-        if not written:
+        if not written.samples:
             raise ConversionError(f"no image of {root} could be decoded")
         data_bytes = stored_bytes(tmp)
-    skipped += failed
+    skipped += written.failed
 
     seconds = time.perf_counter() - started
-    summary = ConversionSummary(output=out_path, images=len(written), classes=len(classes), skipped=len(skipped),
-                                bytes_per_image=data_bytes / len(written),
-                                images_per_second=len(written) / seconds, seconds=seconds)
-    write_reports(out_path, root, classes, settings, written, skipped)
+    images = len(written.samples)
+    summary = ConversionSummary(output=out_path, images=images, classes=len(classes), skipped=len(skipped),
+                                passed_through=int(written.passed_through.sum()),
+                                bytes_per_image=data_bytes / images, images_per_second=images / seconds,
+                                seconds=seconds)
+    write_reports(out_path, root, classes, settings, written.samples, written.passed_through, skipped)
     return summary
 
 
+def in_record_order(samples: list[Sample], settings: ConversionSettings) -> list[Sample]:
+    """Folder order as selected, or a permutation seeded by ``settings.seed``: pages of many classes."""
+    if settings.record_order == FOLDER:
+        return samples
+    permutation = np.random.default_rng([settings.seed, ORDER_STREAM]).permutation(len(samples))
+    return [samples[i] for i in permutation]
+
+
+
+
 def write_reports(out_path: Path, root: Path, classes: list[str], settings: ConversionSettings,
-                  written: list[Sample], skipped: list[Skipped]) -> None:
+                  written: list[Sample], passed_through: np.ndarray, skipped: list[Skipped]) -> None:
     counts = np.bincount([label for _, label in written], minlength=len(classes))
     sidecar = {
         "classes": classes,
@@ -277,7 +311,12 @@ def write_reports(out_path: Path, root: Path, classes: list[str], settings: Conv
         "source_root": str(root.resolve()),
         "fields": {"image": "RGBImageField", "label": "IntField"},
         "settings": dataclasses.asdict(settings),
+        "record_order": settings.record_order,
+        "num_passed_through": int(passed_through.sum()),
+        "index": index_path(out_path).name,
     }
+    atomic_write_text(index_path(out_path), "".join(f"{path}\t{label}\t{KEPT if kept else DECODED}\n"
+                                                    for (path, label), kept in zip(written, passed_through)))
     atomic_write_text(sidecar_path(out_path), json.dumps(sidecar, indent=1) + "\n")
     atomic_write_text(skipped_report_path(out_path),
                       "".join(f"{path}\t{reason}\n" for path, reason in sorted(skipped)))

@@ -7,14 +7,16 @@ import numpy as np
 from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 
-from .beton_format import (ConversionError, image_metadata, labels, load_class_names, open_beton,  # noqa: F401
-                           sidecar_path, stored_bytes)
+from .beton_format import (ConversionError, image_metadata, index_path, labels, load_class_names,  # noqa: F401
+                           open_beton, read_index, record_bytes, sidecar_path, stored_bytes)
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
 FULL_HISTOGRAM_MAX_CLASSES = 20  # above this, the histogram is summarised
 EXTREMES_SHOWN = 3
 BAR_WIDTH = 30
 JPEG_MODE = 0  # RGBImageField's metadata code for a JPEG record
+CLASS_WINDOWS = (64, 512, 4096)  # records in a row: a batch drawn from a few pages sees about this many
+SHUFFLE_SEED = 0
 KIB = 1024
 
 
@@ -22,8 +24,7 @@ def read_image(reader: Reader, index: int) -> np.ndarray:
     """Record ``index`` at its stored size: JPEG records through FFCV's own decoder (TurboJPEG), raw ones copied."""
     meta = image_metadata(reader)[index]
     height, width = int(meta["height"]), int(meta["width"])
-    size = int(reader.alloc_table["size"][reader.alloc_table["sample_id"] == index].sum())
-    data = np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=int(meta["data_ptr"]))
+    data = record_bytes(reader, index)
     if meta["mode"] != JPEG_MODE:
         return data.reshape(height, width, 3)
     image = np.empty((height, width, 3), dtype=np.uint8)
@@ -91,6 +92,35 @@ def size_lines(path: Path, meta: np.ndarray) -> list[str]:
             f"{stored_bytes(path) / len(meta) / KIB:.1f} KiB of image data per record"]
 
 
+def distinct_classes_per_window(label_values: np.ndarray, window: int) -> float:
+    """Mean number of classes among ``window`` consecutive records, over the file's whole windows."""
+    starts = range(0, len(label_values) - window + 1, window)
+    return float(np.mean([len(np.unique(label_values[start:start + window])) for start in starts]))
+
+
+def class_mix_lines(label_values: np.ndarray) -> list[str]:
+    """Classes a quasi-random batch can draw from (a few pages in a row), against the same labels shuffled."""
+    windows = sorted({min(window, len(label_values)) for window in CLASS_WINDOWS})
+    shuffled = np.random.default_rng(SHUFFLE_SEED).permutation(label_values)
+    return ["mean distinct classes in windows of consecutive records (what a quasi_random batch draws from), "
+            "this file / shuffled: " + "; ".join(
+                f"{window}: {distinct_classes_per_window(label_values, window):.1f} / "
+                f"{distinct_classes_per_window(shuffled, window):.1f}" for window in windows)]
+
+
+def index_lines(path: Path, label_values: np.ndarray) -> list[str]:
+    """The share of records that are their source JPEG's own bytes, from the ``.index``, checked against the labels."""
+    if not index_path(path).is_file():
+        return [f"no {index_path(path).name}: sources and JPEG pass-through unknown"]
+    rows = read_index(path)
+    if [label for _, label, _ in rows] != label_values.tolist():
+        raise ConversionError(f"{index_path(path)} does not match {path}: its labels differ; they come from "
+                              "different conversions")
+    kept = sum(kept for _, _, kept in rows)
+    return [f"source JPEGs stored as they are (pass-through): {kept} of {len(rows)} records "
+            f"({kept / len(rows):.0%}); sources listed in {index_path(path).name}"]
+
+
 def report(path: str | Path) -> str:
     """What ``inspect`` prints; raises ConversionError if the file is not a sound conversion."""
     path = Path(path)
@@ -105,7 +135,8 @@ def report(path: str | Path) -> str:
     counts = np.bincount(label_values, minlength=len(names))
     lines = [f"{path}: {count} records, fields {reader.field_names}",
              f"classes: {len(names)} ({source})", *histogram_lines(counts, names),
-             *size_lines(path, image_metadata(reader))]
+             *size_lines(path, image_metadata(reader)), *index_lines(path, label_values),
+             *class_mix_lines(label_values)]
 
     indices = spread_indices(count)
     full_size = [read_image(reader, index) for index in indices]

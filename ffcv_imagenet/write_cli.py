@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from .cli import EXIT_INTERRUPTED, OneLineParser, fail
-from .conversion import (WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
+from .conversion import (BY_ROLE, FOLDER, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
                          find_class_folders, require_known_classes)
 from .demo_data import make_demo_imagefolder
 
@@ -40,7 +41,17 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--subset", type=int, default=DEFAULTS.subset, metavar="N",
                        help="a fixed-seed random subset of N images; default 0 = all")
     group.add_argument("--seed", type=int, default=DEFAULTS.seed, metavar="S",
-                       help="seed of --subset and of proportion mode's JPEG-or-raw draw; default %(default)s")
+                       help="seed of --subset, of the shuffled record order and of proportion mode's JPEG-or-raw "
+                            "draw; default %(default)s")
+    group.add_argument("--record-order", choices=RECORD_ORDERS, default=BY_ROLE,
+                       help="records in a seeded random order (shuffled: every page holds many classes) or in "
+                            "class-folder order; default: shuffled for a train set, folder for val (imagenet's "
+                            "val, or convert with --class-map)")
+    group.add_argument("--jpeg-passthrough", action=argparse.BooleanOptionalAction,
+                       default=DEFAULTS.jpeg_passthrough,
+                       help="store a baseline YCbCr JPEG that needs no resize, and that the write mode stores as "
+                            "JPEG, with its own bytes (no decode, no re-encode); --no-jpeg-passthrough re-encodes "
+                            "every JPEG record as ffcv-imagenet does; default on")
 
 
 def _settings(args: argparse.Namespace) -> ConversionSettings:
@@ -48,7 +59,7 @@ def _settings(args: argparse.Namespace) -> ConversionSettings:
                               compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,
                               smart_threshold=args.smart_threshold, num_workers=args.workers,
                               chunk_size=args.chunk_size, max_per_class=args.max_per_class, subset=args.subset,
-                              seed=args.seed)
+                              seed=args.seed, record_order=args.record_order, jpeg_passthrough=args.jpeg_passthrough)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def convert_pair(train_root: Path, val_root: Path, out_dir: Path, settings: ConversionSettings,
                  progress: bool = True) -> tuple[ConversionSummary, ConversionSummary]:
-    """train -> out_dir/train.beton, then val -> out_dir/val.beton with train's class indices."""
+    """train -> out_dir/train.beton, then val -> out_dir/val.beton with train's class indices, in folder order."""
     for root in (train_root, val_root):
         if not root.is_dir():
             raise ConversionError(f"{root} does not exist: expected {root.parent}/train and {root.parent}/val")
@@ -91,7 +102,8 @@ def convert_pair(train_root: Path, val_root: Path, out_dir: Path, settings: Conv
     train = out_dir / "train.beton"
     train_summary = convert_imagefolder(train_root, train, settings, progress=progress)
     _report(train_summary)
-    val_summary = convert_imagefolder(val_root, out_dir / "val.beton", settings, class_map=train, progress=progress)
+    val_settings = dataclasses.replace(settings, record_order=FOLDER)  # evaluation reads every record anyway
+    val_summary = convert_imagefolder(val_root, out_dir / "val.beton", val_settings, class_map=train, progress=progress)
     _report(val_summary)
     return train_summary, val_summary
 

@@ -70,7 +70,8 @@ def test_round_trip_raw_is_exact_and_jpg_is_close(tmp_path: Path) -> None:
     expected = [sources[key] for key in sorted(sources)]  # class order, then file name order
     for mode in ("raw", "jpg"):
         out = tmp_path / f"{mode}.beton"
-        convert_imagefolder(tmp_path / "tree", out, ConversionSettings(write_mode=mode, num_workers=2), progress=False)
+        convert_imagefolder(tmp_path / "tree", out, ConversionSettings(write_mode=mode, num_workers=2,
+                                                                       record_order="folder"), progress=False)
         images, label_values = load_all(out)
         assert label_values.tolist() == expected_labels
         for image, pixels in zip(images, expected):
@@ -120,7 +121,8 @@ def test_cap_probes_only_the_files_it_keeps(tmp_path: Path) -> None:
         (tmp_path / "tree" / name / "zzz_garbage.png").write_bytes(b"not a png at all")
     (tmp_path / "tree" / "a" / "001.png").write_bytes(b"")  # within the cap: skipped, next file taken
     out = tmp_path / "cap.beton"
-    summary = convert_imagefolder(tmp_path / "tree", out, ConversionSettings(max_per_class=3, num_workers=2),
+    summary = convert_imagefolder(tmp_path / "tree", out,
+                                  ConversionSettings(max_per_class=3, num_workers=2, record_order="folder"),
                                   progress=False)
     assert summary.images == 6 and labels(open_beton(out)).tolist() == [0, 0, 0, 1, 1, 1]
     report = skipped_report_path(out).read_text()
@@ -133,7 +135,8 @@ def test_subset_is_exact_seeded_and_probes_lazily(tmp_path: Path) -> None:
     chosen = {}
     for name, seed in (("first", 5), ("again", 5), ("other", 6)):
         out = tmp_path / f"{name}.beton"
-        summary = convert_imagefolder(tmp_path / "tree", out, ConversionSettings(subset=12, seed=seed, num_workers=2),
+        summary = convert_imagefolder(tmp_path / "tree", out, ConversionSettings(subset=12, seed=seed, num_workers=2,
+                                                                                 record_order="folder"),
                                       progress=False)
         assert summary.images == 12
         meta = image_metadata(open_beton(out))
@@ -149,7 +152,8 @@ def test_smart_mode_needs_a_threshold_and_follows_it(tmp_path: Path) -> None:
     save(tmp_path / "tree" / "x" / "small.png", photo(20, 20, 1))
     save(tmp_path / "tree" / "x" / "large.png", photo(200, 200, 2))
     out = tmp_path / "smart.beton"
-    settings = ConversionSettings(write_mode="smart", smart_threshold=20 * 20 * 3 + 1, num_workers=1)
+    settings = ConversionSettings(write_mode="smart", smart_threshold=20 * 20 * 3 + 1, num_workers=1,
+                                  record_order="folder")
     convert_imagefolder(tmp_path / "tree", out, settings, progress=False)
     assert image_metadata(open_beton(out))["mode"].tolist() == [0, 1]  # large.png as JPEG, small.png raw
 
@@ -286,7 +290,8 @@ def test_inspect_of_a_foreign_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_imagenet_command_converts_train_then_val_with_its_class_map(demo_root: Path, tmp_path: Path) -> None:
-    result = run_cli("imagenet", str(demo_root), str(tmp_path / "out"), "--max-per-class", "2", "--workers", "2")
+    result = run_cli("imagenet", str(demo_root), str(tmp_path / "out"), "--max-per-class", "2", "--workers", "2",
+                     "--record-order", "shuffled", "--no-jpeg-passthrough")
     assert result.returncode == 0, result.stderr
     summaries = [line for line in result.stdout.splitlines() if line.startswith("wrote")]
     assert len(summaries) == 2 and all("classes" in line and "img/s" in line and "KiB per image" in line
@@ -294,6 +299,11 @@ def test_imagenet_command_converts_train_then_val_with_its_class_map(demo_root: 
     train, val = tmp_path / "out" / "train.beton", tmp_path / "out" / "val.beton"
     assert load_class_names(val) == load_class_names(train)
     assert json.loads(sidecar_path(val).read_text())["settings"]["max_per_class"] == 2
+    assert json.loads(sidecar_path(train).read_text())["settings"]["jpeg_passthrough"] is False
+    # train in a seeded random order, val in folder order (evaluation reads it all) even when shuffled is asked
+    assert [json.loads(sidecar_path(path).read_text())["record_order"] for path in (train, val)] == ["shuffled",
+                                                                                                    "folder"]
+    assert labels(open_beton(val)).tolist() == sorted(labels(open_beton(val)).tolist())
 
 
 def test_imagenet_command_checks_val_classes_before_converting_train(tmp_path: Path) -> None:

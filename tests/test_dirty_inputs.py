@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder, sidecar_path, skipped_report_path
+from ffcv_imagenet.conversion import (ConversionSettings, convert_imagefolder, read_index, sidecar_path,
+                                      skipped_report_path)
 from ffcv_imagenet.image_files import load_rgb, probe
 from ffcv_imagenet.inspection import image_metadata, labels, open_beton, read_image
 
@@ -139,9 +140,9 @@ def dirty(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"good": good, "bad": bad, "out": out, "summary": summary}
 
 
-def record_order(good: dict[str, Good]) -> list[str]:
-    """Records are written by class, then by file name within the class folder."""
-    return sorted(good, key=lambda name: (good[name].label, name))
+def record_order(dirty: dict) -> list[str]:
+    """File name of each record, from the .index (records are in a seeded random order)."""
+    return [Path(path).name for path, _, _ in read_index(dirty["out"])]
 
 
 def test_bad_files_are_skipped_listed_with_reasons_and_counted(dirty: dict) -> None:
@@ -162,7 +163,8 @@ def test_garbled_file_passes_the_probe_and_is_caught_in_the_writer(dirty: dict) 
 
 def test_good_files_become_records_with_their_labels(dirty: dict) -> None:
     reader = open_beton(dirty["out"])
-    order = record_order(dirty["good"])
+    order = record_order(dirty)
+    assert sorted(order) == sorted(dirty["good"])
     assert reader.num_samples == dirty["summary"].images == len(order)
     assert labels(reader).tolist() == [dirty["good"][name].label for name in order]
     assert json.loads(sidecar_path(dirty["out"]).read_text())["classes"] == ["class_a", "class_b"]
@@ -172,7 +174,7 @@ def test_every_record_holds_the_right_rgb_pixels(dirty: dict) -> None:
     reader = open_beton(dirty["out"])
     modes = image_metadata(reader)["mode"]
     assert {int(mode) for mode in modes} == {0, 1}, "the seed should store some records as JPEG and some raw"
-    for index, name in enumerate(record_order(dirty["good"])):
+    for index, name in enumerate(record_order(dirty)):
         source = dirty["good"][name]
         record = read_image(reader, index)
         expected = source.expected
@@ -190,7 +192,7 @@ def test_every_record_holds_the_right_rgb_pixels(dirty: dict) -> None:
 
 def test_large_photo_is_stored_at_max_resolution(dirty: dict) -> None:
     meta = image_metadata(open_beton(dirty["out"]))
-    index = record_order(dirty["good"]).index("large.jpg")
+    index = record_order(dirty).index("large.jpg")
     assert (int(meta["width"][index]), int(meta["height"][index])) == (MAX_RESOLUTION, MAX_RESOLUTION * 3 // 4)
 
 
