@@ -140,6 +140,8 @@ class LoggingConfig:
     progress: bool = _help("tqdm progress bar on rank 0", True)
     checkpoint_minutes: float = _help("also checkpoint inside an epoch every this many minutes; 0 = per epoch only",
                                       0.0)
+    checkpoint_every: int = _help("checkpoint at the end of every this many epochs (and the last); written "
+                                  "in the background from a host copy", 1)
 
 
 @dataclass
