@@ -104,7 +104,8 @@ def check_run_settings(config: Config, datasets: Datasets, world_size: int, devi
     if config.data.cache_mib <= 0:
         raise ConfigError(f"data.cache_mib: must be positive, got {config.data.cache_mib}")
     if config.logging.checkpoint_every < 1:
-        raise ConfigError(f"logging.checkpoint_every: must be at least 1 (epochs), got {config.logging.checkpoint_every}")
+        raise ConfigError(f"logging.checkpoint_every: must be at least 1 (epochs), got "
+                          f"{config.logging.checkpoint_every}")
     if config.logging.checkpoint_minutes < 0:
         raise ConfigError(f"logging.checkpoint_minutes: must be 0 (off) or positive, got "
                           f"{config.logging.checkpoint_minutes}")
