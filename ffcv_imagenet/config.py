@@ -239,6 +239,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         progress=Param(BOOL, "tqdm progress bar on rank 0", default=True),
         checkpoint_minutes=Param(NON_NEGATIVE, "also checkpoint inside an epoch every this many minutes; "
                                  "0 = per epoch only", default=0.0),
+        checkpoint_every=Param(POSITIVE_INT, "checkpoint at the end of every this many epochs (and the last); "
+                               "written in the background from a host copy", default=1),
         tensorboard=Param(BOOL, "also write the epoch records and per-step loss/LR as TensorBoard scalars to "
                           "RUN/tensorboard (rank 0; needs the tensorboard package)", default=False),
         tensorboard_every=Param(POSITIVE_INT, "with tensorboard: write the training loss and LR every this many "

@@ -2,7 +2,8 @@
 
 Images leave the loader as uint8 NCHW tensors (channels_last if asked) already
 on the training device: the host-to-device copy moves a quarter of the bytes of
-float32, and normalisation runs on the device (``normalize``).
+float32, and normalisation runs on the device (``normalize``). FFCV's loader
+thread is kept on the rank's GPU (``RankDeviceLoader``).
 
 The training loader is built once per crop mode and kept: a new epoch only
 sets the decoder's output size, its epoch seed and the loader's epoch counter,
@@ -11,7 +12,6 @@ batch buffers, which FFCV frees when the epoch ends.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,9 +22,13 @@ import torch.distributed as dist
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
+from ffcv.loader.epoch_iterator import EpochIterator
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from .decoders import FULL, REGION, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
+from .distributed import job_cores, ranks_on_node
 from .schedule import FIXRES, RRC, EpochPlan
 from .traversal import PageShuffleOrder, SkippableOrder, samples_by_page
 
@@ -44,12 +48,14 @@ def _decode_method(decoder: str) -> str:
     return DECODE_METHODS[decoder]
 
 
-def workers_per_rank(requested: int) -> int:
-    """``requested``, or with 0 this rank's share of the node's cores (torchrun sets LOCAL_WORLD_SIZE)."""
+def workers_per_rank(requested: int, cores: int | None = None, ranks: int | None = None) -> int:
+    """``requested``, or with 0 this rank's share of the job's cores less one, which stays free
+    for the rank's own thread (it launches the GPU work; a busy core delays every kernel launch)."""
     if requested > 0:
         return requested
-    ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (os.cpu_count() or 1) // ranks_on_node)
+    cores = job_cores() if cores is None else cores
+    ranks = ranks_on_node() if ranks is None else ranks
+    return max(1, cores // ranks - 1)
 
 
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -59,13 +65,76 @@ def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
     return (images.to(dtype) - mean) / std
 
 
-def _image_tail(device: torch.device, channels_last: bool) -> list:
-    return [ToTensor(), ToDevice(device, non_blocking=True),
-            ToTorchImage(channels_last=channels_last, convert_back_int16=False)]
+def _to_device(device: torch.device) -> list:
+    """The host-to-device copy, absent when the batch is used on the host (CPU training, the
+    profiler's host loader): a copy from host to host would only add work the real path lacks."""
+    return [] if device.type == "cpu" else [ToDevice(device, non_blocking=True)]
+
+
+def _image_tail(device: torch.device) -> list:
+    # Always FFCV's channels-last view: with channels_last=False FFCV's ToTorchImage copies the
+    # batch into a buffer allocated without a device, i.e. back onto the host. The NCHW layout
+    # is made on the device instead (``in_layout``).
+    return [ToTensor(), *_to_device(device), ToTorchImage(channels_last=True, convert_back_int16=False)]
+
+
+def in_layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A loader batch (a channels-last view) in the model's memory format, on its own device."""
+    return images if channels_last else images.contiguous()
 
 
 def _label_pipeline(device: torch.device) -> list:
-    return [IntDecoder(), ToTensor(), ToDevice(device, non_blocking=True)]
+    return [IntDecoder(), ToTensor(), *_to_device(device)]
+
+
+class RankDeviceEpochIterator(EpochIterator):
+    """FFCV's epoch thread, working on the device that was current where the epoch began.
+
+    CUDA's current device is per thread and starts at 0: FFCV's thread enters and leaves its
+    copy streams with ``torch.cuda.stream``, which reads and restores the thread's current
+    stream on device 0, so every rank would create a CUDA context (some 400 MiB) on GPU 0.
+    """
+
+    def __init__(self, loader: Loader, order: np.ndarray):
+        self.device_index = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+        super().__init__(loader, order)  # starts the thread
+
+    def run(self) -> None:
+        if self.device_index is not None:
+            torch.cuda.set_device(self.device_index)
+        super().run()
+
+
+class RankDeviceLoader(Loader):
+    """FFCV's Loader with ``RankDeviceEpochIterator`` as its epoch thread."""
+
+    def __iter__(self) -> RankDeviceEpochIterator:
+        # ffcv/loader/loader.py Loader.__iter__ (1.0.2), whose iterator class is not a parameter.
+        Compiler.set_num_threads(self.num_workers)
+        order = self.next_traversal_order()
+        selected_order = order[:len(self) * self.batch_size]
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        return RankDeviceEpochIterator(self, selected_order)
+
+
+def host_buffer_bytes(loader: Loader) -> int:
+    """Host memory FFCV allocates for one epoch's batch buffers: every allocation of the pipeline
+    without a device (decode outputs and scratch), for each of its ``batches_ahead + 2`` slots.
+    FFCV pins all of it when CUDA is available (ffcv/pipeline/allocation_query.py)."""
+    requirements, _ = loader.graph.collect_requirements()
+    queries = []
+    for by_node in requirements.values():
+        for allocation in by_node.values():
+            queries += [allocation] if isinstance(allocation, AllocationQuery) else list(allocation or ())
+    per_sample = sum(int(np.prod(q.shape)) * _itemsize(q.dtype)
+                     for q in queries if q.device is None or torch.device(q.device).type == "cpu")
+    return per_sample * loader.batch_size * (loader.batches_ahead + 2)
+
+
+def _itemsize(dtype: np.dtype | torch.dtype) -> int:
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else np.dtype(dtype).itemsize
 
 
 @dataclass
@@ -120,12 +189,12 @@ class TrainLoader:
         decoder = self._decoder_for(plan)
         settings = self.settings
         page_shuffle = self.order == "quasi_random"
-        loader = Loader(self.path, batch_size=settings.batch_size, num_workers=settings.num_workers,
-                        order=OrderOption.SEQUENTIAL if page_shuffle else OrderOption.RANDOM,
-                        os_cache=self.in_memory, distributed=self.distributed and not page_shuffle,
-                        seed=self.seed, drop_last=True,
-                        pipelines={"image": [decoder, *_image_tail(settings.device, settings.channels_last)],
-                                   "label": _label_pipeline(settings.device)})
+        loader = RankDeviceLoader(self.path, batch_size=settings.batch_size, num_workers=settings.num_workers,
+                                  order=OrderOption.SEQUENTIAL if page_shuffle else OrderOption.RANDOM,
+                                  os_cache=self.in_memory, distributed=self.distributed and not page_shuffle,
+                                  seed=self.seed, drop_last=True,
+                                  pipelines={"image": [decoder, *_image_tail(settings.device)],
+                                             "label": _label_pipeline(settings.device)})
         inner = self._page_shuffle(loader) if page_shuffle else loader.traversal_order
         loader.traversal_order = SkippableOrder(inner)
         loader.first_traversal_order = loader.next_traversal_order()  # FFCV sizes len() from it
@@ -155,6 +224,12 @@ class TrainLoader:
         # counter so a resumed run reads epoch e in the same order as an uninterrupted one.
         self._loader.next_epoch = plan.epoch
 
+    def host_buffer_bytes(self, plan: EpochPlan) -> int:
+        """Host memory FFCV allocates for ``plan``'s epoch (pinned on a GPU machine)."""
+        self.prepare(plan)
+        assert self._loader is not None
+        return host_buffer_bytes(self._loader)
+
     def epoch(self, plan: EpochPlan, skip_batches: int = 0) -> Iterator[Batch]:
         """The batches of ``plan``'s epoch after the first ``skip_batches``, which are not even read."""
         self.prepare(plan)
@@ -166,7 +241,7 @@ class TrainLoader:
         try:
             for images, labels in batches:
                 self._decoder.check_decoded(self.path)
-                yield images, labels.view(-1)
+                yield in_layout(images, self.settings.channels_last), labels.view(-1)
         finally:
             # An epoch left early (a stop signal, the profiler's timed windows) must stop FFCV's
             # decode thread: its thread object is never collected, so it would keep its batch buffers.
@@ -185,8 +260,9 @@ def val_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
 class ValLoader:
     """An FFCV val loader whose batches are checked for corrupt records before they are yielded."""
 
-    def __init__(self, loader: Loader, decoder: CenterCropDecoder | None, path: str):
+    def __init__(self, loader: Loader, decoder: CenterCropDecoder | None, path: str, channels_last: bool = True):
         self.loader, self.decoder, self.path = loader, decoder, path
+        self.channels_last = channels_last
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -197,7 +273,7 @@ class ValLoader:
             for images, labels in batches:
                 if self.decoder is not None:
                     self.decoder.check_decoded(self.path)
-                yield images, labels
+                yield in_layout(images, self.channels_last), labels
         finally:
             batches.close()  # stop FFCV's decode thread when the pass ends early (an error)
 
@@ -210,9 +286,9 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
     """
     ours = CenterCropDecoder((res, res), ratio=crop_ratio) if _decode_method(decoder) == REGION else None
     image_decoder = ours if ours is not None else CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
-    loader = Loader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
-                    order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
-                    indices=val_indices(num_samples, rank, world_size),
-                    pipelines={"image": [image_decoder, *_image_tail(settings.device, settings.channels_last)],
-                               "label": _label_pipeline(settings.device)})
-    return ValLoader(loader, ours, str(path))
+    loader = RankDeviceLoader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
+                              order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
+                              indices=val_indices(num_samples, rank, world_size),
+                              pipelines={"image": [image_decoder, *_image_tail(settings.device)],
+                                         "label": _label_pipeline(settings.device)})
+    return ValLoader(loader, ours, str(path), settings.channels_last)

@@ -11,10 +11,11 @@ checkpoint. (The fp16 grad scaler synchronises every step anyway.)
 """
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import psutil
 import torch
@@ -28,12 +29,12 @@ from .config import Config, ConfigError, to_dict
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
 from .evaluation import EvalResult, Evaluator, autocast_for, resolution_table
 from .fileio import atomic_path, check_writable_dir
-from .loaders import LoaderSettings, TrainLoader, normalize, workers_per_rank
+from .loaders import LoaderSettings, TrainLoader, host_buffer_bytes, normalize, workers_per_rank
 from .lr_schedule import lr_at, peak_lr
 from .model import build_model, load_torchvision_weights, torchvision_state_dict
 from .optimizers import backbone_frozen, build_optimizer
 from .preflight import Datasets, check_datasets, preflight  # noqa: F401 - check_datasets: Trainer's callers
-from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, apply_model_regularizers
+from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, apply_model_regularizers, seed_step_draws
 from .run_log import RunLog
 from .tensorboard_log import TensorBoardLog
 
@@ -119,7 +120,7 @@ class Trainer:
         self.epoch = 0  # next epoch to run
         self.step_in_epoch = 0  # batches of self.epoch already trained (a mid-epoch checkpoint)
 
-        torch.manual_seed(config.training.seed)
+        torch.manual_seed(config.training.seed)  # the same initial weights on every rank
         self.model = prepare_model(config, ctx, len(datasets.classes))
         self.ema = WeightAverage(self.model, config.ema) if config.ema.decay > 0 else None
         self.mixer = BatchMixer(config.augment, num_classes=len(datasets.classes))
@@ -132,15 +133,21 @@ class Trainer:
         self.loader_settings = LoaderSettings(batch_size=config.training.batch_size,
                                               num_workers=workers_per_rank(config.data.num_workers),
                                               device=ctx.device, channels_last=config.training.channels_last)
-        self.train_loader = TrainLoader(datasets.train_path, self.loader_settings, order=config.data.order,
-                                        in_memory=config.data.in_memory, distributed=ctx.distributed,
-                                        seed=config.training.seed, cache_mib=config.data.cache_mib,
-                                        fixres_crop_ratio=config.resolution.fixres_crop_ratio,
-                                        decoder=config.data.decoder)
+        self.train_loader = self.build_train_loader(ctx.device)
+        self.checkpoints = checkpointing.CheckpointWriter()
         self.last_save = time.monotonic()
         self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size)
         if resume_from is not None:
             self._resume(resume_from)
+
+    def build_train_loader(self, device: torch.device) -> TrainLoader:
+        """The recipe's training loader delivering to ``device`` (the profiler asks for one on the host)."""
+        config = self.config
+        settings = dataclasses.replace(self.loader_settings, device=device)
+        return TrainLoader(self.datasets.train_path, settings, order=config.data.order,
+                           in_memory=config.data.in_memory, distributed=self.ctx.distributed,
+                           seed=config.training.seed, cache_mib=config.data.cache_mib,
+                           fixres_crop_ratio=config.resolution.fixres_crop_ratio, decoder=config.data.decoder)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
@@ -157,11 +164,13 @@ class Trainer:
                 "world_size": self.ctx.world_size, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "rng": checkpointing.rng_states()}
+                "rng": checkpointing.rng_states(self.ctx.device)}
 
-    def save(self) -> None:
+    def save(self, then: Callable[[], None] | None = None) -> None:
+        """Rank 0 copies the state to the host and writes it in the background; ``then`` runs
+        once the file is in place (rank 0 only: only rank 0 logs)."""
         if self.ctx.is_main:
-            checkpointing.save_checkpoint(checkpointing.last_checkpoint_path(self.folder), self._state())
+            self.checkpoints.submit(checkpointing.last_checkpoint_path(self.folder), self._state(), then)
         barrier(self.ctx)
         self.last_save = time.monotonic()
 
@@ -173,7 +182,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        checkpointing.restore_rng_states(state["rng"])
+        checkpointing.restore_rng_states(state["rng"], self.ctx.device)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         ranks_note = ""
         if state["world_size"] != self.ctx.world_size:
@@ -245,9 +254,13 @@ class Trainer:
                 f"stopped, the last checkpoint in {self.folder} is kept; lower lr.lr_per_256 or use "
                 "training.precision=bf16/fp32", EXIT_DIVERGED)
 
-    def train_epoch(self, plan: schedule.EpochPlan) -> dict[str, Any]:
+    def enter_phase(self, plan: schedule.EpochPlan) -> None:
+        """Train mode, and batch augmentation only in the main phase (the profiler times steps this way too)."""
         self.train_model.train()
         self.augment_on = plan.crop_mode == schedule.RRC
+
+    def train_epoch(self, plan: schedule.EpochPlan) -> dict[str, Any]:
+        self.enter_phase(plan)
         self.train_loader.prepare(plan)
         steps = len(self.train_loader)
         start_step = self.step_in_epoch
@@ -261,6 +274,7 @@ class Trainer:
                 if first_shape is None:
                     first_shape = list(images.shape)
                 lr = self._set_lr(plan, step, steps)
+                seed_step_draws(self.config.training.seed, self.ctx.rank, plan.epoch, step, self.ctx.device)
                 loss, stop, checkpoint_due = self.train_step(images, labels)
                 self.log.train_step(plan.epoch * steps + step + 1, loss, lr)
                 if self.bad_steps == 0:
@@ -270,8 +284,8 @@ class Trainer:
                 progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
                 if stop or checkpoint_due:
                     self.step_in_epoch = step + 1
-                    self.save()
-                    self.log.record("event", event="checkpoint", epoch=plan.epoch, step_in_epoch=step + 1)
+                    self.save(then=lambda at=step + 1: self.log.record("event", event="checkpoint", epoch=plan.epoch,
+                                                                       step_in_epoch=at))
                 if stop:
                     raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after batch "
                                           f"{step + 1} of {steps}; run the same command to resume", EXIT_PREEMPTED)
@@ -292,8 +306,23 @@ class Trainer:
         self.log.say(resolution_table(rows, self.plans[-1].res))
         return rows
 
+    def _every(self, epoch: int, every: int) -> bool:
+        """Whether ``epoch`` ends a stretch of ``every`` epochs; the last epoch always does."""
+        return (epoch + 1) % every == 0 or epoch == self.epochs - 1
+
     def _evaluation_due(self, epoch: int) -> bool:
-        return (epoch + 1) % self.config.validation.every == 0 or epoch == self.epochs - 1
+        return self._every(epoch, self.config.validation.every)
+
+    def host_buffer_mib(self) -> dict[str, float]:
+        """Host memory FFCV allocates per epoch for its batch buffers, pinned on a GPU machine: the
+        training loader at its largest epoch of each crop mode, and one val pass (they run one at a time)."""
+        largest: dict[str, schedule.EpochPlan] = {}
+        for plan in self.plans:
+            if plan.res >= largest.get(plan.crop_mode, plan).res:
+                largest[plan.crop_mode] = plan
+        train = max(self.train_loader.host_buffer_bytes(plan) for plan in largest.values())
+        val = host_buffer_bytes(self.evaluator.loader(self.config.validation.resolution).loader)
+        return {"train": train / MIB, "val": val / MIB}
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -301,17 +330,22 @@ class Trainer:
         self.log.say(f"{self.config.model.arch} on {self.ctx.world_size} rank(s) ({self.ctx.device.type}), "
                      f"global batch {self.global_batch}, peak lr {peak_lr(self.config.lr, self.global_batch):.4g}, "
                      f"{self.train_loader.settings.num_workers} loader workers per rank")
+        buffers = self.host_buffer_mib()
+        self.log.say(f"FFCV batch buffers in host memory per rank (pinned on a GPU): training {buffers['train']:.0f} "
+                     f"MiB, validation {buffers['val']:.0f} MiB during a val pass")
         self.log.say(schedule.format_table(self.plans))
         options = regularizer_summary(self.config)
         self.log.say("options: " + (", ".join(f"{k} {v}" for k, v in options.items()) or "none"))
         self.log.record("start", world_size=self.ctx.world_size, global_batch=self.global_batch,
-                        peak_lr=peak_lr(self.config.lr, self.global_batch), options=options)
+                        peak_lr=peak_lr(self.config.lr, self.global_batch), options=options,
+                        host_buffers_mib=buffers)
         self.stop.install()
         try:
             while self.epoch < self.epochs:
                 self._run_epoch(self.plans[self.epoch])
         finally:
             self.stop.uninstall()
+            self.checkpoints.wait()  # a stop, an error or the end: the checkpoint is on disk before the exit
             self.log.close()
         self._save_final_weights()
         if self.config.validation.resolutions:
@@ -330,8 +364,13 @@ class Trainer:
                 record.update(ema_val_top1=averaged.top1, ema_val_top5=averaged.top5)
         record.update(memory_stats(self.ctx.device))
         self.epoch, self.step_in_epoch = plan.epoch + 1, 0
-        self.save()  # before the log line: the log never claims an epoch the checkpoint lacks
-        self.log.epoch(record, self.epochs)
+        record["checkpoint"] = self._every(plan.epoch, self.config.logging.checkpoint_every)
+        if record["checkpoint"]:
+            # Logged once the file is in place: the log never claims a checkpointed epoch the checkpoint lacks.
+            self.save(then=lambda: self.log.epoch(record, self.epochs))
+        else:
+            self.checkpoints.wait()  # the previous epoch's line first
+            self.log.epoch(record, self.epochs)
 
     def _save_final_weights(self) -> None:
         if self.ctx.is_main:

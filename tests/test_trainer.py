@@ -211,9 +211,11 @@ def test_bf16_autocast_on_cpu_trains(demo_betons: dict, tmp_path: Path) -> None:
 
 
 def test_two_ranks_page_shuffled_order_resume_equals_uninterrupted(demo_betons: dict, tmp_path: Path) -> None:
-    """Data larger than RAM under DDP: quasi_random order, process cache; SIGTERM to torchrun, then resume."""
+    """Data larger than RAM under DDP: quasi_random order, process cache; SIGTERM to torchrun, then resume.
+    Mixup and stochastic depth on: each rank's step draws (issue 17.3) repeat exactly after the resume."""
     larger_than_ram = {"data.order": "quasi_random", "data.in_memory": False, "data.cache_mib": 16,
-                       "training.epochs": 2, "resolution.fixres_epochs": 1}
+                       "training.epochs": 2, "resolution.fixres_epochs": 1, "augment.mixup_alpha": 0.4,
+                       "model.drop_path_rate": 0.2}
     straight = tmp_path / "straight"
     result = run(torchrun_command(tiny_overrides(demo_betons, straight, **larger_than_ram,
                                                  **{"logging.checkpoint_minutes": 0.0005}), nproc=2))
