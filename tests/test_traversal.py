@@ -1,4 +1,4 @@
-"""Page-grouped shuffling across ranks, on the real page layout of a real .beton."""
+"""Global orders cut into steps across ranks; page-grouped shuffling on the real page layout of a real .beton."""
 from __future__ import annotations
 
 
@@ -9,7 +9,7 @@ from ffcv.loader import Loader
 
 from ffcv_imagenet.loaders import LoaderSettings, TrainLoader
 from ffcv_imagenet.schedule import RRC, EpochPlan
-from ffcv_imagenet.traversal import PageShuffleOrder, SkippableOrder, samples_by_page
+from ffcv_imagenet.traversal import Order, PageShuffleOrder, RandomOrder, RankShare, samples_by_page
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,24 @@ def synthetic_pages(size: int, per_page: int) -> list[np.ndarray]:
     return [np.arange(start, min(start + per_page, size)) for start in range(0, size, per_page)]
 
 
+def shares(order: Order, world_size: int, epoch: int, batch_size: int = 1, start: int = 0) -> list[np.ndarray]:
+    """Each rank's samples of ``epoch`` from global position ``start``."""
+    result = []
+    for rank in range(world_size):
+        share = RankShare(order, rank=rank, world_size=world_size, batch_size=batch_size)
+        share.start = start
+        result.append(share.sample_order(epoch))
+    return result
+
+
 def orders(pages: list[np.ndarray], world_size: int, epoch: int, seed: int = 0, window: int = 2) -> list[np.ndarray]:
-    return [PageShuffleOrder(pages, seed=seed, rank=rank, world_size=world_size, window_pages=window)
-            .sample_order(epoch) for rank in range(world_size)]
+    return shares(PageShuffleOrder(pages, seed=seed, window_pages=window), world_size, epoch)
+
+
+def by_step(rank_shares: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """The ranks' batches put back together step by step: what the ranks trained, in global order."""
+    stacked = np.stack([share.reshape(-1, batch_size) for share in rank_shares], axis=1)  # (steps, ranks, batch)
+    return stacked.reshape(-1)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -63,12 +78,45 @@ def test_window_bounds_the_pages_in_flight() -> None:
     assert not np.array_equal(np.sort(share[:window * per_page]), share[:window * per_page])  # shuffled inside
 
 
-def test_skippable_order_skips_once() -> None:
-    order = SkippableOrder(PageShuffleOrder(synthetic_pages(100, 10), seed=0, rank=0, world_size=1, window_pages=2))
+def test_rank_share_starts_late_once() -> None:
+    order = RankShare(PageShuffleOrder(synthetic_pages(100, 10), seed=0, window_pages=2), rank=0, world_size=1,
+                      batch_size=10)
     full = order.sample_order(4)
-    order.skip = 30
+    order.start = 30
     assert np.array_equal(order.sample_order(4), full[30:])
     assert np.array_equal(order.sample_order(4), full)  # the next epoch starts from its beginning
+
+
+def global_orders() -> dict[str, Order]:
+    return {"random": RandomOrder(np.arange(143), seed=5),
+            "quasi_random": PageShuffleOrder(synthetic_pages(143, 13), seed=5, window_pages=3)}
+
+
+@pytest.mark.parametrize("name", ["random", "quasi_random"])
+def test_global_order_is_the_same_for_any_rank_count_and_new_each_epoch(name: str) -> None:
+    order, batch = global_orders()[name], 4
+    for epoch in (0, 1):
+        whole = order.sample_order(epoch)
+        assert np.array_equal(np.sort(whole), np.arange(143))  # a permutation of the set
+        for world_size in (1, 2, 3):
+            trained = by_step(shares(order, world_size, epoch, batch), batch)
+            # step k is global positions [k*W*B, (k+1)*W*B): all but the last 143 % (W*B)
+            assert np.array_equal(trained, whole[:143 - 143 % (world_size * batch)])
+    assert not np.array_equal(order.sample_order(0), order.sample_order(1))
+
+
+@pytest.mark.parametrize("name", ["random", "quasi_random"])
+@pytest.mark.parametrize("before,after", [(2, 3), (2, 1), (3, 2), (1, 3)])
+def test_resume_on_another_rank_count_trains_every_sample_once(name: str, before: int, after: int) -> None:
+    order, batch, epoch = global_orders()[name], 4, 2
+    steps_done = 5
+    interrupted = by_step(shares(order, before, epoch, batch), batch)[:steps_done * before * batch]
+    resumed = by_step(shares(order, after, epoch, batch, start=len(interrupted)), batch)
+    trained = np.concatenate([interrupted, resumed])
+    assert len(np.unique(trained)) == len(trained)  # nothing twice
+    left_out = 143 - len(trained)
+    assert 0 <= left_out < after * batch  # only the remainder, less than one new global batch
+    assert np.array_equal(trained, order.sample_order(epoch)[:len(trained)])  # the epoch's own order, unbroken
 
 
 def test_quasi_random_loader_reads_everything_through_a_bounded_cache(demo_betons: dict) -> None:
