@@ -256,7 +256,7 @@ class Trainer:
 
     def _say_resumed(self, path: Path, saved_world_size: int) -> None:
         """Where the run continues; with another rank count, what changes and what is left out."""
-        size, position = self.datasets.train_size, self.samples_in_epoch
+        size, position = int(self.datasets.train_size), self.samples_in_epoch
         # The epoch's global order does not depend on the rank count: it goes on from the same sample.
         left_out = (size - position) % self.global_batch
         note = ""
