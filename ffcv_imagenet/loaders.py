@@ -177,6 +177,7 @@ class TrainLoader:
         self.prepare(plan)
         assert self._loader is not None and self._decoder is not None
         if self.steps_from(start_sample) == 0:
+            self.process_cache_bytes = 0
             return  # what is left is less than one global batch: nothing to read
         self._loader.traversal_order.start = start_sample
         batches = iter(self._loader)

@@ -60,3 +60,4 @@ def test_skipping_resumes_mid_epoch_on_the_same_batches(train_loader: TrainLoade
     rest = [images.clone() for images, _ in train_loader.epoch(plan, start_sample=3 * 16)]  # 3 batches of 16
     assert len(rest) == len(full) - 3
     assert all(torch.equal(a, b) for a, b in zip(full[3:], rest))
+    assert list(train_loader.epoch(plan, start_sample=144 - 15)) == []  # less than one batch left: nothing
