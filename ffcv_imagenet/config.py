@@ -37,8 +37,8 @@ class DataConfig:
     num_workers: int = _help("decode threads per rank; 0 = this rank's share of the cores", 0)
     in_memory: bool = _help("the dataset fits in RAM (OS page cache); else use order: quasi_random", True)
     order: str = _help("train traversal: random | quasi_random (page-grouped, for data larger than RAM)", "random")
-    cache_mib: int = _help("quasi_random with in_memory false: process cache per rank in MiB; "
-                           "bounds the shuffle window (half of it, in pages)", 4096)
+    cache_mib: int = _help("quasi_random with in_memory false: process cache of all ranks together in MiB "
+                           "(about cache_mib / ranks each); the window is half of it, in pages", 4096)
     decoder: str = _help("JPEG decode: fast (window first; only its region, at the largest IDCT downscale "
                          "that serves) | stock (FFCV's full-size decode; same seeded windows)", "fast")
 

@@ -83,7 +83,8 @@ class TrainLoader:
 
     ``order`` is 'random' (the dataset sits in the page cache: a permutation of
     the whole set) or 'quasi_random' (it does not: traversal.PageShuffleOrder,
-    pages read whole through a process cache of about ``cache_mib`` per rank).
+    pages read whole through a process cache of about ``cache_mib`` over all
+    ranks, each rank reading its band of every window).
     Either is one global order per epoch, cut into steps across the ranks by
     traversal.RankShare, so a run can resume inside an epoch on another number
     of ranks. Like FFCV's own loader, ``distributed`` takes the rank and rank
@@ -139,7 +140,8 @@ class TrainLoader:
         return (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
 
     def _page_shuffle(self, loader: Loader) -> PageShuffleOrder:
-        # At a window boundary the cache holds the end of one window and the start of the next.
+        # At a window boundary the caches hold the end of one window and the start of the next
+        # (each rank its band of both): the order must not depend on the rank count, so neither may the window.
         window_pages = max(1, self.cache_mib * MIB // loader.reader.page_size // 2)
         return PageShuffleOrder(samples_by_page(loader.memory_manager.page_to_samples, loader.indices),
                                 seed=self.seed, window_pages=window_pages)
