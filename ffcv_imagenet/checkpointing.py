@@ -1,7 +1,8 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically by rank 0.
 
 A checkpoint holds the model, optimizer and grad-scaler states, the position
-(``epoch`` to run next and ``step_in_epoch`` batches of it already trained),
+(``epoch`` to run next and ``samples_in_epoch``, the global samples of it
+already trained, so that any number of ranks can continue from there),
 the resolved recipe and the RNG states. It is written under a temporary name
 and renamed, so a preemption during the write leaves the previous checkpoint.
 ``CheckpointWriter`` copies the state to host memory and writes it on a

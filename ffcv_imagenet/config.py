@@ -139,8 +139,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         order=Param(choice("random", "quasi_random"),
                     "train traversal: random | quasi_random (page-grouped, for data larger than RAM)",
                     default="random"),
-        cache_mib=Param(POSITIVE_INT, "quasi_random with in_memory false: process cache per rank in MiB; "
-                        "bounds the shuffle window (half of it, in pages)", default=4096),
+        cache_mib=Param(POSITIVE_INT, "quasi_random with in_memory false: process cache of all ranks together "
+                        "in MiB (about cache_mib / ranks each); the window is half of it, in pages", default=4096),
         decoder=Param(choice("fast", "stock"), "JPEG decode: fast (window first; only its region, at the "
                       "largest IDCT downscale that serves) | stock (FFCV's full-size decode; same seeded "
                       "windows)", default="fast"),

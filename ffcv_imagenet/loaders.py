@@ -30,7 +30,7 @@ from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 from .decoders import FULL, REGION, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
 from .distributed import job_cores, ranks_on_node
 from .schedule import FIXRES, RRC, EpochPlan
-from .traversal import PageShuffleOrder, SkippableOrder, samples_by_page
+from .traversal import PageShuffleOrder, RandomOrder, RankShare, samples_by_page, steps_from
 
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -150,11 +150,14 @@ class LoaderSettings:
 class TrainLoader:
     """The training set, one epoch at a time, at the epoch's resolution and crop mode.
 
-    ``order`` is 'random' (the dataset sits in the page cache: FFCV's random
-    permutation, split across ranks like DistributedSampler) or 'quasi_random'
-    (it does not: traversal.PageShuffleOrder, whole pages read in a row through
-    a process cache of about ``cache_mib`` per rank). Like FFCV's own loader,
-    ``distributed`` takes the rank and rank count from torch.distributed.
+    ``order`` is 'random' (the dataset sits in the page cache: a permutation of
+    the whole set) or 'quasi_random' (it does not: traversal.PageShuffleOrder,
+    pages read whole through a process cache of about ``cache_mib`` over all
+    ranks, each rank reading its band of every window).
+    Either is one global order per epoch, cut into steps across the ranks by
+    traversal.RankShare, so a run can resume inside an epoch on another number
+    of ranks. Like FFCV's own loader, ``distributed`` takes the rank and rank
+    count from torch.distributed.
     ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode).
     A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
     """
@@ -188,30 +191,45 @@ class TrainLoader:
         """A loader for a crop mode, compiled on its first epoch and kept: a schedule has at most two."""
         decoder = self._decoder_for(plan)
         settings = self.settings
-        page_shuffle = self.order == "quasi_random"
+        # FFCV's own orders depend on the rank count (DistributedSampler); ours do not, so FFCV
+        # reads in the order given (sequential) and never shards.
         loader = RankDeviceLoader(self.path, batch_size=settings.batch_size, num_workers=settings.num_workers,
-                                  order=OrderOption.SEQUENTIAL if page_shuffle else OrderOption.RANDOM,
-                                  os_cache=self.in_memory, distributed=self.distributed and not page_shuffle,
+                                  order=OrderOption.SEQUENTIAL, os_cache=self.in_memory, distributed=False,
                                   seed=self.seed, drop_last=True,
                                   pipelines={"image": [decoder, *_image_tail(settings.device)],
                                              "label": _label_pipeline(settings.device)})
-        inner = self._page_shuffle(loader) if page_shuffle else loader.traversal_order
-        loader.traversal_order = SkippableOrder(inner)
+        inner = (self._page_shuffle(loader) if self.order == "quasi_random"
+                 else RandomOrder(loader.indices, seed=self.seed))
+        rank, world_size = self.rank_and_world_size()
+        loader.traversal_order = RankShare(inner, rank=rank, world_size=world_size, batch_size=settings.batch_size)
         loader.first_traversal_order = loader.next_traversal_order()  # FFCV sizes len() from it
         return loader, decoder
 
+    def rank_and_world_size(self) -> tuple[int, int]:
+        return (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
+
     def _page_shuffle(self, loader: Loader) -> PageShuffleOrder:
-        rank, world_size = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
-        # At a window boundary the cache holds the end of one window and the start of the next.
+        # At a window boundary the caches hold the end of one window and the start of the next
+        # (each rank its band of both): the order must not depend on the rank count, so neither may the window.
         window_pages = max(1, self.cache_mib * MIB // loader.reader.page_size // 2)
         return PageShuffleOrder(samples_by_page(loader.memory_manager.page_to_samples, loader.indices),
-                                seed=self.seed, rank=rank, world_size=world_size, window_pages=window_pages)
+                                seed=self.seed, window_pages=window_pages)
 
     def __len__(self) -> int:
-        """Batches per epoch on this rank (the last partial batch is dropped)."""
+        """Batches per epoch on this rank (the last partial global batch is dropped)."""
+        return self.steps_from(0)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the training set: one epoch's global order."""
         if self._loader is None:
             raise RuntimeError("call epoch() first: the loader is built for an epoch's plan")
-        return len(self._loader)
+        return len(self._loader.indices)
+
+    def steps_from(self, start_sample: int) -> int:
+        """Steps of an epoch run from global position ``start_sample``."""
+        _, world_size = self.rank_and_world_size()
+        return steps_from(self.num_samples, start_sample, world_size * self.settings.batch_size)
 
     def prepare(self, plan: EpochPlan) -> None:
         """Set up ``plan``'s epoch without starting it (so len() is known)."""
@@ -220,8 +238,8 @@ class TrainLoader:
         self._loader, self._decoder = self._built[plan.crop_mode]
         self._decoder.output_size = (plan.res, plan.res)
         self._decoder.set_epoch(self.seed, plan.epoch)
-        # FFCV's permutation for an epoch is seeded by (seed + epoch counter): set the
-        # counter so a resumed run reads epoch e in the same order as an uninterrupted one.
+        # The order is drawn for FFCV's epoch counter: set it so a resumed run reads
+        # epoch e in the same order as an uninterrupted one.
         self._loader.next_epoch = plan.epoch
 
     def host_buffer_bytes(self, plan: EpochPlan) -> int:
@@ -230,11 +248,15 @@ class TrainLoader:
         assert self._loader is not None
         return host_buffer_bytes(self._loader)
 
-    def epoch(self, plan: EpochPlan, skip_batches: int = 0) -> Iterator[Batch]:
-        """The batches of ``plan``'s epoch after the first ``skip_batches``, which are not even read."""
+    def epoch(self, plan: EpochPlan, start_sample: int = 0) -> Iterator[Batch]:
+        """This rank's batches of ``plan``'s epoch from global position ``start_sample`` on
+        (the samples before it are not even read), full global batches only."""
         self.prepare(plan)
         assert self._loader is not None and self._decoder is not None
-        self._loader.traversal_order.skip = skip_batches * self.settings.batch_size
+        if self.steps_from(start_sample) == 0:
+            self.process_cache_bytes = 0
+            return  # what is left is less than one global batch: nothing to read
+        self._loader.traversal_order.start = start_sample
         batches = iter(self._loader)
         cache = getattr(batches.memory_context, "memory", None)  # FFCV's process cache, if in use
         self.process_cache_bytes = cache.nbytes if cache is not None else 0

@@ -35,7 +35,7 @@ from .model import build_model, load_torchvision_weights, torchvision_state_dict
 from .optimizers import backbone_frozen, build_optimizer
 from .preflight import Datasets, check_datasets, preflight  # noqa: F401 - check_datasets: Trainer's callers
 from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, apply_model_regularizers, seed_step_draws
-from .run_log import RunLog
+from .run_log import RunLog, SampleLog
 from .tensorboard_log import TensorBoardLog
 
 FINAL_WEIGHTS = "final_weights.pt"
@@ -118,7 +118,7 @@ class Trainer:
         self.stop = StopRequest()
         self.bad_steps = 0
         self.epoch = 0  # next epoch to run
-        self.step_in_epoch = 0  # batches of self.epoch already trained (a mid-epoch checkpoint)
+        self.samples_in_epoch = 0  # global samples of self.epoch already trained (a mid-epoch checkpoint)
 
         torch.manual_seed(config.training.seed)  # the same initial weights on every rank
         self.model = prepare_model(config, ctx, len(datasets.classes))
@@ -160,7 +160,7 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
-        return {"recipe": to_dict(self.config), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+        return {"recipe": to_dict(self.config), "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
                 "world_size": self.ctx.world_size, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -183,21 +183,29 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         checkpointing.restore_rng_states(state["rng"], self.ctx.device)
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        ranks_note = ""
-        if state["world_size"] != self.ctx.world_size:
-            ranks_note = f" (saved with {state['world_size']} ranks, now {self.ctx.world_size}: global batch changes"
-            if self.step_in_epoch:
-                # Another rank count shards the epoch differently: "batch k" no longer names the same images.
-                self.step_in_epoch = 0
-                ranks_note += "; the interrupted epoch restarts from its first batch"
-            ranks_note += ")"
-        self.log.say(f"resumed from {path} at epoch {self.epoch}, batch {self.step_in_epoch}{ranks_note}")
+        # A checkpoint from before sample positions (it has step_in_epoch) restarts its epoch: its order was another.
+        self.epoch, self.samples_in_epoch = state["epoch"], state.get("samples_in_epoch", 0)
+        self._say_resumed(path, saved_world_size=state["world_size"])
+
+    def _say_resumed(self, path: Path, saved_world_size: int) -> None:
+        """Where the run continues; with another rank count, what changes and what is left out."""
+        size, position = int(self.datasets.train_size), self.samples_in_epoch
+        # The epoch's global order does not depend on the rank count: it goes on from the same sample.
+        left_out = (size - position) % self.global_batch
+        note = ""
+        if saved_world_size != self.ctx.world_size:
+            note = (f" (saved with {saved_world_size} ranks, now {self.ctx.world_size}: global batch "
+                    f"{self.global_batch} and the LR follow; this epoch's last {left_out} samples, less than "
+                    "one global batch, are left out)")
+        self.log.say(f"resumed from {path} at epoch {self.epoch}, sample {position} of {size}{note}")
         self.log.record("event", event="resumed", checkpoint=str(path), epoch=self.epoch,
-                        step_in_epoch=self.step_in_epoch, world_size=self.ctx.world_size)
+                        samples_in_epoch=position, saved_world_size=saved_world_size,
+                        world_size=self.ctx.world_size, samples_left_out=left_out)
 
     # ------------------------------------------------------------ one epoch
-    def _set_lr(self, plan: schedule.EpochPlan, step: int, steps_per_epoch: int) -> float:
+    def _set_lr(self, plan: schedule.EpochPlan, position: int, steps_per_epoch: int) -> float:
+        # In steps of this rank count: after a resume on another one, the epoch's sample position decides.
+        step = position / self.global_batch
         lr = lr_at(self.config.lr, self.epochs, self.global_batch, plan.epoch, step, steps_per_epoch)
         # A frozen group gets LR 0 rather than requires_grad=False: DDP expects the same
         # gradients every step, and an LR of 0 with no decay leaves the weights exactly as they are.
@@ -263,19 +271,24 @@ class Trainer:
         self.enter_phase(plan)
         self.train_loader.prepare(plan)
         steps = len(self.train_loader)
-        start_step = self.step_in_epoch
-        progress = tqdm(total=(steps - start_step) * self.global_batch, unit="img", unit_scale=True,
+        start = self.samples_in_epoch
+        progress = tqdm(total=self.train_loader.steps_from(start) * self.global_batch, unit="img", unit_scale=True,
                         desc=f"epoch {plan.epoch} (of 0-{self.epochs - 1}) res {plan.res}", leave=False,
                         disable=not (self.ctx.is_main and self.config.logging.progress), dynamic_ncols=True)
         loss_sum, finite_steps, first_shape, lr = 0.0, 0, None, 0.0
+        sample_log = SampleLog.from_env(self.ctx.rank)
         started = time.perf_counter()
         with progress:
-            for step, (images, labels) in enumerate(self.train_loader.epoch(plan, start_step), start=start_step):
+            done = start  # global samples of the epoch trained so far
+            for images, labels in self.train_loader.epoch(plan, start):
+                position, done = done, done + self.global_batch
                 if first_shape is None:
                     first_shape = list(images.shape)
-                lr = self._set_lr(plan, step, steps)
+                lr = self._set_lr(plan, position, steps)
+                step = position // self.global_batch
                 seed_step_draws(self.config.training.seed, self.ctx.rank, plan.epoch, step, self.ctx.device)
                 loss, stop, checkpoint_due = self.train_step(images, labels)
+                sample_log.write(plan.epoch, labels)
                 self.log.train_step(plan.epoch * steps + step + 1, loss, lr)
                 if self.bad_steps == 0:
                     loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
@@ -283,14 +296,15 @@ class Trainer:
                 progress.update(self.global_batch)
                 progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
                 if stop or checkpoint_due:
-                    self.step_in_epoch = step + 1
-                    self.save(then=lambda at=step + 1: self.log.record("event", event="checkpoint", epoch=plan.epoch,
-                                                                       step_in_epoch=at))
+                    self.samples_in_epoch = done
+                    self.save(then=lambda at=done: self.log.record("event", event="checkpoint", epoch=plan.epoch,
+                                                                   samples_in_epoch=at))
                 if stop:
-                    raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after batch "
-                                          f"{step + 1} of {steps}; run the same command to resume", EXIT_PREEMPTED)
+                    raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after sample "
+                                          f"{done} of {self.datasets.train_size}; run the same command to resume "
+                                          "(on any number of ranks)", EXIT_PREEMPTED)
         seconds = time.perf_counter() - started
-        images_seen = (steps - start_step) * self.global_batch
+        images_seen = done - start
         return {"epoch": plan.epoch, "res": plan.res, "crop_mode": plan.crop_mode, "first_batch_shape": first_shape,
                 "lr": lr, "train_loss": loss_sum / max(1, finite_steps), "steps": steps,
                 "process_cache_mib": self.train_loader.process_cache_bytes / MIB,
@@ -363,7 +377,7 @@ class Trainer:
                 averaged = self.evaluate(model=self.ema.module)
                 record.update(ema_val_top1=averaged.top1, ema_val_top5=averaged.top5)
         record.update(memory_stats(self.ctx.device))
-        self.epoch, self.step_in_epoch = plan.epoch + 1, 0
+        self.epoch, self.samples_in_epoch = plan.epoch + 1, 0
         record["checkpoint"] = self._every(plan.epoch, self.config.logging.checkpoint_every)
         if record["checkpoint"]:
             # Logged once the file is in place: the log never claims a checkpointed epoch the checkpoint lacks.

@@ -67,9 +67,10 @@ def test_host_memory_stays_flat_over_alternating_epochs(train_loader: TrainLoade
 def test_skipping_resumes_mid_epoch_on_the_same_batches(train_loader: TrainLoader) -> None:
     plan = EpochPlan(7, 48, RRC)
     full = [images.clone() for images, _ in train_loader.epoch(plan)]
-    rest = [images.clone() for images, _ in train_loader.epoch(plan, skip_batches=3)]
+    rest = [images.clone() for images, _ in train_loader.epoch(plan, start_sample=3 * 16)]  # 3 batches of 16
     assert len(rest) == len(full) - 3
     assert all(torch.equal(a, b) for a, b in zip(full[3:], rest))
+    assert list(train_loader.epoch(plan, start_sample=144 - 15)) == []  # less than one batch left: nothing
 
 
 @pytest.mark.parametrize("device", [torch.device("cuda", 1), torch.device("cpu")])
