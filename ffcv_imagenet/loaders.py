@@ -11,6 +11,7 @@ batch buffers, which FFCV frees when the epoch ends.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,20 @@ def workers_per_rank(requested: int) -> int:
     return max(1, (os.cpu_count() or 1) // ranks_on_node)
 
 
+@functools.lru_cache(maxsize=None)
+def _mean_and_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Built once per (device, dtype): building them per batch copies from pageable host memory,
+    which on a GPU waits for all queued work (a synchronisation per call)."""
+    mean = torch.tensor(IMAGENET_MEAN_255, dtype=dtype).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(IMAGENET_STD_255, dtype=dtype).view(1, 3, 1, 1).to(device)
+    return mean, std
+
+
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 images on the device -> ``(x - mean) / std`` in ``dtype``, memory format kept."""
-    mean = torch.tensor(IMAGENET_MEAN_255, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD_255, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    return (images.to(dtype) - mean) / std
+    mean, std = _mean_and_std(images.device, dtype)
+    # copy=True: the in-place steps below must never write into the caller's (FFCV's) buffer
+    return images.to(dtype, copy=True).sub_(mean).div_(std)
 
 
 def _image_tail(device: torch.device, channels_last: bool) -> list:
