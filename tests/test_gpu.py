@@ -67,7 +67,8 @@ def case_overrides(betons: dict, folder: Path, case: Case, precision: str, **ext
 
 def build_trainer(betons: dict, folder: Path, case: Case, precision: str, resume_from: Path | None = None) -> Trainer:
     config = load_config(DEMO_RECIPE, case_overrides(betons, folder, case, precision))
-    ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device(case.device))
+    device = torch.device("cuda", 0) if case.device == "cuda" else torch.device("cpu")  # as init_distributed
+    ctx = DistContext(rank=0, local_rank=0, world_size=1, device=device)
     datasets = check_datasets(config)
     check_run_settings(config, datasets, ctx.world_size, ctx.device)
     return Trainer(config, ctx, datasets, resume_from)
