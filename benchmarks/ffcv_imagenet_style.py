@@ -39,9 +39,10 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 from torch import nn
 
+from ffcv_imagenet.beton_format import load_class_names
+from ffcv_imagenet.cli import split_overrides
 from ffcv_imagenet.config import Config, load_config
-from ffcv_imagenet.conversion import load_class_names
-from ffcv_imagenet.distributed import DistConfig, resolve_device
+from ffcv_imagenet.distributed import resolve_device
 from ffcv_imagenet.evaluation import autocast_for
 from ffcv_imagenet.fileio import atomic_write_text
 from ffcv_imagenet.loaders import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize, workers_per_rank
@@ -49,7 +50,6 @@ from ffcv_imagenet.model import build_model
 from ffcv_imagenet.optimizers import build_optimizer
 from ffcv_imagenet.profiling import (DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, LOADER, MODEL,
                                      ProfileSettings, Rate, rates_in_turns)
-from ffcv_imagenet.train_cli import split_overrides
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LR = 0.0  # as in the profile: the same arithmetic as training, weights unchanged, nothing can diverge
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, metavar="PATH.json")
     args, overrides = split_overrides(parser, sys.argv[1:] if argv is None else argv)
     config = load_config(args.config, overrides)
-    device = resolve_device(DistConfig(device=config.dist.device), local_rank=0)
+    device = resolve_device(config.dist, local_rank=0)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # ffcv-imagenet sets it
     settings = ProfileSettings(args.warmup_steps, args.steps, args.repeats)

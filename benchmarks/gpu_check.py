@@ -118,7 +118,8 @@ def prepare_data(data: Path, sizes: Sizes, workers: int) -> dict:
     stamp.write_text(json.dumps(wanted))
     return {"beton": str(beton), "reused": False, **wanted, "generate_seconds": generated - started,
             "convert_seconds": time.perf_counter() - generated, "write_mode": settings.write_mode,
-            "compress_probability": settings.compress_probability, "jpeg_quality": settings.jpeg_quality}
+            "compress_probability": settings.compress_probability, "jpeg_quality": settings.jpeg_quality,
+            "jpeg_passthrough": settings.jpeg_passthrough}
 
 
 # ---------------------------------------------------------------- phases

@@ -25,7 +25,8 @@ from ffcv_imagenet.config import load_config
 from ffcv_imagenet.distributed import DistContext
 from ffcv_imagenet.loaders import normalize
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan
-from ffcv_imagenet.trainer import Trainer, check_datasets, check_run_settings, memory_stats
+from ffcv_imagenet.preflight import preflight
+from ffcv_imagenet.trainer import Trainer, memory_stats
 from helpers import DEMO_RECIPE, epoch_records, explain, run, tiny_overrides, torchrun_command
 
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -69,9 +70,7 @@ def build_trainer(betons: dict, folder: Path, case: Case, precision: str, resume
     config = load_config(DEMO_RECIPE, case_overrides(betons, folder, case, precision))
     device = torch.device("cuda", 0) if case.device == "cuda" else torch.device("cpu")  # as init_distributed
     ctx = DistContext(rank=0, local_rank=0, world_size=1, device=device)
-    datasets = check_datasets(config)
-    check_run_settings(config, datasets, ctx.world_size, ctx.device)
-    return Trainer(config, ctx, datasets, resume_from)
+    return Trainer(config, ctx, preflight(config, ctx), resume_from)
 
 
 @pytest.fixture(scope="module")
