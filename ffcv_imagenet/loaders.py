@@ -11,6 +11,7 @@ batch buffers, which FFCV frees when the epoch ends.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import os
 from dataclasses import dataclass
@@ -67,6 +68,29 @@ def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
     mean, std = _mean_and_std(images.device, dtype)
     # copy=True: the in-place steps below must never write into the caller's (FFCV's) buffer
     return images.to(dtype, copy=True).sub_(mean).div_(std)
+
+
+class PinnedBufferGuard:
+    """Once per batch, waits for the device work queued ``lag`` batches back (a no-op off CUDA).
+
+    FFCV rewrites a pinned host buffer without waiting for its pending copy to the GPU (GPU-NOTES),
+    so a consumer that never synchronises could let the device fall far enough behind for a copy to
+    read a refilled buffer. The training step synchronises every batch anyway; evaluation does not.
+    """
+
+    def __init__(self, device: torch.device, lag: int = 2):
+        self.enabled = device.type == "cuda"
+        self.lag = lag
+        self.pending: collections.deque = collections.deque()
+
+    def after_batch(self) -> None:
+        if not self.enabled:
+            return
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append(event)
+        if len(self.pending) > self.lag:
+            self.pending.popleft().synchronize()
 
 
 def _image_tail(device: torch.device, channels_last: bool) -> list:
