@@ -12,6 +12,8 @@ batch buffers, which FFCV frees when the epoch ends.
 """
 from __future__ import annotations
 
+import collections
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -58,11 +60,43 @@ def workers_per_rank(requested: int, cores: int | None = None, ranks: int | None
     return max(1, cores // ranks - 1)
 
 
+@functools.lru_cache(maxsize=None)
+def _mean_and_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Built once per (device, dtype): building them per batch copies from pageable host memory,
+    which on a GPU waits for all queued work (a synchronisation per call)."""
+    mean = torch.tensor(IMAGENET_MEAN_255, dtype=dtype).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(IMAGENET_STD_255, dtype=dtype).view(1, 3, 1, 1).to(device)
+    return mean, std
+
+
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 images on the device -> ``(x - mean) / std`` in ``dtype``, memory format kept."""
-    mean = torch.tensor(IMAGENET_MEAN_255, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD_255, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    return (images.to(dtype) - mean) / std
+    mean, std = _mean_and_std(images.device, dtype)
+    # copy=True: the in-place steps below must never write into the caller's (FFCV's) buffer
+    return images.to(dtype, copy=True).sub_(mean).div_(std)
+
+
+class PinnedBufferGuard:
+    """Once per batch, waits for the device work queued ``lag`` batches back (a no-op off CUDA).
+
+    FFCV rewrites a pinned host buffer without waiting for its pending copy to the GPU (GPU-NOTES),
+    so a consumer that never synchronises could let the device fall far enough behind for a copy to
+    read a refilled buffer. The training step synchronises every batch anyway; evaluation does not.
+    """
+
+    def __init__(self, device: torch.device, lag: int = 2):
+        self.enabled = device.type == "cuda"
+        self.lag = lag
+        self.pending: collections.deque = collections.deque()
+
+    def after_batch(self) -> None:
+        if not self.enabled:
+            return
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append(event)
+        if len(self.pending) > self.lag:
+            self.pending.popleft().synchronize()
 
 
 def _to_device(device: torch.device) -> list:

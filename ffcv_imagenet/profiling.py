@@ -182,6 +182,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_window(step: Callable[[], object], settings: ProfileSettings, device: torch.device) -> float:
+    """Seconds for ``settings.steps`` calls of ``step``, after ``settings.warmup_steps`` untimed ones."""
+    for _ in range(settings.warmup_steps):
+        step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(settings.steps):
+        step()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def rates_in_turns(steps: dict[str, Callable[[], object]], settings: ProfileSettings, device: torch.device,
+                   images_per_step: int) -> dict[str, Rate]:
+    """Each step's img/s over ``settings.repeats`` windows, the figures taking turns (a busy spell slows
+    them alike); for side-by-side figures outside the profile command (benchmarks/gpu_check.py)."""
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(settings.repeats):
+        for name, step in steps.items():
+            seconds[name].append(timed_window(step, settings, device))
+    return {name: Rate.from_seconds(runs, settings.steps * images_per_step) for name, runs in seconds.items()}
+
+
 @contextlib.contextmanager
 def batch_stream(loader: TrainLoader, res: int, crop_mode: str) -> Iterator[Iterator[Batch]]:
     """Batches at (res, crop_mode) through consecutive epochs; the open epoch is closed on exit."""
@@ -218,14 +241,7 @@ class Profiler:
     def _window(self, step: Callable[[], object], label: str) -> float:
         """Seconds for ``steps`` calls of ``step``, after ``warmup_steps`` untimed ones."""
         self.progress.set_postfix_str(label, refresh=False)
-        for _ in range(self.settings.warmup_steps):
-            step()
-        synchronize(self.device)
-        started = time.perf_counter()
-        for _ in range(self.settings.steps):
-            step()
-        synchronize(self.device)
-        seconds = time.perf_counter() - started
+        seconds = timed_window(step, self.settings, self.device)
         self.progress.update(self.settings.warmup_steps + self.settings.steps)
         return seconds
 

@@ -7,11 +7,13 @@ process); every rank runs the same code, rank 0 alone writes files.
 Per step, one small all-reduce carries (loss, stop request) between ranks: all
 ranks see the same loss, so they skip a non-finite step together, and a
 SIGTERM delivered to any rank stops them all at the same step, after a
-checkpoint. (The fp16 grad scaler synchronises every step anyway.)
+checkpoint. Reading it is the step's one full host-device synchronisation (the
+fp16 grad scaler's own check right after it waits only for the unscaling).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import time
 from pathlib import Path
@@ -55,6 +57,10 @@ class TrainingStopped(Exception):
 # ---------------------------------------------------------------- model and optimizer
 def prepare_model(config: Config, ctx: DistContext, num_classes: int) -> nn.Module:
     """The recipe's network on this rank's device, regularizers and memory format applied (not DDP-wrapped)."""
+    if ctx.device.type == "cuda":
+        # Shapes stay fixed for an epoch (full batches), so cuDNN times its algorithms once per
+        # shape and keeps the fastest, as ffcv-imagenet does (GPU runs are not bit-reproducible anyway).
+        torch.backends.cudnn.benchmark = True
     model = build_model(config.model, num_classes=num_classes).to(ctx.device)
     apply_model_regularizers(model, config.model)
     if config.training.channels_last:
@@ -239,16 +245,24 @@ class Trainer:
             loss = self.criterion(self.train_model(inputs), targets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        shared = torch.tensor([0.0, float(self.stop.requested), float(self._checkpoint_due())], device=loss.device)
-        shared[0] = loss.detach().float()
+        shared = self._shared_values(loss)
+        # The step's one full synchronisation (the fp16 scaler's check after it waits only for the
+        # unscaling): every rank must know the reduced loss before it steps. It also keeps FFCV from rewriting a pinned
+        # host buffer whose copy to the GPU is still pending (FFCV does not wait for that copy itself).
         loss_sum, stops, due = all_reduce_sum(self.ctx, shared).tolist()
         mean_loss = loss_sum / self.ctx.world_size
-        if torch.isfinite(torch.tensor(mean_loss)):
+        if math.isfinite(mean_loss):
             self.bad_steps = 0
             self._apply_gradients()
         else:
             self.bad_steps += 1  # every rank saw the same sum, so every rank skips this step
         return mean_loss, stops > 0, due > 0
+
+    def _shared_values(self, loss: torch.Tensor) -> torch.Tensor:
+        """(loss, stop requested, checkpoint due) on the loss's device, built without a host-to-device
+        copy: ``torch.tensor(..., device=cuda)`` would wait for the whole backward pass."""
+        flags = (float(self.stop.requested), float(self._checkpoint_due()))
+        return torch.stack([loss.detach().float(), *(torch.full((), flag, device=loss.device) for flag in flags)])
 
     def _checkpoint_due(self) -> bool:
         minutes = self.config.logging.checkpoint_minutes
