@@ -22,13 +22,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import Config, ConfigError, to_dict
+from .config import SECTIONS, Config, ConfigError, to_dict
 from .fileio import atomic_path
 
 CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 RUN_DEFINING_SECTIONS = ("model", "resolution", "lr", "training")
-FREE_TO_CHANGE = {"training.compile", "training.max_bad_steps"}  # no effect on the weights
+# compile and max_bad_steps: no effect on the weights; accumulate: like the rank count, it sets the global batch,
+# which the LR follows (8 GPUs become 4: accumulate 2 keeps the recipe's global batch)
+FREE_TO_CHANGE = {"training.compile", "training.max_bad_steps", "training.accumulate"}
 
 
 def last_checkpoint_path(run_folder: str | Path) -> Path:
@@ -135,7 +137,8 @@ def recipe_differences(saved: dict[str, dict[str, Any]], current: Config) -> lis
     for section in RUN_DEFINING_SECTIONS:
         for key, value in now[section].items():
             dotted = f"{section}.{key}"
-            before = saved.get(section, {}).get(key)
+            # A key newer than the checkpoint had its declared default there.
+            before = saved.get(section, {}).get(key, SECTIONS[section][key].default)
             if dotted not in FREE_TO_CHANGE and before != value:
                 differences.append(f"{dotted}: {before!r} -> {value!r}")
     return differences

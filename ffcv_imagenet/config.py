@@ -188,7 +188,10 @@ def declare(target: fastargs.Config) -> fastargs.Config:
     )
     section("training", "optimisation").params(
         epochs=Param(POSITIVE_INT, "number of epochs", default=16),
-        batch_size=Param(POSITIVE_INT, "images per rank per step; global batch = batch_size x ranks", default=512),
+        batch_size=Param(POSITIVE_INT, "images per rank per micro-step; global batch = batch_size x accumulate "
+                         "x ranks", default=512),
+        accumulate=Param(POSITIVE_INT, "micro-steps per optimizer update (gradient accumulation): reproduces a "
+                         "published global batch on fewer GPUs; the LR and schedule count updates", default=1),
         optimizer=Param(choice("sgd", "adamw", "lamb", "lars"),
                         "sgd | adamw | lamb | lars (the last two for very large batches)", default="sgd"),
         momentum=Param(FRACTION, "SGD and LARS momentum", default=0.9),

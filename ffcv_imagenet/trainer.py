@@ -12,6 +12,7 @@ fp16 grad scaler's own check right after it waits only for the unscaling).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -120,7 +121,9 @@ class Trainer:
         self.log = RunLog(self.folder, enabled=ctx.is_main, tensorboard=tensorboard)
         self.epochs = config.training.epochs
         self.plans = schedule.full_schedule(config.resolution, self.epochs)
-        self.global_batch = config.training.batch_size * ctx.world_size
+        self.accumulate = config.training.accumulate  # micro-batches per optimizer update
+        self.micro_batch = config.training.batch_size * ctx.world_size  # samples per micro-step, all ranks
+        self.global_batch = self.micro_batch * self.accumulate  # samples per update: the LR and the schedule's unit
         self.stop = StopRequest()
         self.bad_steps = 0
         self.epoch = 0  # next epoch to run
@@ -157,9 +160,10 @@ class Trainer:
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
+        self.ddp: DistributedDataParallel | None = None
         if self.ctx.distributed:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(model, device_ids=device_ids)
+            wrapped = self.ddp = DistributedDataParallel(model, device_ids=device_ids)
         if self.config.training.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
@@ -237,15 +241,26 @@ class Trainer:
         if self.ema is not None:
             self.ema.after_step(self.model)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool, bool]:
-        """One optimizer step; returns (loss averaged over ranks, stop requested on any rank,
-        checkpoint due by rank 0's clock): one all-reduce, so every rank acts on the same answers."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, first: bool = True,
+                   last: bool = True) -> tuple[float, bool, bool] | None:
+        """One micro-batch: forward and backward, its gradients added to the update's. On the update's
+        ``last`` micro-batch, the optimizer step; returns (loss averaged over the update's micro-batches
+        and the ranks, stop requested on any rank, checkpoint due by rank 0's clock): one all-reduce per
+        update, so every rank acts on the same answers. None on the other micro-batches."""
         inputs, targets = self._augment(images, labels)
-        with autocast_for(self.ctx.device, self.config.training.precision):
-            loss = self.criterion(self.train_model(inputs), targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        shared = self._shared_values(loss)
+        if first:
+            self.optimizer.zero_grad(set_to_none=True)
+        # DDP all-reduces gradients in backward; accumulating micro-batches skip it, the last one reduces the sum.
+        no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+        with no_sync:
+            with autocast_for(self.ctx.device, self.config.training.precision):
+                loss = self.criterion(self.train_model(inputs), targets)
+            self.scaler.scale(loss / self.accumulate).backward()  # the update's gradient: the mean over its samples
+        micro_loss = loss.detach().float()
+        self._update_loss = micro_loss if first else self._update_loss + micro_loss
+        if not last:
+            return None
+        shared = self._shared_values(self._update_loss / self.accumulate)
         # The step's one full synchronisation (the fp16 scaler's check after it waits only for the
         # unscaling): every rank must know the reduced loss before it steps. It also keeps FFCV from rewriting a pinned
         # host buffer whose copy to the GPU is still pending (FFCV does not wait for that copy itself).
@@ -284,30 +299,40 @@ class Trainer:
     def train_epoch(self, plan: schedule.EpochPlan) -> dict[str, Any]:
         self.enter_phase(plan)
         self.train_loader.prepare(plan)
-        steps = len(self.train_loader)
+        steps = len(self.train_loader) // self.accumulate  # optimizer updates in a whole epoch
         start = self.samples_in_epoch
-        progress = tqdm(total=self.train_loader.steps_from(start) * self.global_batch, unit="img", unit_scale=True,
+        # Whole updates only: the micro-batches left over at the epoch's end (fewer than accumulate) are not read.
+        micro_steps = self.train_loader.steps_from(start) // self.accumulate * self.accumulate
+        progress = tqdm(total=micro_steps * self.micro_batch, unit="img", unit_scale=True,
                         desc=f"epoch {plan.epoch} (of 0-{self.epochs - 1}) res {plan.res}", leave=False,
                         disable=not (self.ctx.is_main and self.config.logging.progress), dynamic_ncols=True)
         loss_sum, finite_steps, first_shape, lr = 0.0, 0, None, 0.0
         sample_log = SampleLog.from_env(self.ctx.rank)
         started = time.perf_counter()
+        done = start  # global samples of the epoch trained so far
         with progress:
-            done = start  # global samples of the epoch trained so far
-            for images, labels in self.train_loader.epoch(plan, start):
-                position, done = done, done + self.global_batch
+            batches = self.train_loader.epoch(plan, start)
+            for micro, (images, labels) in zip(range(micro_steps), batches):
+                position = start + micro * self.micro_batch  # global samples before this micro-batch
+                first, last = micro % self.accumulate == 0, micro % self.accumulate == self.accumulate - 1
                 if first_shape is None:
                     first_shape = list(images.shape)
-                lr = self._set_lr(plan, position, steps)
-                step = position // self.global_batch
-                seed_step_draws(self.config.training.seed, self.ctx.rank, plan.epoch, step, self.ctx.device)
-                loss, stop, checkpoint_due = self.train_step(images, labels)
+                if first:
+                    lr = self._set_lr(plan, position, steps)
+                seed_step_draws(self.config.training.seed, self.ctx.rank, plan.epoch, position // self.micro_batch,
+                                self.ctx.device)
+                update = self.train_step(images, labels, first, last)
                 sample_log.write(plan.epoch, labels)
+                progress.update(self.micro_batch)
+                if update is None:
+                    continue
+                loss, stop, checkpoint_due = update
+                done = position + self.micro_batch
+                step = done // self.global_batch - 1  # this update's index in the epoch
                 self.log.train_step(plan.epoch * steps + step + 1, loss, lr)
                 if self.bad_steps == 0:
                     loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
                 self._check_divergence(step)
-                progress.update(self.global_batch)
                 progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
                 if stop or checkpoint_due:
                     self.samples_in_epoch = done
@@ -317,6 +342,7 @@ class Trainer:
                     raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after sample "
                                           f"{done} of {self.datasets.train_size}; run the same command to resume "
                                           "(on any number of ranks)", EXIT_PREEMPTED)
+            batches.close()  # an epoch whose leftover micro-batches are not read stops FFCV's thread now
         seconds = time.perf_counter() - started
         images_seen = done - start
         return {"epoch": plan.epoch, "res": plan.res, "crop_mode": plan.crop_mode, "first_batch_shape": first_shape,
@@ -356,7 +382,8 @@ class Trainer:
     def run(self) -> None:
         self.log.save_recipe(self.config)
         self.log.say(f"{self.config.model.arch} on {self.ctx.world_size} rank(s) ({self.ctx.device.type}), "
-                     f"global batch {self.global_batch}, peak lr {peak_lr(self.config.lr, self.global_batch):.4g}, "
+                     f"micro-batch {self.config.training.batch_size} per rank x {self.accumulate} accumulated x "
+                     f"{self.ctx.world_size} rank(s) = global batch {self.global_batch}, peak lr {peak_lr(self.config.lr, self.global_batch):.4g}, "
                      f"{self.train_loader.settings.num_workers} loader workers per rank")
         buffers = self.host_buffer_mib()
         self.log.say(f"FFCV batch buffers in host memory per rank (pinned on a GPU): training {buffers['train']:.0f} "
@@ -365,6 +392,7 @@ class Trainer:
         options = regularizer_summary(self.config)
         self.log.say("options: " + (", ".join(f"{k} {v}" for k, v in options.items()) or "none"))
         self.log.record("start", world_size=self.ctx.world_size, global_batch=self.global_batch,
+                        micro_batch=self.config.training.batch_size, accumulate=self.accumulate,
                         peak_lr=peak_lr(self.config.lr, self.global_batch), options=options,
                         host_buffers_mib=buffers)
         self.stop.install()
