@@ -78,6 +78,20 @@ class Positive(Checker):
         return "positive"
 
 
+class FieldName(Checker):
+    """A .beton field name: FFCV stores at most 16 bytes of it."""
+
+    MAX_BYTES = 16  # FFCV's FieldDescType name
+
+    def check(self, value: Any) -> Any:
+        if not 0 < len(value.encode()) <= self.MAX_BYTES:
+            raise ValueError(value)
+        return value
+
+    def help(self) -> str:
+        return f"a field name of 1 to {self.MAX_BYTES} bytes"
+
+
 class Interval(InRange):
     """fastargs' InRange with either end open: ``Interval(0, 1, "[)")`` is 0 <= x < 1."""
 
@@ -130,8 +144,13 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         return Section(name, desc, config_descriptor=target)
 
     section("data", "datasets and how they are read").params(
-        train_dataset=Param(STR, ".beton written by write_datasets.py for training", default=""),
-        val_dataset=Param(STR, ".beton written by write_datasets.py for validation", default=""),
+        train_dataset=Param(STR, ".beton for training: written by write_datasets.py, or by FFCV's DatasetWriter "
+                            "(ffcv-imagenet's write_imagenet.py; any extension)", default=""),
+        val_dataset=Param(STR, ".beton for validation, with the train set's class indices", default=""),
+        image_field=Param(typed(str, FieldName()), "name of the datasets' image field (an RGBImageField)",
+                          default="image"),
+        label_field=Param(typed(str, FieldName()), "name of the datasets' label field (an IntField of class "
+                          "indices)", default="label"),
         num_workers=Param(typed(int, Interval(0)), "decode threads per rank; 0 = this rank's share of the cores",
                           default=0),
         in_memory=Param(BOOL, "the dataset fits in RAM (OS page cache); else use order: quasi_random",

@@ -24,6 +24,7 @@ from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
+from .beton_format import DEFAULT_FIELDS, Fields, loader_pipelines
 from .decoders import FULL, REGION, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
 from .schedule import FIXRES, RRC, EpochPlan
 from .traversal import PageShuffleOrder, SkippableOrder, samples_by_page
@@ -87,13 +88,15 @@ class TrainLoader:
     a process cache of about ``cache_mib`` per rank). Like FFCV's own loader,
     ``distributed`` takes the rank and rank count from torch.distributed.
     ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode).
+    ``fields`` names the file's image and label fields (ffcv-imagenet's by default).
     A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
     """
 
     def __init__(self, path: str | Path, settings: LoaderSettings, *, order: str, in_memory: bool,
                  distributed: bool, seed: int, fixres_crop_ratio: float, cache_mib: int = DEFAULT_CACHE_MIB,
-                 decoder: str = FAST):
+                 decoder: str = FAST, fields: Fields = DEFAULT_FIELDS):
         self.path = str(path)
+        self.fields = fields
         self.method = _decode_method(decoder)
         self.settings = settings
         self.order = order
@@ -124,8 +127,9 @@ class TrainLoader:
                         order=OrderOption.SEQUENTIAL if page_shuffle else OrderOption.RANDOM,
                         os_cache=self.in_memory, distributed=self.distributed and not page_shuffle,
                         seed=self.seed, drop_last=True,
-                        pipelines={"image": [decoder, *_image_tail(settings.device, settings.channels_last)],
-                                   "label": _label_pipeline(settings.device)})
+                        pipelines=loader_pipelines(self.path, self.fields,
+                                                   [decoder, *_image_tail(settings.device, settings.channels_last)],
+                                                   _label_pipeline(settings.device)))
         inner = self._page_shuffle(loader) if page_shuffle else loader.traversal_order
         loader.traversal_order = SkippableOrder(inner)
         loader.first_traversal_order = loader.next_traversal_order()  # FFCV sizes len() from it
@@ -134,7 +138,8 @@ class TrainLoader:
     def _page_shuffle(self, loader: Loader) -> PageShuffleOrder:
         rank, world_size = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
         # At a window boundary the cache holds the end of one window and the start of the next.
-        window_pages = max(1, self.cache_mib * MIB // loader.reader.page_size // 2)
+        # int(): the header's page size is a numpy uint32, and 4096 MiB does not fit one.
+        window_pages = max(1, self.cache_mib * MIB // int(loader.reader.page_size) // 2)
         return PageShuffleOrder(samples_by_page(loader.memory_manager.page_to_samples, loader.indices),
                                 seed=self.seed, rank=rank, world_size=world_size, window_pages=window_pages)
 
@@ -203,7 +208,8 @@ class ValLoader:
 
 
 def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, crop_ratio: float,
-                     num_samples: int, rank: int, world_size: int, decoder: str = FAST) -> ValLoader:
+                     num_samples: int, rank: int, world_size: int, decoder: str = FAST,
+                     fields: Fields = DEFAULT_FIELDS) -> ValLoader:
     """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1)).
 
     'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records).
@@ -213,6 +219,7 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
     loader = Loader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
                     order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
                     indices=val_indices(num_samples, rank, world_size),
-                    pipelines={"image": [image_decoder, *_image_tail(settings.device, settings.channels_last)],
-                               "label": _label_pipeline(settings.device)})
+                    pipelines=loader_pipelines(path, fields,
+                                               [image_decoder, *_image_tail(settings.device, settings.channels_last)],
+                                               _label_pipeline(settings.device)))
     return ValLoader(loader, ours, str(path))

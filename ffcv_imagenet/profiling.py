@@ -239,7 +239,7 @@ class Profiler:
                                             in_memory=config.data.in_memory, distributed=False,
                                             seed=config.training.seed,
                                             fixres_crop_ratio=config.resolution.fixres_crop_ratio,
-                                            decoder=config.data.decoder)
+                                            decoder=config.data.decoder, fields=trainer.datasets.fields)
         return self._host_loader
 
     def measure(self, res: int, crop_mode: str) -> Row:

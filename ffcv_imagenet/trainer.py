@@ -41,6 +41,7 @@ FINAL_WEIGHTS = "final_weights.pt"
 FINAL_EMA_WEIGHTS = "final_weights_ema.pt"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: what SLURM's --signal sends before preemption
 MIB = 2 ** 20
+CLASS_NAMES_SHOWN = 10  # in the run's opening lines; log.jsonl's start record has them all
 
 
 class TrainingStopped(Exception):
@@ -64,6 +65,14 @@ def prepare_model(config: Config, ctx: DistContext, num_classes: int) -> nn.Modu
 def memory_stats(device: torch.device) -> dict[str, float | None]:
     gpu_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
     return {"gpu_peak_mib": gpu_peak, "host_rss_mib": psutil.Process().memory_info().rss / MIB}
+
+
+def dataset_line(datasets: Datasets) -> str:
+    """Which files, how many images, and the classes (the first few names, and where they come from)."""
+    shown = ", ".join(datasets.classes[:CLASS_NAMES_SHOWN])
+    more = f", ... ({len(datasets.classes) - CLASS_NAMES_SHOWN} more)" if len(datasets.classes) > CLASS_NAMES_SHOWN else ""
+    return (f"data: train {datasets.train_path} ({datasets.train_size} images), val {datasets.val_path} "
+            f"({datasets.val_size} images); {len(datasets.classes)} classes: {shown}{more} ({datasets.names_from})")
 
 
 class StopRequest:
@@ -136,7 +145,7 @@ class Trainer:
                                         in_memory=config.data.in_memory, distributed=ctx.distributed,
                                         seed=config.training.seed, cache_mib=config.data.cache_mib,
                                         fixres_crop_ratio=config.resolution.fixres_crop_ratio,
-                                        decoder=config.data.decoder)
+                                        decoder=config.data.decoder, fields=datasets.fields)
         self.last_save = time.monotonic()
         self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size)
         if resume_from is not None:
@@ -301,11 +310,13 @@ class Trainer:
         self.log.say(f"{self.config.model.arch} on {self.ctx.world_size} rank(s) ({self.ctx.device.type}), "
                      f"global batch {self.global_batch}, peak lr {peak_lr(self.config.lr, self.global_batch):.4g}, "
                      f"{self.train_loader.settings.num_workers} loader workers per rank")
+        self.log.say(dataset_line(self.datasets))
         self.log.say(schedule.format_table(self.plans))
         options = regularizer_summary(self.config)
         self.log.say("options: " + (", ".join(f"{k} {v}" for k, v in options.items()) or "none"))
         self.log.record("start", world_size=self.ctx.world_size, global_batch=self.global_batch,
-                        peak_lr=peak_lr(self.config.lr, self.global_batch), options=options)
+                        peak_lr=peak_lr(self.config.lr, self.global_batch), options=options,
+                        classes=self.datasets.classes)
         self.stop.install()
         try:
             while self.epoch < self.epochs:
