@@ -168,7 +168,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         arch=Param(choice("resnet18", "resnet50"), "torchvision architecture: resnet18 | resnet50",
                    default="resnet50"),
         use_blurpool=Param(BOOL, "blur before every strided conv (Zhang 2019), as ffcv-imagenet", default=True),
-        num_classes=Param(typed(int, Interval(0)), "0 = take it from the train .beton's class list", default=0),
+        num_classes=Param(typed(int, Interval(0)), "0 = the datasets' class count (their sidecar's class list, "
+                          "else their labels)", default=0),
         drop_path_rate=Param(OPEN_FRACTION, "stochastic depth: drop rate of the last residual block, rising "
                              "linearly from 0 at the first; 0 = off", default=0.0),
         dropout=Param(OPEN_FRACTION, "dropout before the classifier; 0 = off", default=0.0),

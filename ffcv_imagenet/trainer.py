@@ -69,10 +69,10 @@ def memory_stats(device: torch.device) -> dict[str, float | None]:
 
 def dataset_line(datasets: Datasets) -> str:
     """Which files, how many images, and the classes (the first few names, and where they come from)."""
-    shown = ", ".join(datasets.classes[:CLASS_NAMES_SHOWN])
-    more = f", ... ({len(datasets.classes) - CLASS_NAMES_SHOWN} more)" if len(datasets.classes) > CLASS_NAMES_SHOWN else ""
+    hidden = len(datasets.classes) - CLASS_NAMES_SHOWN
+    shown = ", ".join(datasets.classes[:CLASS_NAMES_SHOWN]) + (f", ... ({hidden} more)" if hidden > 0 else "")
     return (f"data: train {datasets.train_path} ({datasets.train_size} images), val {datasets.val_path} "
-            f"({datasets.val_size} images); {len(datasets.classes)} classes: {shown}{more} ({datasets.names_from})")
+            f"({datasets.val_size} images); {len(datasets.classes)} classes: {shown} ({datasets.names_from})")
 
 
 class StopRequest:
