@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from ffcv.reader import Reader
 
 
-
 @dataclass(frozen=True)
 class Fields:
     """The names of the image (RGBImageField) and label (IntField) fields; ffcv-imagenet's by default."""

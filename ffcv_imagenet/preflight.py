@@ -42,6 +42,7 @@ class DatasetFile:
 
 
 def read_dataset(key: str, value: str, fields: Fields) -> DatasetFile:
+    """One recipe dataset key, opened with the recipe's fields; errors name the key."""
     if not value:
         raise ConfigError(f"{key}: no dataset given (a .beton from write_datasets.py or FFCV's DatasetWriter)")
     try:
