@@ -22,6 +22,8 @@ import yaml
 from fastargs import Param, Section
 from fastargs.validation import And, Checker, InRange, OneOf
 
+from .beton_format import DEFAULT_FIELDS
+
 
 class ConfigError(ValueError):
     """A recipe problem, reported to the user as one line."""
@@ -148,9 +150,9 @@ def declare(target: fastargs.Config) -> fastargs.Config:
                             "(ffcv-imagenet's write_imagenet.py; any extension)", default=""),
         val_dataset=Param(STR, ".beton for validation, with the train set's class indices", default=""),
         image_field=Param(typed(str, FieldName()), "name of the datasets' image field (an RGBImageField)",
-                          default="image"),
+                          default=DEFAULT_FIELDS.image),
         label_field=Param(typed(str, FieldName()), "name of the datasets' label field (an IntField of class "
-                          "indices)", default="label"),
+                          "indices)", default=DEFAULT_FIELDS.label),
         num_workers=Param(typed(int, Interval(0)), "decode threads per rank; 0 = this rank's share of the cores",
                           default=0),
         in_memory=Param(BOOL, "the dataset fits in RAM (OS page cache); else use order: quasi_random",
@@ -158,8 +160,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         order=Param(choice("random", "quasi_random"),
                     "train traversal: random | quasi_random (page-grouped, for data larger than RAM)",
                     default="random"),
-        cache_mib=Param(POSITIVE_INT, "quasi_random with in_memory false: process cache per rank in MiB; "
-                        "bounds the shuffle window (half of it, in pages)", default=4096),
+        cache_mib=Param(POSITIVE_INT, "quasi_random with in_memory false: process cache of all ranks together "
+                        "in MiB (about cache_mib / ranks each); the window is half of it, in pages", default=4096),
         decoder=Param(choice("fast", "stock"), "JPEG decode: fast (window first; only its region, at the "
                       "largest IDCT downscale that serves) | stock (FFCV's full-size decode; same seeded "
                       "windows)", default="fast"),
@@ -259,6 +261,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         progress=Param(BOOL, "tqdm progress bar on rank 0", default=True),
         checkpoint_minutes=Param(NON_NEGATIVE, "also checkpoint inside an epoch every this many minutes; "
                                  "0 = per epoch only", default=0.0),
+        checkpoint_every=Param(POSITIVE_INT, "checkpoint at the end of every this many epochs (and the last); "
+                               "written in the background from a host copy", default=1),
         tensorboard=Param(BOOL, "also write the epoch records and per-step loss/LR as TensorBoard scalars to "
                           "RUN/tensorboard (rank 0; needs the tensorboard package)", default=False),
         tensorboard_every=Param(POSITIVE_INT, "with tensorboard: write the training loss and LR every this many "
