@@ -1,26 +1,48 @@
-"""The ``.beton`` format as this project writes it: FFCV's file plus two files beside it.
+"""The ``.beton`` format as this project writes it: FFCV's file plus the files beside it.
 
 - ``NAME.beton``: FFCV's records (fields ``image``, ``label``), its header and allocation table;
 - ``NAME.beton.json``: the sidecar (class list, counts, conversion settings);
 - ``NAME.beton.skipped``: one ``path<TAB>reason`` line per input file left out;
 - ``NAME.beton.index``: one ``path<TAB>label<TAB>kept|decoded`` line per record, in record order.
 
-Everything that reads datasets (trainer, profiler, ``inspect``) opens them here,
+Everything that reads datasets (trainer, profiler, ``inspect``, ``adopt``) opens them here,
 with one-line errors for a missing, foreign or mismatched file. FFCV is
 imported inside the functions: it pulls in torch and numba (about 4 s).
+
+A file written by FFCV's own DatasetWriter (ffcv-imagenet's ``write_imagenet.py``:
+no sidecar, any extension) is read too: its fields are chosen by name (``Fields``),
+its class count comes from its labels, which FFCV keeps in the metadata (read
+without touching an image), and its class names are the label numbers until
+``write_datasets.py adopt`` writes a sidecar for it.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from ffcv.reader import Reader
 
-EXPECTED_FIELDS = ("image", "label")
+
+@dataclass(frozen=True)
+class Fields:
+    """The names of the image (RGBImageField) and label (IntField) fields; ffcv-imagenet's by default."""
+
+    image: str = "image"
+    label: str = "label"
+
+    @classmethod
+    def of(cls, data: Any) -> Fields:
+        """From the recipe's ``data`` section (its ``image_field`` and ``label_field``)."""
+        return cls(data.image_field, data.label_field)
+
+
+DEFAULT_FIELDS = Fields()
+FIELD_KEYS = "data.image_field / data.label_field"  # where a user names other fields
 KEPT, DECODED = "kept", "decoded"  # the index's third column: source JPEG bytes kept, or decoded and stored
 
 
@@ -105,6 +127,16 @@ def read_header(path: str | Path) -> np.void:
     return header[0]
 
 
+def field_names(path: str | Path) -> list[str]:
+    """The names of a .beton's fields, in file order, from its descriptors alone (no metadata read)."""
+    from ffcv.types import FieldDescType, HeaderType
+    from ffcv.utils import decode_null_terminated_string
+
+    count = int(read_header(path)["num_fields"])
+    descriptors = np.fromfile(path, dtype=FieldDescType, count=count, offset=HeaderType.itemsize)
+    return [decode_null_terminated_string(name) for name in descriptors["name"]]
+
+
 def stored_bytes(path: str | Path) -> int:
     """Bytes of record data (images) in a .beton: what a loader reads, page padding excluded."""
     from ffcv.types import ALLOC_TABLE_TYPE
@@ -113,8 +145,10 @@ def stored_bytes(path: str | Path) -> int:
     return int(table["size"].sum())
 
 
-def open_beton(path: str | Path) -> Reader:
-    """FFCV's reader, with one-line errors for a missing, corrupt or foreign file."""
+def open_beton(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> Reader:
+    """FFCV's reader, with one-line errors for a missing, corrupt or foreign file, or one whose
+    ``fields`` are absent or of the wrong kind (labels must be integers)."""
+    from ffcv.fields import IntField, RGBImageField
     from ffcv.reader import Reader
 
     path = Path(path)
@@ -124,23 +158,67 @@ def open_beton(path: str | Path) -> Reader:
         reader = Reader(str(path))
     except Exception as err:  # FFCV raises assorted types on a foreign or truncated file
         raise ConversionError(f"{path} is not a readable .beton: {type(err).__name__}: {err}") from None
-    missing = [name for name in EXPECTED_FIELDS if name not in reader.field_names]
+    missing = [name for name in (fields.image, fields.label) if name not in reader.field_names]
     if missing:
         raise ConversionError(f"{path} lacks the field(s) {missing}: it has {reader.field_names}; "
-                              "write it with write_datasets.py")
+                              f"name its image and label fields with {FIELD_KEYS}")
+    for name, kind, what in ((fields.image, RGBImageField, "an RGB image field"),
+                             (fields.label, IntField, "an integer field: labels must be integers")):
+        if not isinstance(reader.handlers[name], kind):
+            raise ConversionError(f"{path}: field {name!r} is a {type(reader.handlers[name]).__name__}, not {what}; "
+                                  f"its fields are {reader.field_names} ({FIELD_KEYS} choose them)")
     return reader
 
 
-def image_metadata(reader: Reader) -> np.ndarray:
-    return reader.metadata[f"f{reader.field_names.index('image')}"]
+def image_metadata(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
+    return reader.metadata[f"f{reader.field_names.index(fields.image)}"]
 
 
-def labels(reader: Reader) -> np.ndarray:
-    return np.asarray(reader.metadata[f"f{reader.field_names.index('label')}"]).astype(np.int64)
+def labels(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
+    """Every record's label, from FFCV's metadata: no image is read."""
+    return np.asarray(reader.metadata[f"f{reader.field_names.index(fields.label)}"]).astype(np.int64)
 
 
-def record_bytes(reader: Reader, index: int) -> np.ndarray:
+def label_range(path: str | Path, reader: Reader, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
+    """The labels of a non-empty file, refused when negative (a class index never is)."""
+    values = labels(reader, fields)
+    if values.size == 0:
+        raise ConversionError(f"{path} holds no records")
+    if values.min() < 0:
+        raise ConversionError(f"{path}: field {fields.label!r} holds negative labels (down to {values.min()}): "
+                              "not class indices")
+    return values
+
+
+def class_names(path: str | Path, label_values: np.ndarray) -> tuple[list[str], str]:
+    """(index -> name, where the names come from): the sidecar's list, or the label numbers without one."""
+    path = Path(path)
+    if sidecar_path(path).is_file():
+        names = load_class_names(path)
+        if label_values.max() >= len(names):
+            raise ConversionError(f"{path} has labels up to {label_values.max()}, outside the "
+                                  f"{len(names)} classes of its sidecar")
+        return names, f"names from {sidecar_path(path).name}"
+    return ([str(label) for label in range(int(label_values.max()) + 1)],
+            f"no {sidecar_path(path).name}: classes named by number; write_datasets.py adopt names them")
+
+
+def loader_pipelines(path: str | Path, fields: Fields, image: list, label: list) -> dict:
+    """FFCV Loader ``pipelines`` yielding (image, label) batches from ``fields``, whatever the file's
+    field order, every other field of the file switched off."""
+    from ffcv.pipeline import PipelineSpec
+
+    pipelines: dict[str, Any] = {name: None for name in field_names(path)}
+    # FFCV yields file fields in file order, then other outputs in the order given; a field
+    # name has at most 16 bytes, so these longer output names follow the order given here.
+    pipelines["ffcv_imagenet.image"] = PipelineSpec(fields.image, transforms=image)
+    pipelines["ffcv_imagenet.label"] = PipelineSpec(fields.label, transforms=label)
+    return pipelines
+
+
+def record_bytes(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
     """The stored bytes of record ``index``'s image: a JPEG file's bytes, or raw RGB pixels."""
-    size = int(reader.alloc_table["size"][reader.alloc_table["sample_id"] == index].sum())
-    offset = int(image_metadata(reader)[index]["data_ptr"])
+    offset = int(image_metadata(reader, fields)[index]["data_ptr"])
+    table = reader.alloc_table  # one allocation per (record, field that stores bytes): this field's starts at offset
+    size = int(table["size"][(table["sample_id"] == index) & (table["ptr"] == offset)].sum())
     return np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=offset)

@@ -22,6 +22,8 @@ import yaml
 from fastargs import Param, Section
 from fastargs.validation import And, Checker, InRange, OneOf
 
+from .beton_format import DEFAULT_FIELDS
+
 
 class ConfigError(ValueError):
     """A recipe problem, reported to the user as one line."""
@@ -78,6 +80,20 @@ class Positive(Checker):
         return "positive"
 
 
+class FieldName(Checker):
+    """A .beton field name: FFCV stores at most 16 bytes of it."""
+
+    MAX_BYTES = 16  # FFCV's FieldDescType name
+
+    def check(self, value: Any) -> Any:
+        if not 0 < len(value.encode()) <= self.MAX_BYTES:
+            raise ValueError(value)
+        return value
+
+    def help(self) -> str:
+        return f"a field name of 1 to {self.MAX_BYTES} bytes"
+
+
 class Interval(InRange):
     """fastargs' InRange with either end open: ``Interval(0, 1, "[)")`` is 0 <= x < 1."""
 
@@ -130,8 +146,13 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         return Section(name, desc, config_descriptor=target)
 
     section("data", "datasets and how they are read").params(
-        train_dataset=Param(STR, ".beton written by write_datasets.py for training", default=""),
-        val_dataset=Param(STR, ".beton written by write_datasets.py for validation", default=""),
+        train_dataset=Param(STR, ".beton for training: written by write_datasets.py, or by FFCV's DatasetWriter "
+                            "(ffcv-imagenet's write_imagenet.py; any extension)", default=""),
+        val_dataset=Param(STR, ".beton for validation, with the train set's class indices", default=""),
+        image_field=Param(typed(str, FieldName()), "name of the datasets' image field (an RGBImageField)",
+                          default=DEFAULT_FIELDS.image),
+        label_field=Param(typed(str, FieldName()), "name of the datasets' label field (an IntField of class "
+                          "indices)", default=DEFAULT_FIELDS.label),
         num_workers=Param(typed(int, Interval(0)), "decode threads per rank; 0 = this rank's share of the cores",
                           default=0),
         in_memory=Param(BOOL, "the dataset fits in RAM (OS page cache); else use order: quasi_random",
@@ -149,7 +170,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         arch=Param(choice("resnet18", "resnet50"), "torchvision architecture: resnet18 | resnet50",
                    default="resnet50"),
         use_blurpool=Param(BOOL, "blur before every strided conv (Zhang 2019), as ffcv-imagenet", default=True),
-        num_classes=Param(typed(int, Interval(0)), "0 = take it from the train .beton's class list", default=0),
+        num_classes=Param(typed(int, Interval(0)), "0 = the datasets' class count (their sidecar's class list, "
+                          "else their labels)", default=0),
         drop_path_rate=Param(OPEN_FRACTION, "stochastic depth: drop rate of the last residual block, rising "
                              "linearly from 0 at the first; 0 = off", default=0.0),
         dropout=Param(OPEN_FRACTION, "dropout before the classifier; 0 = off", default=0.0),

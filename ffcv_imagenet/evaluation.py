@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .beton_format import Fields
 from .distributed import DistContext, all_reduce_sum
 from .loaders import LoaderSettings, PinnedBufferGuard, ValLoader, build_val_loader, normalize, workers_per_rank
 
@@ -97,7 +98,7 @@ class Evaluator:
             self.loaders[res] = build_val_loader(
                 self.val_path, settings, res=res, crop_ratio=config.validation.crop_ratio,
                 num_samples=self.val_size, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                decoder=config.data.decoder)
+                decoder=config.data.decoder, fields=Fields.of(config.data))
         return self.loaders[res]
 
     def evaluate(self, model: nn.Module, res: int | None = None) -> EvalResult:

@@ -7,8 +7,9 @@ import numpy as np
 from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 
-from .beton_format import (ConversionError, image_metadata, index_path, labels, load_class_names,  # noqa: F401
-                           open_beton, read_index, record_bytes, sidecar_path, stored_bytes)
+from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, class_names, image_metadata,  # noqa: F401
+                           index_path, label_range, labels, load_class_names, loader_pipelines, open_beton,
+                           read_index, record_bytes, stored_bytes)
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
 FULL_HISTOGRAM_MAX_CLASSES = 20  # above this, the histogram is summarised
@@ -20,11 +21,11 @@ SHUFFLE_SEED = 0
 KIB = 1024
 
 
-def read_image(reader: Reader, index: int) -> np.ndarray:
+def read_image(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
     """Record ``index`` at its stored size: JPEG records through FFCV's own decoder (TurboJPEG), raw ones copied."""
-    meta = image_metadata(reader)[index]
+    meta = image_metadata(reader, fields)[index]
     height, width = int(meta["height"]), int(meta["width"])
-    data = record_bytes(reader, index)
+    data = record_bytes(reader, index, fields)
     if meta["mode"] != JPEG_MODE:
         return data.reshape(height, width, 3)
     image = np.empty((height, width, 3), dtype=np.uint8)
@@ -38,7 +39,8 @@ def spread_indices(count: int, wanted: int = SAMPLES_TO_DECODE) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, count - 1, num=min(wanted, count))})
 
 
-def decode_samples(path: str | Path, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def decode_samples(path: str | Path, indices: list[int],
+                   fields: Fields = DEFAULT_FIELDS) -> tuple[np.ndarray, np.ndarray]:
     """Decode ``indices`` through FFCV's Loader, the path training takes: (images NxSxSx3, labels N).
 
     Records differ in size, so each is decoded as its full centre square resized
@@ -50,16 +52,11 @@ def decode_samples(path: str | Path, indices: list[int]) -> tuple[np.ndarray, np
 
     loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
                     indices=indices,
-                    pipelines={"image": [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
-                               "label": [IntDecoder()]})
+                    pipelines=loader_pipelines(path, fields,
+                                               [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
+                                               [IntDecoder()]))
     images, label_batch = next(iter(loader))
     return np.asarray(images), np.asarray(label_batch[:, 0]).astype(np.int64)
-
-
-def _class_names(path: Path, num_labels: int) -> tuple[list[str], str]:
-    if sidecar_path(path).is_file():
-        return load_class_names(path), f"names from {sidecar_path(path).name}"
-    return [str(label) for label in range(num_labels)], f"no {sidecar_path(path).name}: labels shown as numbers"
 
 
 def histogram_lines(counts: np.ndarray, names: list[str]) -> list[str]:
@@ -121,28 +118,24 @@ def index_lines(path: Path, label_values: np.ndarray) -> list[str]:
             f"({kept / len(rows):.0%}); sources listed in {index_path(path).name}"]
 
 
-def report(path: str | Path) -> str:
+def report(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> str:
     """What ``inspect`` prints; raises ConversionError if the file is not a sound conversion."""
     path = Path(path)
-    reader = open_beton(path)
+    reader = open_beton(path, fields)
     count = int(reader.num_samples)
-    if count == 0:
-        raise ConversionError(f"{path} holds no records")
-    label_values = labels(reader)
-    names, source = _class_names(path, int(label_values.max()) + 1)
-    if label_values.min() < 0 or label_values.max() >= len(names):
-        raise ConversionError(f"{path} has labels outside 0..{len(names) - 1}, the class list of its sidecar")
+    label_values = label_range(path, reader, fields)
+    names, source = class_names(path, label_values)
     counts = np.bincount(label_values, minlength=len(names))
     lines = [f"{path}: {count} records, fields {reader.field_names}",
              f"classes: {len(names)} ({source})", *histogram_lines(counts, names),
-             *size_lines(path, image_metadata(reader)), *index_lines(path, label_values),
+             *size_lines(path, image_metadata(reader, fields)), *index_lines(path, label_values),
              *class_mix_lines(label_values)]
 
     indices = spread_indices(count)
-    full_size = [read_image(reader, index) for index in indices]
+    full_size = [read_image(reader, index, fields) for index in indices]
     lines.append(f"decoded {len(full_size)} records at their stored size through FFCV's reader: "
                  + ", ".join(f"#{index} {image.shape[1]}x{image.shape[0]}" for index, image in zip(indices, full_size)))
-    images, decoded_labels = decode_samples(path, indices)
+    images, decoded_labels = decode_samples(path, indices, fields)
     if decoded_labels.tolist() != label_values[indices].tolist():
         raise ConversionError(f"{path}: labels read through FFCV's Loader differ from its metadata")
     lines.append(f"and through FFCV's Loader (centre {DECODE_SIDE} px), record: label, mean pixel:")

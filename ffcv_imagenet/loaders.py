@@ -29,6 +29,7 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
+from .beton_format import DEFAULT_FIELDS, Fields, loader_pipelines
 from .decoders import FULL, REGION, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
 from .distributed import job_cores, ranks_on_node
 from .schedule import FIXRES, RRC, EpochPlan
@@ -193,13 +194,15 @@ class TrainLoader:
     of ranks. Like FFCV's own loader, ``distributed`` takes the rank and rank
     count from torch.distributed.
     ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode).
+    ``fields`` names the file's image and label fields (ffcv-imagenet's by default).
     A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
     """
 
     def __init__(self, path: str | Path, settings: LoaderSettings, *, order: str, in_memory: bool,
                  distributed: bool, seed: int, fixres_crop_ratio: float, cache_mib: int = DEFAULT_CACHE_MIB,
-                 decoder: str = FAST):
+                 decoder: str = FAST, fields: Fields = DEFAULT_FIELDS):
         self.path = str(path)
+        self.fields = fields
         self.method = _decode_method(decoder)
         self.settings = settings
         self.order = order
@@ -230,8 +233,9 @@ class TrainLoader:
         loader = RankDeviceLoader(self.path, batch_size=settings.batch_size, num_workers=settings.num_workers,
                                   order=OrderOption.SEQUENTIAL, os_cache=self.in_memory, distributed=False,
                                   seed=self.seed, drop_last=True,
-                                  pipelines={"image": [decoder, *_image_tail(settings.device)],
-                                             "label": _label_pipeline(settings.device)})
+                                  pipelines=loader_pipelines(self.path, self.fields,
+                                                             [decoder, *_image_tail(settings.device)],
+                                                             _label_pipeline(settings.device)))
         inner = (self._page_shuffle(loader) if self.order == "quasi_random"
                  else RandomOrder(loader.indices, seed=self.seed))
         rank, world_size = self.rank_and_world_size()
@@ -245,7 +249,8 @@ class TrainLoader:
     def _page_shuffle(self, loader: Loader) -> PageShuffleOrder:
         # At a window boundary the caches hold the end of one window and the start of the next
         # (each rank its band of both): the order must not depend on the rank count, so neither may the window.
-        window_pages = max(1, self.cache_mib * MIB // loader.reader.page_size // 2)
+        # int(): the header's page size is a numpy uint32, and 4096 MiB does not fit one.
+        window_pages = max(1, self.cache_mib * MIB // int(loader.reader.page_size) // 2)
         return PageShuffleOrder(samples_by_page(loader.memory_manager.page_to_samples, loader.indices),
                                 seed=self.seed, window_pages=window_pages)
 
@@ -335,7 +340,8 @@ class ValLoader:
 
 
 def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, crop_ratio: float,
-                     num_samples: int, rank: int, world_size: int, decoder: str = FAST) -> ValLoader:
+                     num_samples: int, rank: int, world_size: int, decoder: str = FAST,
+                     fields: Fields = DEFAULT_FIELDS) -> ValLoader:
     """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1)).
 
     'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records).
@@ -345,6 +351,6 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
     loader = RankDeviceLoader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
                               order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
                               indices=val_indices(num_samples, rank, world_size),
-                              pipelines={"image": [image_decoder, *_image_tail(settings.device)],
-                                         "label": _label_pipeline(settings.device)})
+                              pipelines=loader_pipelines(path, fields, [image_decoder, *_image_tail(settings.device)],
+                                                         _label_pipeline(settings.device)))
     return ValLoader(loader, ours, str(path), settings.channels_last)

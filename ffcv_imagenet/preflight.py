@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from . import schedule
-from .beton_format import ConversionError, load_class_names, open_beton
+from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, class_names, label_range, open_beton,
+                           sidecar_path)
 from .config import SECTIONS, Config, ConfigError, check_section
 from .distributed import DistContext
 from .tensorboard_log import check_tensorboard
@@ -25,25 +26,59 @@ class Datasets:
     train_size: int
     val_size: int
     classes: list[str]
+    fields: Fields = DEFAULT_FIELDS
+    names_from: str = ""  # where the class names come from (a sidecar, or the label numbers)
+
+
+@dataclass(frozen=True)
+class DatasetFile:
+    """One dataset as preflight sees it: size, class names (sidecar or numbers), labels' top."""
+
+    size: int
+    classes: list[str]
+    names_from: str
+    has_sidecar: bool
+    top_label: int
+
+
+def read_dataset(key: str, value: str, fields: Fields) -> DatasetFile:
+    """One recipe dataset key, opened with the recipe's fields; errors name the key."""
+    if not value:
+        raise ConfigError(f"{key}: no dataset given (a .beton from write_datasets.py or FFCV's DatasetWriter)")
+    try:
+        reader = open_beton(value, fields)
+        label_values = label_range(value, reader, fields)
+        names, names_from = class_names(value, label_values)
+    except ConversionError as err:
+        raise ConfigError(f"{key}: {err}") from None
+    return DatasetFile(int(reader.num_samples), names, names_from, sidecar_path(value).is_file(),
+                       int(label_values.max()))
+
+
+def check_class_agreement(train: DatasetFile, val: DatasetFile) -> None:
+    """Both sidecars: the same class list. Otherwise the same class count, val's labels within train's."""
+    if train.has_sidecar and val.has_sidecar:
+        if train.classes != val.classes:
+            raise ConfigError("data.val_dataset: its classes differ from the train set's; convert val with "
+                              "--class-map TRAIN.beton (write_datasets.py does this in its imagenet command)")
+        return
+    if val.top_label >= len(train.classes):
+        raise ConfigError(f"data.val_dataset: its labels go up to {val.top_label}, outside the train set's "
+                          f"{len(train.classes)} classes (0-{len(train.classes) - 1}); write val with train's classes")
+    if len(val.classes) != len(train.classes):
+        raise ConfigError(f"data.val_dataset: {len(val.classes)} classes ({val.names_from}), but the train set "
+                          f"has {len(train.classes)}; the class counts must agree")
 
 
 def check_datasets(config: Config) -> Datasets:
-    """Both .beton files readable, with image/label fields, and the same class list."""
-    paths = {"data.train_dataset": config.data.train_dataset, "data.val_dataset": config.data.val_dataset}
-    sizes, class_lists = {}, {}
-    for key, value in paths.items():
-        if not value:
-            raise ConfigError(f"{key}: no dataset given (a .beton from write_datasets.py)")
-        try:
-            sizes[key] = open_beton(value).num_samples
-            class_lists[key] = load_class_names(value)
-        except ConversionError as err:
-            raise ConfigError(f"{key}: {err}") from None
-    if class_lists["data.train_dataset"] != class_lists["data.val_dataset"]:
-        raise ConfigError("data.val_dataset: its classes differ from the train set's; convert val with "
-                          "--class-map TRAIN.beton (write_datasets.py does this in its imagenet command)")
-    return Datasets(Path(paths["data.train_dataset"]), Path(paths["data.val_dataset"]),
-                    sizes["data.train_dataset"], sizes["data.val_dataset"], class_lists["data.train_dataset"])
+    """Both .beton files readable, with the recipe's image/label fields, and classes that agree."""
+    fields = Fields.of(config.data)
+    train = read_dataset("data.train_dataset", config.data.train_dataset, fields)
+    val = read_dataset("data.val_dataset", config.data.val_dataset, fields)
+    check_class_agreement(train, val)
+    named = train if train.has_sidecar or not val.has_sidecar else val  # names from a sidecar where there is one
+    return Datasets(Path(config.data.train_dataset), Path(config.data.val_dataset), train.size, val.size,
+                    named.classes, fields, named.names_from)
 
 
 def check_run_settings(config: Config, datasets: Datasets, world_size: int, device: torch.device) -> None:

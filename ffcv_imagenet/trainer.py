@@ -45,6 +45,7 @@ FINAL_WEIGHTS = "final_weights.pt"
 FINAL_EMA_WEIGHTS = "final_weights_ema.pt"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: what SLURM's --signal sends before preemption
 MIB = 2 ** 20
+CLASS_NAMES_SHOWN = 10  # in the run's opening lines; log.jsonl's start record has them all
 
 
 class TrainingStopped(Exception):
@@ -72,6 +73,14 @@ def prepare_model(config: Config, ctx: DistContext, num_classes: int) -> nn.Modu
 def memory_stats(device: torch.device) -> dict[str, float | None]:
     gpu_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
     return {"gpu_peak_mib": gpu_peak, "host_rss_mib": psutil.Process().memory_info().rss / MIB}
+
+
+def dataset_line(datasets: Datasets) -> str:
+    """Which files, how many images, and the classes (the first few names, and where they come from)."""
+    hidden = len(datasets.classes) - CLASS_NAMES_SHOWN
+    shown = ", ".join(datasets.classes[:CLASS_NAMES_SHOWN]) + (f", ... ({hidden} more)" if hidden > 0 else "")
+    return (f"data: train {datasets.train_path} ({datasets.train_size} images), val {datasets.val_path} "
+            f"({datasets.val_size} images); {len(datasets.classes)} classes: {shown} ({datasets.names_from})")
 
 
 class StopRequest:
@@ -156,7 +165,8 @@ class Trainer:
         return TrainLoader(self.datasets.train_path, settings, order=config.data.order,
                            in_memory=config.data.in_memory, distributed=self.ctx.distributed,
                            seed=config.training.seed, cache_mib=config.data.cache_mib,
-                           fixres_crop_ratio=config.resolution.fixres_crop_ratio, decoder=config.data.decoder)
+                           fixres_crop_ratio=config.resolution.fixres_crop_ratio, decoder=config.data.decoder,
+                           fields=self.datasets.fields)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
@@ -385,6 +395,7 @@ class Trainer:
                      f"micro-batch {self.config.training.batch_size} per rank x {self.accumulate} accumulated x "
                      f"{self.ctx.world_size} rank(s) = global batch {self.global_batch}, peak lr {peak_lr(self.config.lr, self.global_batch):.4g}, "
                      f"{self.train_loader.settings.num_workers} loader workers per rank")
+        self.log.say(dataset_line(self.datasets))
         buffers = self.host_buffer_mib()
         self.log.say(f"FFCV batch buffers in host memory per rank (pinned on a GPU): training {buffers['train']:.0f} "
                      f"MiB, validation {buffers['val']:.0f} MiB during a val pass")
@@ -394,7 +405,7 @@ class Trainer:
         self.log.record("start", world_size=self.ctx.world_size, global_batch=self.global_batch,
                         micro_batch=self.config.training.batch_size, accumulate=self.accumulate,
                         peak_lr=peak_lr(self.config.lr, self.global_batch), options=options,
-                        host_buffers_mib=buffers)
+                        host_buffers_mib=buffers, classes=self.datasets.classes)
         self.stop.install()
         try:
             while self.epoch < self.epochs:

@@ -1,4 +1,4 @@
-"""Command line of ``write_datasets.py``: convert, imagenet, inspect, demo."""
+"""Command line of ``write_datasets.py``: convert, imagenet, inspect, adopt, demo."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ from typing import Sequence
 from .cli import EXIT_INTERRUPTED, OneLineParser, fail
 from .conversion import (BY_ROLE, FOLDER, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
                          find_class_folders, require_known_classes)
+from .beton_format import Fields
 from .demo_data import make_demo_imagefolder
 
 PROG = "write_datasets.py"
@@ -54,6 +55,14 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
                             "every JPEG record as ffcv-imagenet does; default on")
 
 
+def _field_options(parser: argparse.ArgumentParser) -> None:
+    defaults = Fields()
+    parser.add_argument("--image-field", default=defaults.image, metavar="NAME",
+                        help="name of the image field (an RGBImageField); default %(default)s")
+    parser.add_argument("--label-field", default=defaults.label, metavar="NAME",
+                        help="name of the label field (an IntField); default %(default)s")
+
+
 def _settings(args: argparse.Namespace) -> ConversionSettings:
     return ConversionSettings(write_mode=args.write_mode, max_resolution=args.max_resolution,
                               compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,
@@ -64,7 +73,7 @@ def _settings(args: argparse.Namespace) -> ConversionSettings:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="ImageFolder trees -> FFCV .beton files, and checks of them")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{convert,imagenet,inspect,demo}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{convert,imagenet,inspect,adopt,demo}")
 
     convert = commands.add_parser("convert", root_prog=PROG, help="one ImageFolder root -> one .beton")
     convert.add_argument("root", type=Path, help="folder of class folders: ROOT/<class>/<image>")
@@ -80,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", root_prog=PROG, help="record count, label histogram, sizes and a few decodes")
     inspect.add_argument("beton", type=Path)
+    _field_options(inspect)
+
+    adopt = commands.add_parser("adopt", root_prog=PROG,
+                                help="write our sidecar for a .beton from FFCV's own writer (ffcv-imagenet), "
+                                     "never changing the file")
+    adopt.add_argument("beton", type=Path, help="the file, whatever its extension (FILE.json is written beside it)")
+    adopt.add_argument("--classes-from", type=Path, metavar="IMAGEFOLDER_ROOT",
+                       help="the ImageFolder root it was written from: class names from its sorted class "
+                            "folders, checked against the labels; default: classes named by number")
+    _field_options(adopt)
 
     demo = commands.add_parser("demo", root_prog=PROG, help="make the built-in demo ImageFolder and convert it")
     demo.add_argument("out_dir", type=Path, help="gets images/{train,val}, train.beton and val.beton")
@@ -120,6 +139,16 @@ def _demo(args: argparse.Namespace) -> None:
     convert_pair(images / "train", images / "val", args.out_dir, settings)
 
 
+def _adopt(args: argparse.Namespace) -> None:
+    from .adoption import adopt  # imports FFCV: only when needed
+    from .beton_format import sidecar_path
+
+    sidecar = adopt(args.beton, args.classes_from, Fields(args.image_field, args.label_field))
+    names = "names from " + str(args.classes_from) if args.classes_from else "named by number"
+    print(f"wrote {sidecar_path(args.beton)}: {sidecar['num_images']} images, {len(sidecar['classes'])} classes "
+          f"({names}); {args.beton} unchanged", flush=True)
+
+
 def run(args: argparse.Namespace) -> None:
     if args.command == "convert":
         _report(convert_imagefolder(args.root, args.out, _settings(args), class_map=args.class_map))
@@ -127,7 +156,9 @@ def run(args: argparse.Namespace) -> None:
         convert_pair(args.imagenet_dir / "train", args.imagenet_dir / "val", args.out_dir, _settings(args))
     elif args.command == "inspect":
         from .inspection import report  # imports FFCV's loader: only when needed
-        print(report(args.beton), flush=True)
+        print(report(args.beton, Fields(args.image_field, args.label_field)), flush=True)
+    elif args.command == "adopt":
+        _adopt(args)
     elif args.command == "demo":
         _demo(args)
 
