@@ -283,39 +283,44 @@ def saved_folders(folder: Path) -> list[Path]:
     return found
 
 
-def topk_hits(probs: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
-    """(top-1 hits, top-5 hits) of a block of rows."""
-    k = min(TOP_K, probs.shape[1])
-    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-    return int((probs.argmax(axis=1) == labels).sum()), int((top == labels[:, None]).any(axis=1).sum())
+def topk_hits(scores: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """(top-1 hits, top-5 hits) of a block of rows of probabilities or logits."""
+    k = min(TOP_K, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return int((scores.argmax(axis=1) == labels).sum()), int((top == labels[:, None]).any(axis=1).sum())
 
 
 def evaluate_saved_folder(folder: Path) -> dict[str, Any]:
-    """Top-1/top-5 of one export, read in blocks of rows (a train-set export does not fit in RAM)."""
+    """Top-1/top-5 of one export, read in blocks of rows (a train-set export does not fit in RAM).
+
+    Ranked by the logits where they were saved: a confident model's probabilities underflow to
+    exactly 0 for several classes, which then tie, and top-5 among ties is a guess."""
     info = json.loads((folder / MANIFEST).read_text())
+    source = "logits" if (folder / "logits.npy").is_file() else "probs"
     try:
-        probs = np.load(folder / "probs.npy", mmap_mode="r")
+        scores = np.load(folder / f"{source}.npy", mmap_mode="r")
         labels = np.load(folder / "labels.npy", mmap_mode="r")
     except (OSError, ValueError) as err:
         raise ConfigError(f"--evaluate-saved: {folder}: {err}") from None
-    if probs.shape[0] != labels.shape[0] or probs.shape[0] != info["count"]:
-        raise ConfigError(f"--evaluate-saved: {folder}: probs.npy has {probs.shape[0]} rows, labels.npy "
+    if scores.shape[0] != labels.shape[0] or scores.shape[0] != info["count"]:
+        raise ConfigError(f"--evaluate-saved: {folder}: {source}.npy has {scores.shape[0]} rows, labels.npy "
                           f"{labels.shape[0]}, the manifest says {info['count']}")
     top1 = top5 = 0
-    for start in range(0, probs.shape[0], EVAL_CHUNK_ROWS):
+    for start in range(0, scores.shape[0], EVAL_CHUNK_ROWS):
         block = slice(start, start + EVAL_CHUNK_ROWS)
-        hits1, hits5 = topk_hits(np.asarray(probs[block], dtype=np.float32), np.asarray(labels[block]))
+        hits1, hits5 = topk_hits(np.asarray(scores[block], dtype=np.float32), np.asarray(labels[block]))
         top1, top5 = top1 + hits1, top5 + hits5
     count = int(labels.shape[0])
     return {"folder": str(folder), "res": info["resolution"], "count": count, "top1_hits": top1,
-            "top5_hits": top5, "top1": top1 / max(1, count), "top5": top5 / max(1, count)}
+            "top5_hits": top5, "top1": top1 / max(1, count), "top5": top5 / max(1, count), "ranked_by": source}
 
 
 def evaluate_saved(folder: Path) -> list[dict[str, Any]]:
     rows = [evaluate_saved_folder(path) for path in saved_folders(folder)]
     for row in rows:
         print(f"res {row['res']}: top-1 {100 * row['top1']:.2f}% ({row['top1_hits']}/{row['count']}) "
-              f"top-5 {100 * row['top5']:.2f}% ({row['top5_hits']}/{row['count']})  {row['folder']}", flush=True)
+              f"top-5 {100 * row['top5']:.2f}% ({row['top5_hits']}/{row['count']}) from {row['ranked_by']}  "
+              f"{row['folder']}", flush=True)
     return rows
 
 
@@ -339,17 +344,18 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .distributed import world_from_env
-
     parser = build_parser()
     args, overrides = split_overrides(parser, sys.argv[1:] if argv is None else argv)
-    speaks = world_from_env()[0] == 0
+    speaks = True  # under torchrun, rank 0 alone says what every rank found
     try:
         if answer_recipe_questions(args, overrides):
             return 0
-        if args.evaluate_saved:
+        if args.evaluate_saved:  # numpy only: no torch, no model
             evaluate_saved(args.evaluate_saved)
             return 0
+        from .distributed import world_from_env
+
+        speaks = world_from_env()[0] == 0
         missing = [option for option, value in (("--config", args.config), ("--weights", args.weights),
                                                 ("--dataset", args.dataset), ("--out", args.out)) if not value]
         if missing:
