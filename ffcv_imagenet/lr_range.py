@@ -87,28 +87,36 @@ def suggestions(sweep: Sweep) -> dict[str, float | None]:
 
 # ---------------------------------------------------------------- the sweep on the real loader and model
 def run_sweep(trainer: Any, cfg: LRRangeConfig) -> tuple[Sweep, str]:
-    """Train ``trainer``'s model through the LR sweep at its first epoch's plan; (curve, why it stopped)."""
+    """Train ``trainer``'s model through the LR sweep at its first epoch's plan; (curve, why it stopped).
+    One sweep step is one optimizer update (``training.accumulate`` micro-batches)."""
     from tqdm import tqdm
 
-    from .schedule import RRC
+    from .regularizers import seed_step_draws
 
     sweep = Sweep(cfg.smoothing)
-    scale = trainer.global_batch / LR_REFERENCE_BATCH
-    first = trainer.plans[0]
-    trainer.train_model.train()
-    trainer.augment_on = first.crop_mode == RRC
-    progress = tqdm(total=cfg.steps, unit="step", desc=f"LR range test at {first.res} px", leave=False,
+    scale = trainer.global_batch / LR_REFERENCE_BATCH  # samples per update, all ranks
+    first_plan = trainer.plans[0]
+    trainer.enter_phase(first_plan)
+    accumulate, micro = trainer.accumulate, 0
+    progress = tqdm(total=cfg.steps, unit="step", desc=f"LR range test at {first_plan.res} px", leave=False,
                     disable=not (trainer.ctx.is_main and trainer.config.logging.progress), dynamic_ncols=True)
     with progress:
-        for data_pass in range(cfg.steps):  # passes over the data; a new shuffle each (a tiny set may need several)
-            plan = dataclasses.replace(first, epoch=data_pass)
+        for data_pass in range(cfg.steps * accumulate):  # a tiny set may need several passes, each shuffled anew
+            plan = dataclasses.replace(first_plan, epoch=data_pass)
             with contextlib.closing(trainer.train_loader.epoch(plan)) as batches:
                 for images, labels in batches:
+                    first, last = micro % accumulate == 0, micro % accumulate == accumulate - 1
                     lr = sweep_lr(cfg, len(sweep.lrs))
-                    for group in trainer.optimizer.param_groups:
-                        group["lr"] = lr * scale
-                    loss, _, _ = trainer.train_step(images, labels)  # the loss averaged over ranks: all agree
-                    sweep.add(lr, loss)
+                    if first:
+                        for group in trainer.optimizer.param_groups:
+                            group["lr"] = lr * scale
+                    seed_step_draws(trainer.config.training.seed, trainer.ctx.rank, data_pass, micro,
+                                    trainer.ctx.device)
+                    update = trainer.train_step(images, labels, first, last)
+                    micro += 1
+                    if update is None:
+                        continue
+                    sweep.add(lr, update[0])  # the loss averaged over the update and the ranks: all ranks agree
                     progress.update(1)
                     reason = sweep.stop_reason(cfg.divergence)
                     if reason:

@@ -52,8 +52,10 @@ def export_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "ffcv_imagenet.export", *args]
 
 
-def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=cpu_env())
+def run(command: list[str], timeout: float = 600,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**cpu_env(), **(extra_env or {})})
 
 
 def free_port() -> int:
