@@ -134,9 +134,8 @@ def open_arrays(folder: Path, plan: ExportPlan, ctx: DistContext) -> dict[str, n
         folder.mkdir(parents=True, exist_ok=True)
         (folder / MANIFEST).unlink(missing_ok=True)  # a folder being rewritten is not a finished export
         for name, (shape, dtype) in plan.shapes().items():
-            created = np.lib.format.open_memmap(partial_path(folder / f"{name}.npy"), mode="w+", dtype=dtype,
-                                                shape=shape)
-            del created  # unmapped; the header and size are on disk
+            # Created and unmapped at once: the header and the file's size are on disk for the other ranks.
+            np.lib.format.open_memmap(partial_path(folder / f"{name}.npy"), mode="w+", dtype=dtype, shape=shape)
     barrier(ctx)
     return {name: np.lib.format.open_memmap(partial_path(folder / f"{name}.npy"), mode="r+")
             for name in plan.shapes()}
