@@ -496,7 +496,7 @@ def read_trained_weights(path: str | Path, option: str = "--evaluate") -> tuple[
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises assorted types on a truncated or foreign file
         raise ConfigError(f"{option}: {path} is not readable: {type(err).__name__}") from None
-    if isinstance(state, dict) and "model" in state and "recipe" in state:
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # last.pt, best.pt: a checkpoint dict
         return state["model"], True
     if not isinstance(state, dict):
         raise ConfigError(f"{option}: {path} holds no state_dict ({type(state).__name__})")
