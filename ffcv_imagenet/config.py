@@ -208,6 +208,16 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         step_ratio=Param(NON_NEGATIVE, "step schedule: multiply the LR by this ...", default=0.1),
         step_length=Param(POSITIVE_INT, "step schedule: ... every this many epochs", default=30),
     )
+    section("lr_range", "the LR range test (train_imagenet.py --lr-range-test), in lr.lr_per_256's units").params(
+        start=Param(POSITIVE_FLOAT, "first LR of the sweep, per 256 images of global batch", default=1e-4),
+        end=Param(POSITIVE_FLOAT, "last LR of the sweep (reached after steps), per 256 images", default=10.0),
+        steps=Param(typed(int, Interval(2)), "optimizer steps of the sweep; the LR grows by the same factor "
+                    "each step", default=100),
+        smoothing=Param(OPEN_FRACTION, "exponential smoothing of the loss (bias-corrected): weight of the past",
+                        default=0.98),
+        divergence=Param(typed(float, Interval(1.0, ends="()")), "stop once the smoothed loss exceeds this many "
+                         "times its minimum so far", default=4.0),
+    )
     section("training", "optimisation").params(
         epochs=Param(POSITIVE_INT, "number of epochs", default=16),
         batch_size=Param(POSITIVE_INT, "images per rank per micro-step; global batch = batch_size x accumulate "
@@ -315,6 +325,7 @@ DataConfig = _section_class("data", SECTIONS["data"])
 ModelConfig = _section_class("model", SECTIONS["model"])
 ResolutionConfig = _section_class("resolution", SECTIONS["resolution"])
 LRConfig = _section_class("lr", SECTIONS["lr"])
+LRRangeConfig = _section_class("lr_range", SECTIONS["lr_range"])
 TrainingConfig = _section_class("training", SECTIONS["training"])
 AugmentConfig = _section_class("augment", SECTIONS["augment"])
 EMAConfig = _section_class("ema", SECTIONS["ema"])
@@ -322,7 +333,7 @@ ValidationConfig = _section_class("validation", SECTIONS["validation"])
 LoggingConfig = _section_class("logging", SECTIONS["logging"])
 DistConfig = _section_class("dist", SECTIONS["dist"])
 SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "resolution": ResolutionConfig, "lr": LRConfig,
-                   "training": TrainingConfig, "augment": AugmentConfig, "ema": EMAConfig,
+                   "lr_range": LRRangeConfig, "training": TrainingConfig, "augment": AugmentConfig, "ema": EMAConfig,
                    "validation": ValidationConfig, "logging": LoggingConfig, "dist": DistConfig}
 assert list(SECTION_CLASSES) == list(SECTIONS), "every declared section has its class"
 Config = dataclasses.make_dataclass("Config", [

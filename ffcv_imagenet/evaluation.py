@@ -43,6 +43,18 @@ def sync_buffers(ctx: DistContext, model: nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
+def view_logits(model: nn.Module, images: torch.Tensor, device: torch.device, *, precision: str,
+                flip_tta: bool) -> torch.Tensor:
+    """float32 logits of a uint8 batch, averaged over the image and its mirror with flip TTA:
+    the one forward pass of evaluation, shared with the export of predictions."""
+    inputs = normalize(images)
+    with autocast_for(device, precision):
+        logits = model(inputs).float()
+        if flip_tta:
+            logits = (logits + model(inputs.flip(3)).float()) / 2
+    return logits
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], ctx: DistContext, *,
              precision: str, flip_tta: bool) -> EvalResult:
@@ -52,17 +64,13 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     guard = PinnedBufferGuard(ctx.device)
     for images, labels in batches:
         labels = labels.view(-1)
-        inputs = normalize(images)
-        with autocast_for(ctx.device, precision):
-            logits = model(inputs).float()
-            if flip_tta:
-                logits = logits + model(inputs.flip(3)).float()
+        logits = view_logits(model, images, ctx.device, precision=precision, flip_tta=flip_tta)
         k = min(max(TOP_K), logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top == labels[:, None]
         sums[0] += hits[:, :1].sum()
         sums[1] += hits.sum()
-        sums[2] += nn.functional.cross_entropy(logits / (2 if flip_tta else 1), labels, reduction="sum")
+        sums[2] += nn.functional.cross_entropy(logits, labels, reduction="sum")
         sums[3] += labels.numel()
         guard.after_batch()
     top1_hits, top5_hits, loss_sum, count = all_reduce_sum(ctx, sums).tolist()

@@ -81,6 +81,18 @@ def check_datasets(config: Config) -> Datasets:
                     named.classes, fields, named.names_from)
 
 
+def check_precision(config: Config, device: torch.device) -> None:
+    if config.training.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("training.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+
+
+def check_lr_range(config: Config) -> None:
+    """The LR range test's sweep goes up: from lr_range.start to a larger lr_range.end."""
+    if config.lr_range.end <= config.lr_range.start:
+        raise ConfigError(f"lr_range.end: {config.lr_range.end} must be above lr_range.start "
+                          f"({config.lr_range.start})")
+
+
 def check_run_settings(config: Config, datasets: Datasets, world_size: int, device: torch.device) -> None:
     """Every rule between recipe values, and between the recipe and the datasets, ranks and device."""
     for name in SECTIONS:  # a Config built in code has not met its declarations yet
@@ -96,8 +108,7 @@ def check_run_settings(config: Config, datasets: Datasets, world_size: int, devi
                           f"{datasets.train_size}")
     if datasets.val_size < world_size:
         raise ConfigError(f"data.val_dataset: {datasets.val_size} images cannot be shared by {world_size} ranks")
-    if training.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("training.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+    check_precision(config, device)
     if config.model.num_classes not in (0, len(datasets.classes)):
         raise ConfigError(f"model.num_classes: {config.model.num_classes}, but the datasets have "
                           f"{len(datasets.classes)} classes (0 takes the datasets' count)")

@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-res", metavar="RES", type=int, nargs="+",
                         help="test resolutions for --evaluate (default: validation.resolutions, "
                              "else validation.resolution)")
+    parser.add_argument("--lr-range-test", action="store_true",
+                        help="do not train: run Smith's LR range test (recipe section lr_range) and suggest "
+                             "lr.lr_per_256; writes lr_range.png and lr_range.json")
+    parser.add_argument("--out", metavar="DIR", help="with --lr-range-test: folder for its PNG and JSON "
+                        "(default: logging.folder)")
     return parser
 
 
@@ -43,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, str(err))
     if not args.config:
         parser.error("--config RECIPE is required")
+    if args.out and not args.lr_range_test:
+        parser.error("--out is for --lr-range-test")
 
     # Imported here so that --help and recipe mistakes answer without loading torch.
     from .distributed import init_distributed, shutdown, world_from_env
@@ -67,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.evaluate:
             resolutions = args.eval_res or config.validation.resolutions or [config.validation.resolution]
             evaluate_saved(config, ctx, args.evaluate, resolutions)
+        elif args.lr_range_test:
+            from .lr_range import lr_range_test
+            lr_range_test(config, ctx, args.out)
         else:
             train(config, ctx, resume=args.resume)
     except ConfigError as err:

@@ -497,23 +497,34 @@ def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
     trainer.run()
 
 
-def load_trained_weights(model: nn.Module, path: str | Path, arch: str) -> None:
-    """A run's checkpoint (last.pt) or its exported final_weights.pt, into ``model``."""
+def read_trained_weights(path: str | Path, option: str = "--evaluate") -> tuple[dict[str, torch.Tensor], bool]:
+    """(state_dict, is a checkpoint) of a run's checkpoint (last.pt, best.pt: our keys) or an exported
+    final_weights.pt (torchvision's keys); ``option`` names where the path came from, in the error line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--evaluate: {path} does not exist")
+        raise ConfigError(f"{option}: {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises assorted types on a truncated or foreign file
-        raise ConfigError(f"--evaluate: {path} is not readable: {type(err).__name__}") from None
+        raise ConfigError(f"{option}: {path} is not readable: {type(err).__name__}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # last.pt, best.pt: a checkpoint dict
+        return state["model"], True
+    if not isinstance(state, dict):
+        raise ConfigError(f"{option}: {path} holds no state_dict ({type(state).__name__})")
+    return state, False
+
+
+def load_trained_weights(model: nn.Module, path: str | Path, arch: str, option: str = "--evaluate") -> None:
+    """A run's checkpoint (last.pt, best.pt) or its exported final_weights.pt, into ``model``."""
+    weights, is_checkpoint = read_trained_weights(path, option)
     try:
-        if isinstance(state, dict) and "model" in state and "recipe" in state:
-            model.load_state_dict(state["model"])
+        if is_checkpoint:
+            model.load_state_dict(weights)
         else:
-            load_torchvision_weights(model, state)
+            load_torchvision_weights(model, weights)
     except (RuntimeError, ValueError, TypeError) as err:
         classes = model.fc.out_features
-        raise ConfigError(f"--evaluate: {path} does not fit model.arch={arch} with {classes} classes: "
+        raise ConfigError(f"{option}: {path} does not fit model.arch={arch} with {classes} classes: "
                           f"{str(err).splitlines()[0]}") from None
 
 

@@ -32,3 +32,18 @@ def demo_betons(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     convert_imagefolder(demo_root / "train", train, settings, progress=False)
     convert_imagefolder(demo_root / "val", val, settings, class_map=train, progress=False)
     return {"train": train, "val": val}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo_betons: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """(run folder, the recipe overrides it was trained with): one epoch at 32 px, validated at 64 px with
+    flip TTA; for the tools that read a finished run (export, LR range test)."""
+    from helpers import explain, run, tiny_overrides, train_command
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    overrides = tiny_overrides(demo_betons, folder, **{"training.epochs": 1, "resolution.fixres_epochs": 0,
+                                                       "resolution.max_res": 32, "validation.flip_tta": True,
+                                                       "validation.resolutions": "[]"})
+    result = run(train_command(overrides))
+    assert result.returncode == 0, explain(result)
+    return folder, overrides

@@ -35,14 +35,21 @@ def train_command(args: list[str]) -> list[str]:
 
 
 def torchrun_command(args: list[str], *, nproc: int, nnodes: int = 1, node_rank: int = 0,
-                     port: int | None = None) -> list[str]:
+                     port: int | None = None, module: str | None = None) -> list[str]:
+    """train_imagenet.py (or ``module``, e.g. ffcv_imagenet.export, given its own arguments) under torchrun."""
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     if nnodes == 1:
         launcher += ["--standalone"]
     else:
         launcher += [f"--nnodes={nnodes}", f"--node_rank={node_rank}", "--master_addr=127.0.0.1",
                      f"--master_port={port}"]
+    if module is not None:
+        return [*launcher, "-m", module, *args]
     return [*launcher, str(TRAIN), "--config", str(DEMO_RECIPE), *args]
+
+
+def export_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "ffcv_imagenet.export", *args]
 
 
 def run(command: list[str], timeout: float = 600,
