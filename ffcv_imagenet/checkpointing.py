@@ -18,17 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config, ConfigError, to_dict
+from .config import SECTIONS, Config, ConfigError, to_dict
 from .fileio import atomic_path
 
 CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
+BEST_CHECKPOINT = Path("checkpoints") / "best.pt"  # the state at the best val top-1 so far (same format)
 RUN_DEFINING_SECTIONS = ("model", "resolution", "lr", "training")
 FREE_TO_CHANGE = {"training.compile", "training.max_bad_steps"}  # no effect on the weights
 
 
 def last_checkpoint_path(run_folder: str | Path) -> Path:
     return Path(run_folder) / LAST_CHECKPOINT
+
+
+def best_checkpoint_path(run_folder: str | Path) -> Path:
+    return Path(run_folder) / BEST_CHECKPOINT
 
 
 def rng_states() -> dict[str, Any]:
@@ -79,7 +84,8 @@ def recipe_differences(saved: dict[str, dict[str, Any]], current: Config) -> lis
     for section in RUN_DEFINING_SECTIONS:
         for key, value in now[section].items():
             dotted = f"{section}.{key}"
-            before = saved.get(section, {}).get(key)
+            # A key added since the checkpoint was written had its declared default then.
+            before = saved.get(section, {}).get(key, SECTIONS[section][key].default)
             if dotted not in FREE_TO_CHANGE and before != value:
                 differences.append(f"{dotted}: {before!r} -> {value!r}")
     return differences

@@ -24,7 +24,9 @@ from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
-from .decoders import FULL, REGION, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
+from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, FixResCropDecoder,
+                       RandomResizedCropDecoder, SeededCropDecoder)
+from .config import AugmentConfig
 from .schedule import FIXRES, RRC, EpochPlan
 from .traversal import PageShuffleOrder, SkippableOrder, samples_by_page
 
@@ -78,6 +80,20 @@ class LoaderSettings:
     channels_last: bool = True
 
 
+@dataclass(frozen=True)
+class CropSettings:
+    """The training crops' randomness (the recipe's augment.flip, rrc_scale, rrc_ratio): the
+    decoders take them as compile-time constants, so they are fixed for the loader's life."""
+
+    flip: bool = True
+    rrc_scale: tuple[float, float] = RRC_SCALE
+    rrc_ratio: tuple[float, float] = RRC_RATIO
+
+    @classmethod
+    def from_recipe(cls, augment: AugmentConfig) -> CropSettings:
+        return cls(augment.flip, tuple(augment.rrc_scale), tuple(augment.rrc_ratio))
+
+
 class TrainLoader:
     """The training set, one epoch at a time, at the epoch's resolution and crop mode.
 
@@ -86,14 +102,16 @@ class TrainLoader:
     (it does not: traversal.PageShuffleOrder, whole pages read in a row through
     a process cache of about ``cache_mib`` per rank). Like FFCV's own loader,
     ``distributed`` takes the rank and rank count from torch.distributed.
-    ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode).
+    ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode);
+    ``crop`` holds the RandomResizedCrop ranges and the flip, the same for both.
     A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
     """
 
     def __init__(self, path: str | Path, settings: LoaderSettings, *, order: str, in_memory: bool,
                  distributed: bool, seed: int, fixres_crop_ratio: float, cache_mib: int = DEFAULT_CACHE_MIB,
-                 decoder: str = FAST):
+                 decoder: str = FAST, crop: CropSettings = CropSettings()):
         self.path = str(path)
+        self.crop = crop
         self.method = _decode_method(decoder)
         self.settings = settings
         self.order = order
@@ -110,9 +128,10 @@ class TrainLoader:
     def _decoder_for(self, plan: EpochPlan) -> SeededCropDecoder:
         size = (plan.res, plan.res)
         if plan.crop_mode == RRC:
-            return RandomResizedCropDecoder(size, method=self.method)
+            return RandomResizedCropDecoder(size, flip=self.crop.flip, method=self.method,
+                                            scale=self.crop.rrc_scale, ratio=self.crop.rrc_ratio)
         if plan.crop_mode == FIXRES:
-            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio, method=self.method)
+            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio, flip=self.crop.flip, method=self.method)
         raise ValueError(f"unknown crop mode {plan.crop_mode!r}")
 
     def _build(self, plan: EpochPlan) -> tuple[Loader, SeededCropDecoder]:

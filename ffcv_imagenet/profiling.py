@@ -47,7 +47,7 @@ from . import schedule
 from .config import Config, ConfigError
 from .distributed import DistContext
 from .fileio import atomic_write_text, check_writable_dir
-from .loaders import Batch, TrainLoader
+from .loaders import Batch, CropSettings, TrainLoader
 from .preflight import preflight
 from .trainer import Trainer
 
@@ -239,7 +239,8 @@ class Profiler:
                                             in_memory=config.data.in_memory, distributed=False,
                                             seed=config.training.seed,
                                             fixres_crop_ratio=config.resolution.fixres_crop_ratio,
-                                            decoder=config.data.decoder)
+                                            decoder=config.data.decoder,
+                                            crop=CropSettings.from_recipe(config.augment))
         return self._host_loader
 
     def measure(self, res: int, crop_mode: str) -> Row:

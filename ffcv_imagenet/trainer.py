@@ -28,7 +28,8 @@ from .config import Config, ConfigError, to_dict
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
 from .evaluation import EvalResult, Evaluator, autocast_for, resolution_table
 from .fileio import atomic_path, check_writable_dir
-from .loaders import LoaderSettings, TrainLoader, normalize, workers_per_rank
+from .loaders import CropSettings, LoaderSettings, TrainLoader, normalize, workers_per_rank
+from .losses import build_criterion
 from .lr_schedule import lr_at, peak_lr
 from .model import build_model, load_torchvision_weights, torchvision_state_dict
 from .optimizers import backbone_frozen, build_optimizer
@@ -39,6 +40,8 @@ from .tensorboard_log import TensorBoardLog
 
 FINAL_WEIGHTS = "final_weights.pt"
 FINAL_EMA_WEIGHTS = "final_weights_ema.pt"
+BEST_WEIGHTS = "best_weights.pt"  # the model of checkpoints/best.pt, as a torchvision state_dict
+BEST_EMA_WEIGHTS = "best_weights_ema.pt"  # the EMA weights at their own best val top-1
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: what SLURM's --signal sends before preemption
 MIB = 2 ** 20
 
@@ -97,6 +100,8 @@ def regularizer_summary(config: Config) -> dict[str, Any]:
         "grad clip": training.grad_clip_norm, "label smoothing": training.label_smoothing,
         "fixres trains": config.resolution.fixres_train if schedule.fixres_epochs(
             config.resolution, training.epochs) else 0,
+        "loss": training.loss, "flip": "on" if augment.flip else "off",
+        "rrc scale": augment.rrc_scale, "rrc ratio": [round(end, 4) for end in augment.rrc_ratio],
     }
     return {name: value for name, value in candidates.items() if value}
 
@@ -118,6 +123,7 @@ class Trainer:
         self.bad_steps = 0
         self.epoch = 0  # next epoch to run
         self.step_in_epoch = 0  # batches of self.epoch already trained (a mid-epoch checkpoint)
+        self.best: dict[str, dict[str, float]] = {}  # "model" / "ema" -> {"epoch", "val_top1"} of its best so far
 
         torch.manual_seed(config.training.seed)
         self.model = prepare_model(config, ctx, len(datasets.classes))
@@ -127,7 +133,7 @@ class Trainer:
         self.augment_on = True  # main phase; the FixRes phase turns batch augmentation off
         self.optimizer = build_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.training.precision == "fp16")
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.training.label_smoothing)
+        self.criterion = build_criterion(config.training)
         self.train_model = self._wrap(self.model)
         self.loader_settings = LoaderSettings(batch_size=config.training.batch_size,
                                               num_workers=workers_per_rank(config.data.num_workers),
@@ -136,7 +142,8 @@ class Trainer:
                                         in_memory=config.data.in_memory, distributed=ctx.distributed,
                                         seed=config.training.seed, cache_mib=config.data.cache_mib,
                                         fixres_crop_ratio=config.resolution.fixres_crop_ratio,
-                                        decoder=config.data.decoder)
+                                        decoder=config.data.decoder,
+                                        crop=CropSettings.from_recipe(config.augment))
         self.last_save = time.monotonic()
         self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size)
         if resume_from is not None:
@@ -157,7 +164,7 @@ class Trainer:
                 "world_size": self.ctx.world_size, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "rng": checkpointing.rng_states()}
+                "rng": checkpointing.rng_states(), "best": self.best}
 
     def save(self) -> None:
         if self.ctx.is_main:
@@ -175,6 +182,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         checkpointing.restore_rng_states(state["rng"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.best = state.get("best", {})  # absent from checkpoints older than best.pt
         ranks_note = ""
         if state["world_size"] != self.ctx.world_size:
             ranks_note = f" (saved with {state['world_size']} ranks, now {self.ctx.world_size}: global batch changes"
@@ -330,8 +338,44 @@ class Trainer:
                 record.update(ema_val_top1=averaged.top1, ema_val_top5=averaged.top5)
         record.update(memory_stats(self.ctx.device))
         self.epoch, self.step_in_epoch = plan.epoch + 1, 0
+        improved = self._track_best(record)
+        self._save_best(improved)  # before last.pt, which holds the best so far: a resume never loses one
         self.save()  # before the log line: the log never claims an epoch the checkpoint lacks
         self.log.epoch(record, self.epochs)
+        for which in improved:
+            self._log_best(which)
+
+    # ------------------------------------------------------------ best and final weights
+    def _track_best(self, record: dict[str, Any]) -> list[str]:
+        """Which of the model and its EMA beat their best val top-1 so far (each judged on its own)."""
+        improved = []
+        for which, top1 in (("model", record.get("val_top1")), ("ema", record.get("ema_val_top1"))):
+            if top1 is not None and top1 > self.best.get(which, {}).get("val_top1", -1.0):
+                self.best[which] = {"epoch": record["epoch"], "val_top1": top1}
+                improved.append(which)
+        return improved
+
+    def _save_best(self, improved: list[str]) -> None:
+        if not self.ctx.is_main:
+            return
+        if "model" in improved:
+            checkpointing.save_checkpoint(checkpointing.best_checkpoint_path(self.folder), self._state())
+            self._write_weights(BEST_WEIGHTS, self.model)
+        if "ema" in improved and self.ema is not None:
+            self._write_weights(BEST_EMA_WEIGHTS, self.ema.module)
+
+    def _log_best(self, which: str) -> None:
+        best = self.best[which]
+        files = ([str(checkpointing.BEST_CHECKPOINT), BEST_WEIGHTS] if which == "model" else [BEST_EMA_WEIGHTS])
+        self.log.say(f"best {'EMA ' if which == 'ema' else ''}val top-1 so far: {100 * best['val_top1']:.2f}% "
+                     f"at epoch {best['epoch']}: {', '.join(files)}")
+        self.log.record("event", event="best", weights=which, epoch=best["epoch"], val_top1=best["val_top1"],
+                        files=files)
+
+    def _write_weights(self, name: str, model: nn.Module) -> None:
+        """``model`` as a plain torchvision state_dict in the run folder, written atomically."""
+        with atomic_path(self.folder / name) as tmp:
+            torch.save(torchvision_state_dict(model), tmp)
 
     def _save_final_weights(self) -> None:
         if self.ctx.is_main:
@@ -339,8 +383,7 @@ class Trainer:
             if self.ema is not None:
                 exports.append((FINAL_EMA_WEIGHTS, self.ema.module))
             for name, model in exports:
-                with atomic_path(self.folder / name) as tmp:
-                    torch.save(torchvision_state_dict(model), tmp)
+                self._write_weights(name, model)
                 self.log.say(f"final weights (torchvision state_dict): {self.folder / name}")
         barrier(self.ctx)
 
@@ -392,7 +435,7 @@ def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
 
 
 def load_trained_weights(model: nn.Module, path: str | Path, arch: str) -> None:
-    """A run's checkpoint (last.pt) or its exported final_weights.pt, into ``model``."""
+    """A run's checkpoint (last.pt, best.pt) or its exported weights (final_weights.pt, best_weights.pt)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--evaluate: {path} does not exist")
