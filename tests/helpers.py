@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,3 +63,13 @@ def epoch_records(folder: Path) -> list[dict]:
 
 def explain(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+
+
+def wait_for_epochs(folder: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (folder / "log.jsonl").is_file() and len(epoch_records(folder)) >= count:
+            return
+        assert process.poll() is None, "the run ended before it was signalled"
+        time.sleep(0.05)
+    raise TimeoutError(f"no epoch record {count} in {folder}")

@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from ffcv_imagenet.schedule import full_schedule
 from ffcv_imagenet.tensorboard_log import TENSORBOARD_FOLDER
 from ffcv_imagenet.trainer import EXIT_DIVERGED, EXIT_PREEMPTED, FINAL_WEIGHTS
 from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, free_port, run, tiny_overrides, torchrun_command,
-                     train_command)
+                     train_command, wait_for_epochs)
 
 VAL_IMAGES = 42  # conftest: 6 classes x 7; 21 per rank in batches of 8: uneven on purpose
 
@@ -68,16 +67,6 @@ def test_finished_run_is_not_trained_again(straight_run: Path, demo_betons: dict
     assert result.returncode == 0, explain(result)
     assert "already finished" in result.stdout
     assert (straight_run / FINAL_WEIGHTS).stat().st_mtime_ns == before
-
-
-def wait_for_epochs(folder: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (folder / "log.jsonl").is_file() and len(epoch_records(folder)) >= count:
-            return
-        assert process.poll() is None, "the run ended before it was signalled"
-        time.sleep(0.05)
-    raise TimeoutError(f"no epoch record {count} in {folder}")
 
 
 def test_sigterm_checkpoints_and_resume_equals_uninterrupted(straight_run: Path, demo_betons: dict,
