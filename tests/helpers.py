@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,3 +74,14 @@ def wait_for_epochs(folder: Path, count: int, process: subprocess.Popen, timeout
         assert process.poll() is None, "the run ended before it was signalled"
         time.sleep(0.05)
     raise TimeoutError(f"no epoch record {count} in {folder}")
+
+
+def interrupt_after_epochs(command: list[str], folder: Path, count: int = 1) -> subprocess.CompletedProcess:
+    """Run ``command`` (a training launch) and send it SIGTERM once ``count`` epoch records are in
+    ``folder``'s log: the signal lands inside the next epoch (torchrun passes it on to every rank)."""
+    process = subprocess.Popen(command, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    wait_for_epochs(folder, count, process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -1,8 +1,6 @@
 """checkpoints/best.pt and best_weights*.pt: kept for the best val top-1, across a SIGTERM and a resume."""
 from __future__ import annotations
 
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from ffcv_imagenet.checkpointing import best_checkpoint_path, last_checkpoint_pa
 from ffcv_imagenet.model import torchvision_state_dict
 from ffcv_imagenet.run_log import read_log
 from ffcv_imagenet.trainer import BEST_EMA_WEIGHTS, BEST_WEIGHTS, EXIT_PREEMPTED
-from helpers import REPO, cpu_env, epoch_records, explain, run, tiny_overrides, train_command, wait_for_epochs
+from helpers import epoch_records, explain, interrupt_after_epochs, run, tiny_overrides, train_command
 
 CLASSES = 6  # conftest's demo set
 
@@ -40,12 +38,9 @@ def assert_same_weights(expected: dict, actual: dict) -> None:
 
 def test_best_checkpoint_survives_sigterm_and_resume(demo_betons: dict, tmp_path: Path) -> None:
     args = tiny_overrides(demo_betons, tmp_path, **{"ema.decay": 0.9})
-    process = subprocess.Popen(train_command(args), cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    wait_for_epochs(tmp_path, 1, process)
-    process.send_signal(signal.SIGTERM)  # lands inside epoch 1
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == EXIT_PREEMPTED, f"{stdout}\n{stderr}"
+    interrupted_run = interrupt_after_epochs(train_command(args), tmp_path)  # SIGTERM lands inside epoch 1
+    stdout, stderr = interrupted_run.stdout, interrupted_run.stderr
+    assert interrupted_run.returncode == EXIT_PREEMPTED, f"{stdout}\n{stderr}"
     first = epoch_records(tmp_path)[0]
     assert "best val top-1 so far" in stdout and "best EMA val top-1 so far" in stdout
     saved_best = {"model": {"epoch": 0, "val_top1": first["val_top1"]},
