@@ -22,7 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from ffcv.fields import IntField
@@ -86,14 +86,15 @@ def imagenet_size(rng: np.random.Generator) -> tuple[int, int]:
 SizeSampler = Callable[[np.random.Generator], tuple[int, int]]
 
 
-def make_folder(root: Path, images: int, seed: int = 0, size: SizeSampler = source_size,
-                quality: int = SOURCE_QUALITY) -> float:
-    """Write ``images`` photo-like JPEGs under root/<class>/, sides drawn by ``size``;
-    returns their mean bytes per pixel. The other benchmarks make their data here too."""
+def make_folder(root: Path, images: int, seed: int | Sequence[int] = 0, size: SizeSampler = source_size,
+                quality: int = SOURCE_QUALITY, first: int = 0) -> float:
+    """Write ``images`` photo-like JPEGs under root/<class>/, sides drawn by ``size``, numbered from
+    ``first`` (so that processes can share a folder); returns their mean bytes per pixel. The other
+    benchmarks make their data here too."""
     rng = np.random.default_rng(seed)
     scenes = [make_image(k % CLASSES, rng) for k in range(DISTINCT_SCENES)]
     total_bytes = total_pixels = 0
-    for k in range(images):
+    for k in range(first, first + images):
         width, height = size(rng)
         scene = np.asarray(scenes[k % DISTINCT_SCENES].resize((width, height), Image.BICUBIC), dtype=np.float32)
         path = root / f"n{k % CLASSES:08d}" / f"{k:06d}.JPEG"

@@ -1,9 +1,12 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically by rank 0.
 
 A checkpoint holds the model, optimizer and grad-scaler states, the position
-(``epoch`` to run next and ``step_in_epoch`` batches of it already trained),
+(``epoch`` to run next and ``samples_in_epoch``, the global samples of it
+already trained, so that any number of ranks can continue from there),
 the resolved recipe and the RNG states. It is written under a temporary name
 and renamed, so a preemption during the write leaves the previous checkpoint.
+``CheckpointWriter`` copies the state to host memory and writes it on a
+background thread, so training goes on during the write.
 
 Resuming with a recipe that would train a different run (another model, LR,
 schedule, epoch count...) is refused; what only changes where data comes from
@@ -12,8 +15,9 @@ or how the run is launched (paths, workers, logging, ranks) may differ.
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,7 +29,9 @@ CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 BEST_CHECKPOINT = Path("checkpoints") / "best.pt"  # the state at the best val top-1 so far (same format)
 RUN_DEFINING_SECTIONS = ("model", "resolution", "lr", "training")
-FREE_TO_CHANGE = {"training.compile", "training.max_bad_steps"}  # no effect on the weights
+# compile and max_bad_steps: no effect on the weights; accumulate: like the rank count, it sets the global batch,
+# which the LR follows (8 GPUs become 4: accumulate 2 keeps the recipe's global batch)
+FREE_TO_CHANGE = {"training.compile", "training.max_bad_steps", "training.accumulate"}
 
 
 def last_checkpoint_path(run_folder: str | Path) -> Path:
@@ -36,23 +42,27 @@ def best_checkpoint_path(run_folder: str | Path) -> Path:
     return Path(run_folder) / BEST_CHECKPOINT
 
 
-def rng_states() -> dict[str, Any]:
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """The generators' states; on a GPU only this rank's own device's (the others belong to other ranks)."""
     numpy_state = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def restore_rng_states(states: dict[str, Any]) -> None:
+def restore_rng_states(states: dict[str, Any], device: torch.device) -> None:
+    """Into this rank's generators. The CUDA state goes to this rank's device only, so a resume
+    on fewer GPUs per node, or on another rank count, works (and a CPU run ignores it)."""
     random.setstate(states["python"])
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda = states["cuda"]
+    if device.type == "cuda" and isinstance(cuda, torch.Tensor):
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -60,6 +70,54 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+
+
+def to_host(value: Any) -> Any:
+    """``value`` with every tensor copied to host memory, so that training may go on changing the originals."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: to_host(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_host(item) for item in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes one checkpoint at a time on a background thread, from a host copy taken at ``submit``.
+
+    The write is still atomic (``save_checkpoint``): a kill during it leaves the previous
+    checkpoint. An error in the thread (a full disk) is raised by the next ``submit`` or ``wait``.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: str | Path, state: dict[str, Any], then: Callable[[], None] | None = None) -> None:
+        """Copy ``state`` to the host now, write it in the background, then call ``then`` (on the thread)."""
+        self.wait()
+        host_state = to_host(state)
+        self._thread = threading.Thread(target=self._write, args=(Path(path), host_state, then),
+                                        name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, path: Path, state: dict[str, Any], then: Callable[[], None] | None) -> None:
+        try:
+            save_checkpoint(path, state)
+            if then is not None:
+                then()
+        except BaseException as err:  # handed to the training thread by wait()
+            self._error = err
+
+    def wait(self) -> None:
+        """Until the last submitted checkpoint is on disk (and its ``then`` done); re-raises its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -84,7 +142,7 @@ def recipe_differences(saved: dict[str, dict[str, Any]], current: Config) -> lis
     for section in RUN_DEFINING_SECTIONS:
         for key, value in now[section].items():
             dotted = f"{section}.{key}"
-            # A key added since the checkpoint was written had its declared default then.
+            # A key newer than the checkpoint had its declared default there.
             before = saved.get(section, {}).get(key, SECTIONS[section][key].default)
             if dotted not in FREE_TO_CHANGE and before != value:
                 differences.append(f"{dotted}: {before!r} -> {value!r}")

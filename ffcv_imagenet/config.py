@@ -156,8 +156,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         order=Param(choice("random", "quasi_random"),
                     "train traversal: random | quasi_random (page-grouped, for data larger than RAM)",
                     default="random"),
-        cache_mib=Param(POSITIVE_INT, "quasi_random with in_memory false: process cache per rank in MiB; "
-                        "bounds the shuffle window (half of it, in pages)", default=4096),
+        cache_mib=Param(POSITIVE_INT, "quasi_random with in_memory false: process cache of all ranks together "
+                        "in MiB (about cache_mib / ranks each); the window is half of it, in pages", default=4096),
         decoder=Param(choice("fast", "stock"), "JPEG decode: fast (window first; only its region, at the "
                       "largest IDCT downscale that serves) | stock (FFCV's full-size decode; same seeded "
                       "windows)", default="fast"),
@@ -205,7 +205,10 @@ def declare(target: fastargs.Config) -> fastargs.Config:
     )
     section("training", "optimisation").params(
         epochs=Param(POSITIVE_INT, "number of epochs", default=16),
-        batch_size=Param(POSITIVE_INT, "images per rank per step; global batch = batch_size x ranks", default=512),
+        batch_size=Param(POSITIVE_INT, "images per rank per micro-step; global batch = batch_size x accumulate "
+                         "x ranks", default=512),
+        accumulate=Param(POSITIVE_INT, "micro-steps per optimizer update (gradient accumulation): reproduces a "
+                         "published global batch on fewer GPUs; the LR and schedule count updates", default=1),
         optimizer=Param(choice("sgd", "adamw", "lamb", "lars"),
                         "sgd | adamw | lamb | lars (the last two for very large batches)", default="sgd"),
         momentum=Param(FRACTION, "SGD and LARS momentum", default=0.9),
@@ -269,6 +272,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         progress=Param(BOOL, "tqdm progress bar on rank 0", default=True),
         checkpoint_minutes=Param(NON_NEGATIVE, "also checkpoint inside an epoch every this many minutes; "
                                  "0 = per epoch only", default=0.0),
+        checkpoint_every=Param(POSITIVE_INT, "checkpoint at the end of every this many epochs (and the last); "
+                               "written in the background from a host copy", default=1),
         tensorboard=Param(BOOL, "also write the epoch records and per-step loss/LR as TensorBoard scalars to "
                           "RUN/tensorboard (rank 0; needs the tensorboard package)", default=False),
         tensorboard_every=Param(POSITIVE_INT, "with tensorboard: write the training loss and LR every this many "

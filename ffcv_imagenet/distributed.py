@@ -52,6 +52,15 @@ def resolve_backend(cfg: DistConfig, device: torch.device) -> str:
     return backend
 
 
+def job_cores() -> int:
+    """The cores this process may run on (SLURM and container CPU limits), not the machine's count."""
+    return len(os.sched_getaffinity(0))
+
+
+def ranks_on_node() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+
+
 def world_from_env() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) as torchrun set them; (0, 0, 1) for a plain ``python`` run."""
     return (int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
@@ -65,8 +74,7 @@ def init_distributed(cfg: DistConfig) -> DistContext:
         torch.cuda.set_device(device)
     else:
         # Ranks sharing a CPU node would each start one thread per core and thrash.
-        ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_on_node))
+        torch.set_num_threads(max(1, job_cores() // ranks_on_node()))
     if world_size > 1:
         dist.init_process_group(backend=resolve_backend(cfg, device),
                                 timeout=datetime.timedelta(seconds=cfg.timeout_s),

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .distributed import DistContext, all_reduce_sum
-from .loaders import LoaderSettings, ValLoader, build_val_loader, normalize, workers_per_rank
+from .loaders import LoaderSettings, PinnedBufferGuard, ValLoader, build_val_loader, normalize, workers_per_rank
 
 if TYPE_CHECKING:
     from .config import Config
@@ -48,6 +48,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     """``model`` must be the bare module (not DDP-wrapped): ranks may run different batch counts."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # top-1 hits, top-5 hits, loss, count
+    guard = PinnedBufferGuard(ctx.device)
     for images, labels in batches:
         labels = labels.view(-1)
         inputs = normalize(images)
@@ -62,6 +63,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         sums[1] += hits.sum()
         sums[2] += nn.functional.cross_entropy(logits / (2 if flip_tta else 1), labels, reduction="sum")
         sums[3] += labels.numel()
+        guard.after_batch()
     top1_hits, top5_hits, loss_sum, count = all_reduce_sum(ctx, sums).tolist()
     count = int(count)
     if count == 0:

@@ -2,7 +2,8 @@
 
 Images leave the loader as uint8 NCHW tensors (channels_last if asked) already
 on the training device: the host-to-device copy moves a quarter of the bytes of
-float32, and normalisation runs on the device (``normalize``).
+float32, and normalisation runs on the device (``normalize``). FFCV's loader
+thread is kept on the rank's GPU (``RankDeviceLoader``).
 
 The training loader is built once per crop mode and kept: a new epoch only
 sets the decoder's output size, its epoch seed and the loader's epoch counter,
@@ -11,7 +12,8 @@ batch buffers, which FFCV frees when the epoch ends.
 """
 from __future__ import annotations
 
-import os
+import collections
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,13 +24,17 @@ import torch.distributed as dist
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
+from ffcv.loader.epoch_iterator import EpochIterator
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
+from .config import AugmentConfig
 from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, FixResCropDecoder,
                        RandomResizedCropDecoder, SeededCropDecoder)
-from .config import AugmentConfig
+from .distributed import job_cores, ranks_on_node
 from .schedule import FIXRES, RRC, EpochPlan
-from .traversal import PageShuffleOrder, SkippableOrder, samples_by_page
+from .traversal import PageShuffleOrder, RandomOrder, RankShare, samples_by_page, steps_from
 
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -46,28 +52,125 @@ def _decode_method(decoder: str) -> str:
     return DECODE_METHODS[decoder]
 
 
-def workers_per_rank(requested: int) -> int:
-    """``requested``, or with 0 this rank's share of the node's cores (torchrun sets LOCAL_WORLD_SIZE)."""
+def workers_per_rank(requested: int, cores: int | None = None, ranks: int | None = None) -> int:
+    """``requested``, or with 0 this rank's share of the job's cores less one, which stays free
+    for the rank's own thread (it launches the GPU work; a busy core delays every kernel launch)."""
     if requested > 0:
         return requested
-    ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (os.cpu_count() or 1) // ranks_on_node)
+    cores = job_cores() if cores is None else cores
+    ranks = ranks_on_node() if ranks is None else ranks
+    return max(1, cores // ranks - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_and_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Built once per (device, dtype): building them per batch copies from pageable host memory,
+    which on a GPU waits for all queued work (a synchronisation per call)."""
+    mean = torch.tensor(IMAGENET_MEAN_255, dtype=dtype).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(IMAGENET_STD_255, dtype=dtype).view(1, 3, 1, 1).to(device)
+    return mean, std
 
 
 def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 images on the device -> ``(x - mean) / std`` in ``dtype``, memory format kept."""
-    mean = torch.tensor(IMAGENET_MEAN_255, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD_255, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    return (images.to(dtype) - mean) / std
+    mean, std = _mean_and_std(images.device, dtype)
+    # copy=True: the in-place steps below must never write into the caller's (FFCV's) buffer
+    return images.to(dtype, copy=True).sub_(mean).div_(std)
 
 
-def _image_tail(device: torch.device, channels_last: bool) -> list:
-    return [ToTensor(), ToDevice(device, non_blocking=True),
-            ToTorchImage(channels_last=channels_last, convert_back_int16=False)]
+class PinnedBufferGuard:
+    """Once per batch, waits for the device work queued ``lag`` batches back (a no-op off CUDA).
+
+    FFCV rewrites a pinned host buffer without waiting for its pending copy to the GPU (GPU-NOTES),
+    so a consumer that never synchronises could let the device fall far enough behind for a copy to
+    read a refilled buffer. The training step synchronises every batch anyway; evaluation does not.
+    """
+
+    def __init__(self, device: torch.device, lag: int = 2):
+        self.enabled = device.type == "cuda"
+        self.lag = lag
+        self.pending: collections.deque = collections.deque()
+
+    def after_batch(self) -> None:
+        if not self.enabled:
+            return
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append(event)
+        if len(self.pending) > self.lag:
+            self.pending.popleft().synchronize()
+
+
+def _to_device(device: torch.device) -> list:
+    """The host-to-device copy, absent when the batch is used on the host (CPU training, the
+    profiler's host loader): a copy from host to host would only add work the real path lacks."""
+    return [] if device.type == "cpu" else [ToDevice(device, non_blocking=True)]
+
+
+def _image_tail(device: torch.device) -> list:
+    # Always FFCV's channels-last view: with channels_last=False FFCV's ToTorchImage copies the
+    # batch into a buffer allocated without a device, i.e. back onto the host. The NCHW layout
+    # is made on the device instead (``in_layout``).
+    return [ToTensor(), *_to_device(device), ToTorchImage(channels_last=True, convert_back_int16=False)]
+
+
+def in_layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A loader batch (a channels-last view) in the model's memory format, on its own device."""
+    return images if channels_last else images.contiguous()
 
 
 def _label_pipeline(device: torch.device) -> list:
-    return [IntDecoder(), ToTensor(), ToDevice(device, non_blocking=True)]
+    return [IntDecoder(), ToTensor(), *_to_device(device)]
+
+
+class RankDeviceEpochIterator(EpochIterator):
+    """FFCV's epoch thread, working on the device that was current where the epoch began.
+
+    CUDA's current device is per thread and starts at 0: FFCV's thread enters and leaves its
+    copy streams with ``torch.cuda.stream``, which reads and restores the thread's current
+    stream on device 0, so every rank would create a CUDA context (some 400 MiB) on GPU 0.
+    """
+
+    def __init__(self, loader: Loader, order: np.ndarray):
+        self.device_index = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+        super().__init__(loader, order)  # starts the thread
+
+    def run(self) -> None:
+        if self.device_index is not None:
+            torch.cuda.set_device(self.device_index)
+        super().run()
+
+
+class RankDeviceLoader(Loader):
+    """FFCV's Loader with ``RankDeviceEpochIterator`` as its epoch thread."""
+
+    def __iter__(self) -> RankDeviceEpochIterator:
+        # ffcv/loader/loader.py Loader.__iter__ (1.0.2), whose iterator class is not a parameter.
+        Compiler.set_num_threads(self.num_workers)
+        order = self.next_traversal_order()
+        selected_order = order[:len(self) * self.batch_size]
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        return RankDeviceEpochIterator(self, selected_order)
+
+
+def host_buffer_bytes(loader: Loader) -> int:
+    """Host memory FFCV allocates for one epoch's batch buffers: every allocation of the pipeline
+    without a device (decode outputs and scratch), for each of its ``batches_ahead + 2`` slots.
+    FFCV pins all of it when CUDA is available (ffcv/pipeline/allocation_query.py)."""
+    requirements, _ = loader.graph.collect_requirements()
+    queries = []
+    for by_node in requirements.values():
+        for allocation in by_node.values():
+            queries += [allocation] if isinstance(allocation, AllocationQuery) else list(allocation or ())
+    per_sample = sum(int(np.prod(q.shape)) * _itemsize(q.dtype)
+                     for q in queries if q.device is None or torch.device(q.device).type == "cpu")
+    return per_sample * loader.batch_size * (loader.batches_ahead + 2)
+
+
+def _itemsize(dtype: np.dtype | torch.dtype) -> int:
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else np.dtype(dtype).itemsize
 
 
 @dataclass
@@ -97,11 +200,14 @@ class CropSettings:
 class TrainLoader:
     """The training set, one epoch at a time, at the epoch's resolution and crop mode.
 
-    ``order`` is 'random' (the dataset sits in the page cache: FFCV's random
-    permutation, split across ranks like DistributedSampler) or 'quasi_random'
-    (it does not: traversal.PageShuffleOrder, whole pages read in a row through
-    a process cache of about ``cache_mib`` per rank). Like FFCV's own loader,
-    ``distributed`` takes the rank and rank count from torch.distributed.
+    ``order`` is 'random' (the dataset sits in the page cache: a permutation of
+    the whole set) or 'quasi_random' (it does not: traversal.PageShuffleOrder,
+    pages read whole through a process cache of about ``cache_mib`` over all
+    ranks, each rank reading its band of every window).
+    Either is one global order per epoch, cut into steps across the ranks by
+    traversal.RankShare, so a run can resume inside an epoch on another number
+    of ranks. Like FFCV's own loader, ``distributed`` takes the rank and rank
+    count from torch.distributed.
     ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode);
     ``crop`` holds the RandomResizedCrop ranges and the flip, the same for both.
     A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
@@ -138,30 +244,45 @@ class TrainLoader:
         """A loader for a crop mode, compiled on its first epoch and kept: a schedule has at most two."""
         decoder = self._decoder_for(plan)
         settings = self.settings
-        page_shuffle = self.order == "quasi_random"
-        loader = Loader(self.path, batch_size=settings.batch_size, num_workers=settings.num_workers,
-                        order=OrderOption.SEQUENTIAL if page_shuffle else OrderOption.RANDOM,
-                        os_cache=self.in_memory, distributed=self.distributed and not page_shuffle,
-                        seed=self.seed, drop_last=True,
-                        pipelines={"image": [decoder, *_image_tail(settings.device, settings.channels_last)],
-                                   "label": _label_pipeline(settings.device)})
-        inner = self._page_shuffle(loader) if page_shuffle else loader.traversal_order
-        loader.traversal_order = SkippableOrder(inner)
+        # FFCV's own orders depend on the rank count (DistributedSampler); ours do not, so FFCV
+        # reads in the order given (sequential) and never shards.
+        loader = RankDeviceLoader(self.path, batch_size=settings.batch_size, num_workers=settings.num_workers,
+                                  order=OrderOption.SEQUENTIAL, os_cache=self.in_memory, distributed=False,
+                                  seed=self.seed, drop_last=True,
+                                  pipelines={"image": [decoder, *_image_tail(settings.device)],
+                                             "label": _label_pipeline(settings.device)})
+        inner = (self._page_shuffle(loader) if self.order == "quasi_random"
+                 else RandomOrder(loader.indices, seed=self.seed))
+        rank, world_size = self.rank_and_world_size()
+        loader.traversal_order = RankShare(inner, rank=rank, world_size=world_size, batch_size=settings.batch_size)
         loader.first_traversal_order = loader.next_traversal_order()  # FFCV sizes len() from it
         return loader, decoder
 
+    def rank_and_world_size(self) -> tuple[int, int]:
+        return (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
+
     def _page_shuffle(self, loader: Loader) -> PageShuffleOrder:
-        rank, world_size = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
-        # At a window boundary the cache holds the end of one window and the start of the next.
+        # At a window boundary the caches hold the end of one window and the start of the next
+        # (each rank its band of both): the order must not depend on the rank count, so neither may the window.
         window_pages = max(1, self.cache_mib * MIB // loader.reader.page_size // 2)
         return PageShuffleOrder(samples_by_page(loader.memory_manager.page_to_samples, loader.indices),
-                                seed=self.seed, rank=rank, world_size=world_size, window_pages=window_pages)
+                                seed=self.seed, window_pages=window_pages)
 
     def __len__(self) -> int:
-        """Batches per epoch on this rank (the last partial batch is dropped)."""
+        """Batches per epoch on this rank (the last partial global batch is dropped)."""
+        return self.steps_from(0)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the training set: one epoch's global order."""
         if self._loader is None:
             raise RuntimeError("call epoch() first: the loader is built for an epoch's plan")
-        return len(self._loader)
+        return len(self._loader.indices)
+
+    def steps_from(self, start_sample: int) -> int:
+        """Steps of an epoch run from global position ``start_sample``."""
+        _, world_size = self.rank_and_world_size()
+        return steps_from(self.num_samples, start_sample, world_size * self.settings.batch_size)
 
     def prepare(self, plan: EpochPlan) -> None:
         """Set up ``plan``'s epoch without starting it (so len() is known)."""
@@ -170,22 +291,32 @@ class TrainLoader:
         self._loader, self._decoder = self._built[plan.crop_mode]
         self._decoder.output_size = (plan.res, plan.res)
         self._decoder.set_epoch(self.seed, plan.epoch)
-        # FFCV's permutation for an epoch is seeded by (seed + epoch counter): set the
-        # counter so a resumed run reads epoch e in the same order as an uninterrupted one.
+        # The order is drawn for FFCV's epoch counter: set it so a resumed run reads
+        # epoch e in the same order as an uninterrupted one.
         self._loader.next_epoch = plan.epoch
 
-    def epoch(self, plan: EpochPlan, skip_batches: int = 0) -> Iterator[Batch]:
-        """The batches of ``plan``'s epoch after the first ``skip_batches``, which are not even read."""
+    def host_buffer_bytes(self, plan: EpochPlan) -> int:
+        """Host memory FFCV allocates for ``plan``'s epoch (pinned on a GPU machine)."""
+        self.prepare(plan)
+        assert self._loader is not None
+        return host_buffer_bytes(self._loader)
+
+    def epoch(self, plan: EpochPlan, start_sample: int = 0) -> Iterator[Batch]:
+        """This rank's batches of ``plan``'s epoch from global position ``start_sample`` on
+        (the samples before it are not even read), full global batches only."""
         self.prepare(plan)
         assert self._loader is not None and self._decoder is not None
-        self._loader.traversal_order.skip = skip_batches * self.settings.batch_size
+        if self.steps_from(start_sample) == 0:
+            self.process_cache_bytes = 0
+            return  # what is left is less than one global batch: nothing to read
+        self._loader.traversal_order.start = start_sample
         batches = iter(self._loader)
         cache = getattr(batches.memory_context, "memory", None)  # FFCV's process cache, if in use
         self.process_cache_bytes = cache.nbytes if cache is not None else 0
         try:
             for images, labels in batches:
                 self._decoder.check_decoded(self.path)
-                yield images, labels.view(-1)
+                yield in_layout(images, self.settings.channels_last), labels.view(-1)
         finally:
             # An epoch left early (a stop signal, the profiler's timed windows) must stop FFCV's
             # decode thread: its thread object is never collected, so it would keep its batch buffers.
@@ -204,8 +335,9 @@ def val_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
 class ValLoader:
     """An FFCV val loader whose batches are checked for corrupt records before they are yielded."""
 
-    def __init__(self, loader: Loader, decoder: CenterCropDecoder | None, path: str):
+    def __init__(self, loader: Loader, decoder: CenterCropDecoder | None, path: str, channels_last: bool = True):
         self.loader, self.decoder, self.path = loader, decoder, path
+        self.channels_last = channels_last
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -216,7 +348,7 @@ class ValLoader:
             for images, labels in batches:
                 if self.decoder is not None:
                     self.decoder.check_decoded(self.path)
-                yield images, labels
+                yield in_layout(images, self.channels_last), labels
         finally:
             batches.close()  # stop FFCV's decode thread when the pass ends early (an error)
 
@@ -229,9 +361,9 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
     """
     ours = CenterCropDecoder((res, res), ratio=crop_ratio) if _decode_method(decoder) == REGION else None
     image_decoder = ours if ours is not None else CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
-    loader = Loader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
-                    order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
-                    indices=val_indices(num_samples, rank, world_size),
-                    pipelines={"image": [image_decoder, *_image_tail(settings.device, settings.channels_last)],
-                               "label": _label_pipeline(settings.device)})
-    return ValLoader(loader, ours, str(path))
+    loader = RankDeviceLoader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
+                              order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
+                              indices=val_indices(num_samples, rank, world_size),
+                              pipelines={"image": [image_decoder, *_image_tail(settings.device)],
+                                         "label": _label_pipeline(settings.device)})
+    return ValLoader(loader, ours, str(path), settings.channels_last)

@@ -37,6 +37,6 @@ def lr_factor(cfg: LRConfig, epochs: int, progress: float) -> float:
     return cfg.end_factor + (1.0 - cfg.end_factor) * shape
 
 
-def lr_at(cfg: LRConfig, epochs: int, global_batch: int, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """The LR of iteration ``step`` (0-based) of ``epoch``."""
+def lr_at(cfg: LRConfig, epochs: int, global_batch: int, epoch: int, step: float, steps_per_epoch: int) -> float:
+    """The LR of iteration ``step`` (0-based; fractional when a run resumed on another rank count) of ``epoch``."""
     return peak_lr(cfg, global_batch) * lr_factor(cfg, epochs, epoch + step / steps_per_epoch)

@@ -54,6 +54,11 @@ def check_run_settings(config: Config, datasets: Datasets, world_size: int, devi
     if datasets.train_size // world_size < training.batch_size:
         raise ConfigError(f"training.batch_size: {training.batch_size} per rank x {world_size} ranks is more than "
                           f"the {datasets.train_size} training images; no full batch per rank")
+    update = training.batch_size * world_size * training.accumulate
+    if datasets.train_size < update:
+        raise ConfigError(f"training.accumulate: {training.accumulate} micro-steps of {training.batch_size} x "
+                          f"{world_size} ranks need {update} images per update; the train set has "
+                          f"{datasets.train_size}")
     if datasets.val_size < world_size:
         raise ConfigError(f"data.val_dataset: {datasets.val_size} images cannot be shared by {world_size} ranks")
     if training.precision == "fp16" and device.type != "cuda":

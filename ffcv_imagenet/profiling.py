@@ -33,7 +33,6 @@ import dataclasses
 import importlib.metadata
 import itertools
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -45,9 +44,9 @@ from tqdm import tqdm
 
 from . import schedule
 from .config import Config, ConfigError
-from .distributed import DistContext
+from .distributed import DistContext, job_cores
 from .fileio import atomic_write_text, check_writable_dir
-from .loaders import Batch, CropSettings, TrainLoader
+from .loaders import Batch, TrainLoader
 from .preflight import preflight
 from .trainer import Trainer
 
@@ -183,6 +182,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_window(step: Callable[[], object], settings: ProfileSettings, device: torch.device) -> float:
+    """Seconds for ``settings.steps`` calls of ``step``, after ``settings.warmup_steps`` untimed ones."""
+    for _ in range(settings.warmup_steps):
+        step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(settings.steps):
+        step()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def rates_in_turns(steps: dict[str, Callable[[], object]], settings: ProfileSettings, device: torch.device,
+                   images_per_step: int) -> dict[str, Rate]:
+    """Each step's img/s over ``settings.repeats`` windows, the figures taking turns (a busy spell slows
+    them alike); for side-by-side figures outside the profile command (benchmarks/gpu_check.py)."""
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(settings.repeats):
+        for name, step in steps.items():
+            seconds[name].append(timed_window(step, settings, device))
+    return {name: Rate.from_seconds(runs, settings.steps * images_per_step) for name, runs in seconds.items()}
+
+
 @contextlib.contextmanager
 def batch_stream(loader: TrainLoader, res: int, crop_mode: str) -> Iterator[Iterator[Batch]]:
     """Batches at (res, crop_mode) through consecutive epochs; the open epoch is closed on exit."""
@@ -219,35 +241,24 @@ class Profiler:
     def _window(self, step: Callable[[], object], label: str) -> float:
         """Seconds for ``steps`` calls of ``step``, after ``warmup_steps`` untimed ones."""
         self.progress.set_postfix_str(label, refresh=False)
-        for _ in range(self.settings.warmup_steps):
-            step()
-        synchronize(self.device)
-        started = time.perf_counter()
-        for _ in range(self.settings.steps):
-            step()
-        synchronize(self.device)
-        seconds = time.perf_counter() - started
+        seconds = timed_window(step, self.settings, self.device)
         self.progress.update(self.settings.warmup_steps + self.settings.steps)
         return seconds
 
     def _host_loader_for_gpu(self) -> TrainLoader:
-        """The recipe's loader with its batches left on the host (built once: numba compiles it)."""
+        """The trainer's own loader, its batches left on the host (built once: numba compiles it)."""
         if self._host_loader is None:
-            trainer, config = self.trainer, self.trainer.config
-            settings = dataclasses.replace(trainer.loader_settings, device=torch.device("cpu"))
-            self._host_loader = TrainLoader(trainer.datasets.train_path, settings, order=config.data.order,
-                                            in_memory=config.data.in_memory, distributed=False,
-                                            seed=config.training.seed,
-                                            fixres_crop_ratio=config.resolution.fixres_crop_ratio,
-                                            decoder=config.data.decoder,
-                                            crop=CropSettings.from_recipe(config.augment))
+            self._host_loader = self.trainer.build_train_loader(torch.device("cpu"))
         return self._host_loader
 
     def measure(self, res: int, crop_mode: str) -> Row:
         train_step = self.trainer.train_step
+        self.trainer.enter_phase(schedule.EpochPlan(0, res, crop_mode))  # batch augmentation as training has it
         with contextlib.ExitStack() as streams:
             stream = streams.enter_context(batch_stream(self.trainer.train_loader, res, crop_mode))
-            fixed = next(stream)  # the model's batch, already on the device; numba compiles here
+            # The model's batch, on the device; numba compiles here. A copy: the loader's buffer slot
+            # it came in is refilled by later batches.
+            fixed = tuple(tensor.clone() for tensor in next(stream))
             steps: dict[str, Callable[[], object]] = {
                 "loader_device": lambda: next(stream),
                 "model": lambda: train_step(*fixed),
@@ -275,12 +286,13 @@ class Profiler:
 # ---------------------------------------------------------------- the whole profile
 def describe_setup(config: Config, trainer: Trainer) -> dict[str, Any]:
     device = trainer.ctx.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {job_cores()} cores"
     training = config.training
     return {"arch": config.model.arch, "precision": training.precision, "channels_last": training.channels_last,
             "compile": training.compile, "batch_size": training.batch_size,
             "num_workers": trainer.loader_settings.num_workers, "device": str(device), "device_name": name,
-            "transfer_measured": device.type != "cpu", "torch": torch.__version__,
+            "transfer_measured": device.type != "cpu", "host_buffers_mib": trainer.host_buffer_mib(),
+            "torch": torch.__version__,
             "ffcv": importlib.metadata.version("ffcv")}  # ffcv.__version__ is stale in 1.0.2
 
 
@@ -296,7 +308,6 @@ def run_profile(config: Config, ctx: DistContext, settings: ProfileSettings, out
             raise ConfigError(f"--out: {err}") from None
     datasets = preflight(config, ctx)
     trainer = Trainer(config, ctx, datasets)
-    trainer.train_model.train()
     todo = targets(config, settings.resolutions)
     with tqdm(unit="step", desc="profile", leave=False, dynamic_ncols=True,
               disable=not (ctx.is_main and config.logging.progress)) as progress:
@@ -348,6 +359,8 @@ def format_rows(report: Report) -> str:
              f"batch {setup['batch_size']}, loader workers {setup['num_workers']}, {device} ({setup['device_name']})",
              f"img/s, median (min-max) of {settings.repeats} windows of {settings.steps} steps, each after "
              f"{settings.warmup_steps} untimed steps",
+             f"FFCV batch buffers in host memory (pinned on a GPU): training {setup['host_buffers_mib']['train']:.0f} "
+             f"MiB, validation {setup['host_buffers_mib']['val']:.0f} MiB during a val pass",
              TABLE_HEADER + "".join(f"| {name:<{RATE_WIDTH}} " for name in columns) + "| e2e/min | bottleneck"]
     for row in report.rows:
         rates = (row.loader_host, row.loader_device, row.model, row.end_to_end)

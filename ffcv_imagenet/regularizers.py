@@ -4,12 +4,14 @@ Batch-level ones run on the device after the loader (mixup/CutMix, RandAugment),
 so the FFCV pipeline and its speed are untouched; model-level ones are hooks on
 the torchvision ResNet (stochastic depth, classifier dropout) that leave its
 parameter names alone, so exported weights still load into torchvision.
-The trainer turns the batch-level ones off in the FixRes phase.
+The trainer turns the batch-level ones off in the FixRes phase, and seeds their
+draws per (seed, rank, epoch, step) with ``seed_step_draws``.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.utils import ModelEmaV3
@@ -47,7 +49,9 @@ class BatchMixer:
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mix is None or torch.rand(()) >= self.mix_prob:
             return inputs, labels
-        return self.mix(inputs, labels)
+        mixed, targets = self.mix(inputs, labels)
+        # MixUp's roll returns NCHW: a channels-last model would convert every layer's input.
+        return mixed.contiguous(memory_format=_memory_format(inputs)), targets
 
 
 class GroupRandAugment:
@@ -71,6 +75,25 @@ class GroupRandAugment:
 
 def _memory_format(images: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+STEP_SEED_MASK = 2 ** 64 - 1  # SeedSequence takes non-negative entropy; a negative seed wraps
+
+
+def seed_step_draws(seed: int, rank: int, epoch: int, step: int, device: torch.device) -> None:
+    """Seed one training step's draws: mixup/CutMix and RandAugment (the host generator),
+    stochastic depth and dropout (the generator of ``device``, this rank's own).
+
+    Per rank, so each rank mixes and drops differently and a global batch has the variety of
+    all its ranks; per step, so a resumed run draws what the uninterrupted one drew at the same
+    step, with no generator state to carry across a change of rank or GPU count. (Crops are
+    seeded per image by the decoders, independently of ranks.)
+    """
+    entropy = [seed & STEP_SEED_MASK, rank, epoch, step]
+    step_seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+    torch.default_generator.manual_seed(step_seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(step_seed)  # the current device, which distributed set-up made the rank's
 
 
 # ---------------------------------------------------------------- model level, as hooks

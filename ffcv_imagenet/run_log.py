@@ -8,6 +8,7 @@ finished); the readable line goes to stdout. Other ranks log nothing. With
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from .tensorboard_log import TensorBoardLog
 
 LOG_NAME = "log.jsonl"
 RECIPE_NAME = "recipe.yaml"
+SAMPLE_LOG_ENV = "FFCV_IMAGENET_SAMPLE_LOG"  # a folder: the tests' record of what each rank trained on
 
 
 def read_log(run_folder: str | Path) -> list[dict[str, Any]]:
@@ -35,7 +37,7 @@ def read_log(run_folder: str | Path) -> list[dict[str, Any]]:
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {record['epoch']} (of 0-{epochs - 1})",
              f"res {record['res']} {record['crop_mode']}",
-             f"batch {'x'.join(str(d) for d in record['first_batch_shape'])}",
+             f"batch {'x'.join(str(d) for d in record['first_batch_shape'] or ['-'])}",  # none: resumed at its end
              f"lr {record['lr']:.4g}",
              f"loss {record['train_loss']:.4f}"]
     if record.get("val_top1") is not None:
@@ -90,3 +92,23 @@ class RunLog:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+class SampleLog:
+    """A test hook, off unless ``$FFCV_IMAGENET_SAMPLE_LOG`` names a folder: then every rank appends
+    one line ``epoch label label ...`` per trained step to ``rank<r>.txt`` there. With a .beton
+    labelled by sample id, that is which samples each step trained on."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    @classmethod
+    def from_env(cls, rank: int) -> "SampleLog":
+        folder = os.environ.get(SAMPLE_LOG_ENV)
+        return cls(Path(folder) / f"rank{rank}.txt" if folder else None)
+
+    def write(self, epoch: int, labels: Any) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as out:
+            out.write(" ".join(str(value) for value in [epoch, *labels.tolist()]) + "\n")

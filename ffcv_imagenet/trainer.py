@@ -7,14 +7,18 @@ process); every rank runs the same code, rank 0 alone writes files.
 Per step, one small all-reduce carries (loss, stop request) between ranks: all
 ranks see the same loss, so they skip a non-finite step together, and a
 SIGTERM delivered to any rank stops them all at the same step, after a
-checkpoint. (The fp16 grad scaler synchronises every step anyway.)
+checkpoint. Reading it is the step's one full host-device synchronisation (the
+fp16 grad scaler's own check right after it waits only for the unscaling).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import psutil
 import torch
@@ -28,14 +32,14 @@ from .config import Config, ConfigError, to_dict
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
 from .evaluation import EvalResult, Evaluator, autocast_for, resolution_table
 from .fileio import atomic_path, check_writable_dir
-from .loaders import CropSettings, LoaderSettings, TrainLoader, normalize, workers_per_rank
+from .loaders import CropSettings, LoaderSettings, TrainLoader, host_buffer_bytes, normalize, workers_per_rank
 from .losses import build_criterion
 from .lr_schedule import lr_at, peak_lr
 from .model import build_model, load_torchvision_weights, torchvision_state_dict
 from .optimizers import backbone_frozen, build_optimizer
 from .preflight import Datasets, check_datasets, preflight  # noqa: F401 - check_datasets: Trainer's callers
-from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, apply_model_regularizers
-from .run_log import RunLog
+from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, apply_model_regularizers, seed_step_draws
+from .run_log import RunLog, SampleLog
 from .tensorboard_log import TensorBoardLog
 
 FINAL_WEIGHTS = "final_weights.pt"
@@ -57,6 +61,10 @@ class TrainingStopped(Exception):
 # ---------------------------------------------------------------- model and optimizer
 def prepare_model(config: Config, ctx: DistContext, num_classes: int) -> nn.Module:
     """The recipe's network on this rank's device, regularizers and memory format applied (not DDP-wrapped)."""
+    if ctx.device.type == "cuda":
+        # Shapes stay fixed for an epoch (full batches), so cuDNN times its algorithms once per
+        # shape and keeps the fastest, as ffcv-imagenet does (GPU runs are not bit-reproducible anyway).
+        torch.backends.cudnn.benchmark = True
     model = build_model(config.model, num_classes=num_classes).to(ctx.device)
     apply_model_regularizers(model, config.model)
     if config.training.channels_last:
@@ -118,14 +126,16 @@ class Trainer:
         self.log = RunLog(self.folder, enabled=ctx.is_main, tensorboard=tensorboard)
         self.epochs = config.training.epochs
         self.plans = schedule.full_schedule(config.resolution, self.epochs)
-        self.global_batch = config.training.batch_size * ctx.world_size
+        self.accumulate = config.training.accumulate  # micro-batches per optimizer update
+        self.micro_batch = config.training.batch_size * ctx.world_size  # samples per micro-step, all ranks
+        self.global_batch = self.micro_batch * self.accumulate  # samples per update: the LR and the schedule's unit
         self.stop = StopRequest()
         self.bad_steps = 0
         self.epoch = 0  # next epoch to run
-        self.step_in_epoch = 0  # batches of self.epoch already trained (a mid-epoch checkpoint)
+        self.samples_in_epoch = 0  # global samples of self.epoch already trained (a mid-epoch checkpoint)
         self.best: dict[str, dict[str, float]] = {}  # "model" / "ema" -> {"epoch", "val_top1"} of its best so far
 
-        torch.manual_seed(config.training.seed)
+        torch.manual_seed(config.training.seed)  # the same initial weights on every rank
         self.model = prepare_model(config, ctx, len(datasets.classes))
         self.ema = WeightAverage(self.model, config.ema) if config.ema.decay > 0 else None
         self.mixer = BatchMixer(config.augment, num_classes=len(datasets.classes))
@@ -138,37 +148,46 @@ class Trainer:
         self.loader_settings = LoaderSettings(batch_size=config.training.batch_size,
                                               num_workers=workers_per_rank(config.data.num_workers),
                                               device=ctx.device, channels_last=config.training.channels_last)
-        self.train_loader = TrainLoader(datasets.train_path, self.loader_settings, order=config.data.order,
-                                        in_memory=config.data.in_memory, distributed=ctx.distributed,
-                                        seed=config.training.seed, cache_mib=config.data.cache_mib,
-                                        fixres_crop_ratio=config.resolution.fixres_crop_ratio,
-                                        decoder=config.data.decoder,
-                                        crop=CropSettings.from_recipe(config.augment))
+        self.train_loader = self.build_train_loader(ctx.device)
+        self.checkpoints = checkpointing.CheckpointWriter()
         self.last_save = time.monotonic()
         self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size)
         if resume_from is not None:
             self._resume(resume_from)
 
+    def build_train_loader(self, device: torch.device) -> TrainLoader:
+        """The recipe's training loader delivering to ``device`` (the profiler asks for one on the host)."""
+        config = self.config
+        settings = dataclasses.replace(self.loader_settings, device=device)
+        return TrainLoader(self.datasets.train_path, settings, order=config.data.order,
+                           in_memory=config.data.in_memory, distributed=self.ctx.distributed,
+                           seed=config.training.seed, cache_mib=config.data.cache_mib,
+                           fixres_crop_ratio=config.resolution.fixres_crop_ratio, decoder=config.data.decoder,
+                           crop=CropSettings.from_recipe(config.augment))
+
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
+        self.ddp: DistributedDataParallel | None = None
         if self.ctx.distributed:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(model, device_ids=device_ids)
+            wrapped = self.ddp = DistributedDataParallel(model, device_ids=device_ids)
         if self.config.training.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
 
     # ------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
-        return {"recipe": to_dict(self.config), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+        return {"recipe": to_dict(self.config), "epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
                 "world_size": self.ctx.world_size, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "rng": checkpointing.rng_states(), "best": self.best}
+                "rng": checkpointing.rng_states(self.ctx.device), "best": self.best}
 
-    def save(self) -> None:
+    def save(self, then: Callable[[], None] | None = None) -> None:
+        """Rank 0 copies the state to the host and writes it in the background; ``then`` runs
+        once the file is in place (rank 0 only: only rank 0 logs)."""
         if self.ctx.is_main:
-            checkpointing.save_checkpoint(checkpointing.last_checkpoint_path(self.folder), self._state())
+            self.checkpoints.submit(checkpointing.last_checkpoint_path(self.folder), self._state(), then)
         barrier(self.ctx)
         self.last_save = time.monotonic()
 
@@ -180,23 +199,31 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        checkpointing.restore_rng_states(state["rng"])
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        checkpointing.restore_rng_states(state["rng"], self.ctx.device)
+        # A checkpoint from before sample positions (it has step_in_epoch) restarts its epoch: its order was another.
+        self.epoch, self.samples_in_epoch = state["epoch"], state.get("samples_in_epoch", 0)
         self.best = state.get("best", {})  # absent from checkpoints older than best.pt
-        ranks_note = ""
-        if state["world_size"] != self.ctx.world_size:
-            ranks_note = f" (saved with {state['world_size']} ranks, now {self.ctx.world_size}: global batch changes"
-            if self.step_in_epoch:
-                # Another rank count shards the epoch differently: "batch k" no longer names the same images.
-                self.step_in_epoch = 0
-                ranks_note += "; the interrupted epoch restarts from its first batch"
-            ranks_note += ")"
-        self.log.say(f"resumed from {path} at epoch {self.epoch}, batch {self.step_in_epoch}{ranks_note}")
+        self._say_resumed(path, saved_world_size=state["world_size"])
+
+    def _say_resumed(self, path: Path, saved_world_size: int) -> None:
+        """Where the run continues; with another rank count, what changes and what is left out."""
+        size, position = int(self.datasets.train_size), self.samples_in_epoch
+        # The epoch's global order does not depend on the rank count: it goes on from the same sample.
+        left_out = (size - position) % self.global_batch
+        note = ""
+        if saved_world_size != self.ctx.world_size:
+            note = (f" (saved with {saved_world_size} ranks, now {self.ctx.world_size}: global batch "
+                    f"{self.global_batch} and the LR follow; this epoch's last {left_out} samples, less than "
+                    "one global batch, are left out)")
+        self.log.say(f"resumed from {path} at epoch {self.epoch}, sample {position} of {size}{note}")
         self.log.record("event", event="resumed", checkpoint=str(path), epoch=self.epoch,
-                        step_in_epoch=self.step_in_epoch, world_size=self.ctx.world_size)
+                        samples_in_epoch=position, saved_world_size=saved_world_size,
+                        world_size=self.ctx.world_size, samples_left_out=left_out)
 
     # ------------------------------------------------------------ one epoch
-    def _set_lr(self, plan: schedule.EpochPlan, step: int, steps_per_epoch: int) -> float:
+    def _set_lr(self, plan: schedule.EpochPlan, position: int, steps_per_epoch: int) -> float:
+        # In steps of this rank count: after a resume on another one, the epoch's sample position decides.
+        step = position / self.global_batch
         lr = lr_at(self.config.lr, self.epochs, self.global_batch, plan.epoch, step, steps_per_epoch)
         # A frozen group gets LR 0 rather than requires_grad=False: DDP expects the same
         # gradients every step, and an LR of 0 with no decay leaves the weights exactly as they are.
@@ -222,24 +249,43 @@ class Trainer:
         if self.ema is not None:
             self.ema.after_step(self.model)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool, bool]:
-        """One optimizer step; returns (loss averaged over ranks, stop requested on any rank,
-        checkpoint due by rank 0's clock): one all-reduce, so every rank acts on the same answers."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, first: bool = True,
+                   last: bool = True) -> tuple[float, bool, bool] | None:
+        """One micro-batch: forward and backward, its gradients added to the update's. On the update's
+        ``last`` micro-batch, the optimizer step; returns (loss averaged over the update's micro-batches
+        and the ranks, stop requested on any rank, checkpoint due by rank 0's clock): one all-reduce per
+        update, so every rank acts on the same answers. None on the other micro-batches."""
         inputs, targets = self._augment(images, labels)
-        with autocast_for(self.ctx.device, self.config.training.precision):
-            loss = self.criterion(self.train_model(inputs), targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        shared = torch.tensor([0.0, float(self.stop.requested), float(self._checkpoint_due())], device=loss.device)
-        shared[0] = loss.detach().float()
+        if first:
+            self.optimizer.zero_grad(set_to_none=True)
+        # DDP all-reduces gradients in backward; accumulating micro-batches skip it, the last one reduces the sum.
+        no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+        with no_sync:
+            with autocast_for(self.ctx.device, self.config.training.precision):
+                loss = self.criterion(self.train_model(inputs), targets)
+            self.scaler.scale(loss / self.accumulate).backward()  # the update's gradient: the mean over its samples
+        micro_loss = loss.detach().float()
+        self._update_loss = micro_loss if first else self._update_loss + micro_loss
+        if not last:
+            return None
+        shared = self._shared_values(self._update_loss / self.accumulate)
+        # The step's one full synchronisation (the fp16 scaler's check after it waits only for the
+        # unscaling): every rank must know the reduced loss before it steps. It also keeps FFCV from rewriting a pinned
+        # host buffer whose copy to the GPU is still pending (FFCV does not wait for that copy itself).
         loss_sum, stops, due = all_reduce_sum(self.ctx, shared).tolist()
         mean_loss = loss_sum / self.ctx.world_size
-        if torch.isfinite(torch.tensor(mean_loss)):
+        if math.isfinite(mean_loss):
             self.bad_steps = 0
             self._apply_gradients()
         else:
             self.bad_steps += 1  # every rank saw the same sum, so every rank skips this step
         return mean_loss, stops > 0, due > 0
+
+    def _shared_values(self, loss: torch.Tensor) -> torch.Tensor:
+        """(loss, stop requested, checkpoint due) on the loss's device, built without a host-to-device
+        copy: ``torch.tensor(..., device=cuda)`` would wait for the whole backward pass."""
+        flags = (float(self.stop.requested), float(self._checkpoint_due()))
+        return torch.stack([loss.detach().float(), *(torch.full((), flag, device=loss.device) for flag in flags)])
 
     def _checkpoint_due(self) -> bool:
         minutes = self.config.logging.checkpoint_minutes
@@ -253,38 +299,60 @@ class Trainer:
                 f"stopped, the last checkpoint in {self.folder} is kept; lower lr.lr_per_256 or use "
                 "training.precision=bf16/fp32", EXIT_DIVERGED)
 
-    def train_epoch(self, plan: schedule.EpochPlan) -> dict[str, Any]:
+    def enter_phase(self, plan: schedule.EpochPlan) -> None:
+        """Train mode, and batch augmentation only in the main phase (the profiler times steps this way too)."""
         self.train_model.train()
         self.augment_on = plan.crop_mode == schedule.RRC
+
+    def train_epoch(self, plan: schedule.EpochPlan) -> dict[str, Any]:
+        self.enter_phase(plan)
         self.train_loader.prepare(plan)
-        steps = len(self.train_loader)
-        start_step = self.step_in_epoch
-        progress = tqdm(total=(steps - start_step) * self.global_batch, unit="img", unit_scale=True,
+        steps = len(self.train_loader) // self.accumulate  # optimizer updates in a whole epoch
+        start = self.samples_in_epoch
+        # Whole updates only: the micro-batches left over at the epoch's end (fewer than accumulate) are not read.
+        micro_steps = self.train_loader.steps_from(start) // self.accumulate * self.accumulate
+        progress = tqdm(total=micro_steps * self.micro_batch, unit="img", unit_scale=True,
                         desc=f"epoch {plan.epoch} (of 0-{self.epochs - 1}) res {plan.res}", leave=False,
                         disable=not (self.ctx.is_main and self.config.logging.progress), dynamic_ncols=True)
         loss_sum, finite_steps, first_shape, lr = 0.0, 0, None, 0.0
+        sample_log = SampleLog.from_env(self.ctx.rank)
         started = time.perf_counter()
+        done = start  # global samples of the epoch trained so far
         with progress:
-            for step, (images, labels) in enumerate(self.train_loader.epoch(plan, start_step), start=start_step):
+            batches = self.train_loader.epoch(plan, start)
+            for micro, (images, labels) in zip(range(micro_steps), batches):
+                position = start + micro * self.micro_batch  # global samples before this micro-batch
+                first, last = micro % self.accumulate == 0, micro % self.accumulate == self.accumulate - 1
                 if first_shape is None:
                     first_shape = list(images.shape)
-                lr = self._set_lr(plan, step, steps)
-                loss, stop, checkpoint_due = self.train_step(images, labels)
+                if first:
+                    lr = self._set_lr(plan, position, steps)
+                seed_step_draws(self.config.training.seed, self.ctx.rank, plan.epoch, position // self.micro_batch,
+                                self.ctx.device)
+                update = self.train_step(images, labels, first, last)
+                sample_log.write(plan.epoch, labels)
+                progress.update(self.micro_batch)
+                if update is None:
+                    continue
+                loss, stop, checkpoint_due = update
+                done = position + self.micro_batch
+                step = done // self.global_batch - 1  # this update's index in the epoch
                 self.log.train_step(plan.epoch * steps + step + 1, loss, lr)
                 if self.bad_steps == 0:
                     loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
                 self._check_divergence(step)
-                progress.update(self.global_batch)
                 progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
                 if stop or checkpoint_due:
-                    self.step_in_epoch = step + 1
-                    self.save()
-                    self.log.record("event", event="checkpoint", epoch=plan.epoch, step_in_epoch=step + 1)
+                    self.samples_in_epoch = done
+                    self.save(then=lambda at=done: self.log.record("event", event="checkpoint", epoch=plan.epoch,
+                                                                   samples_in_epoch=at))
                 if stop:
-                    raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after batch "
-                                          f"{step + 1} of {steps}; run the same command to resume", EXIT_PREEMPTED)
+                    raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after sample "
+                                          f"{done} of {self.datasets.train_size}; run the same command to resume "
+                                          "(on any number of ranks)", EXIT_PREEMPTED)
+            batches.close()  # an epoch whose leftover micro-batches are not read stops FFCV's thread now
         seconds = time.perf_counter() - started
-        images_seen = (steps - start_step) * self.global_batch
+        images_seen = done - start
         return {"epoch": plan.epoch, "res": plan.res, "crop_mode": plan.crop_mode, "first_batch_shape": first_shape,
                 "lr": lr, "train_loss": loss_sum / max(1, finite_steps), "steps": steps,
                 "process_cache_mib": self.train_loader.process_cache_bytes / MIB,
@@ -300,26 +368,48 @@ class Trainer:
         self.log.say(resolution_table(rows, self.plans[-1].res))
         return rows
 
+    def _every(self, epoch: int, every: int) -> bool:
+        """Whether ``epoch`` ends a stretch of ``every`` epochs; the last epoch always does."""
+        return (epoch + 1) % every == 0 or epoch == self.epochs - 1
+
     def _evaluation_due(self, epoch: int) -> bool:
-        return (epoch + 1) % self.config.validation.every == 0 or epoch == self.epochs - 1
+        return self._every(epoch, self.config.validation.every)
+
+    def host_buffer_mib(self) -> dict[str, float]:
+        """Host memory FFCV allocates per epoch for its batch buffers, pinned on a GPU machine: the
+        training loader at its largest epoch of each crop mode, and one val pass (they run one at a time)."""
+        largest: dict[str, schedule.EpochPlan] = {}
+        for plan in self.plans:
+            if plan.res >= largest.get(plan.crop_mode, plan).res:
+                largest[plan.crop_mode] = plan
+        train = max(self.train_loader.host_buffer_bytes(plan) for plan in largest.values())
+        val = host_buffer_bytes(self.evaluator.loader(self.config.validation.resolution).loader)
+        return {"train": train / MIB, "val": val / MIB}
 
     # ------------------------------------------------------------ the loop
     def run(self) -> None:
         self.log.save_recipe(self.config)
         self.log.say(f"{self.config.model.arch} on {self.ctx.world_size} rank(s) ({self.ctx.device.type}), "
-                     f"global batch {self.global_batch}, peak lr {peak_lr(self.config.lr, self.global_batch):.4g}, "
+                     f"micro-batch {self.config.training.batch_size} per rank x {self.accumulate} accumulated x "
+                     f"{self.ctx.world_size} rank(s) = global batch {self.global_batch}, peak lr {peak_lr(self.config.lr, self.global_batch):.4g}, "
                      f"{self.train_loader.settings.num_workers} loader workers per rank")
+        buffers = self.host_buffer_mib()
+        self.log.say(f"FFCV batch buffers in host memory per rank (pinned on a GPU): training {buffers['train']:.0f} "
+                     f"MiB, validation {buffers['val']:.0f} MiB during a val pass")
         self.log.say(schedule.format_table(self.plans))
         options = regularizer_summary(self.config)
         self.log.say("options: " + (", ".join(f"{k} {v}" for k, v in options.items()) or "none"))
         self.log.record("start", world_size=self.ctx.world_size, global_batch=self.global_batch,
-                        peak_lr=peak_lr(self.config.lr, self.global_batch), options=options)
+                        micro_batch=self.config.training.batch_size, accumulate=self.accumulate,
+                        peak_lr=peak_lr(self.config.lr, self.global_batch), options=options,
+                        host_buffers_mib=buffers)
         self.stop.install()
         try:
             while self.epoch < self.epochs:
                 self._run_epoch(self.plans[self.epoch])
         finally:
             self.stop.uninstall()
+            self.checkpoints.wait()  # a stop, an error or the end: the checkpoint is on disk before the exit
             self.log.close()
         self._save_final_weights()
         if self.config.validation.resolutions:
@@ -337,13 +427,22 @@ class Trainer:
                 averaged = self.evaluate(model=self.ema.module)
                 record.update(ema_val_top1=averaged.top1, ema_val_top5=averaged.top5)
         record.update(memory_stats(self.ctx.device))
-        self.epoch, self.step_in_epoch = plan.epoch + 1, 0
+        self.epoch, self.samples_in_epoch = plan.epoch + 1, 0
+        record["checkpoint"] = self._every(plan.epoch, self.config.logging.checkpoint_every)
         improved = self._track_best(record)
-        self._save_best(improved)  # before last.pt, which holds the best so far: a resume never loses one
-        self.save()  # before the log line: the log never claims an epoch the checkpoint lacks
-        self.log.epoch(record, self.epochs)
-        for which in improved:
-            self._log_best(which)
+        self._save_best(improved)  # queued before last.pt, which holds the best so far: a resume never loses one
+
+        def log_epoch() -> None:
+            self.log.epoch(record, self.epochs)
+            for which in improved:
+                self._log_best(which)
+
+        if record["checkpoint"]:
+            # Logged once the file is in place: the log never claims a checkpointed epoch the checkpoint lacks.
+            self.save(then=log_epoch)
+        else:
+            self.checkpoints.wait()  # the previous epoch's line first (and best.pt in place)
+            log_epoch()
 
     # ------------------------------------------------------------ best and final weights
     def _track_best(self, record: dict[str, Any]) -> list[str]:
@@ -359,8 +458,9 @@ class Trainer:
         if not self.ctx.is_main:
             return
         if "model" in improved:
-            checkpointing.save_checkpoint(checkpointing.best_checkpoint_path(self.folder), self._state())
             self._write_weights(BEST_WEIGHTS, self.model)
+            # The writer's queue keeps the order: best.pt is in place before this epoch's last.pt.
+            self.checkpoints.submit(checkpointing.best_checkpoint_path(self.folder), self._state())
         if "ema" in improved and self.ema is not None:
             self._write_weights(BEST_EMA_WEIGHTS, self.ema.module)
 

@@ -47,8 +47,10 @@ def torchrun_command(args: list[str], *, nproc: int, nnodes: int = 1, node_rank:
     return [*launcher, str(TRAIN), "--config", str(DEMO_RECIPE), *args]
 
 
-def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=cpu_env())
+def run(command: list[str], timeout: float = 600,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**cpu_env(), **(extra_env or {})})
 
 
 def free_port() -> int:

@@ -2,13 +2,23 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 
+import numpy as np
 import psutil
 import pytest
 import torch
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.state import State
+from ffcv.transforms import ToDevice
 
-from ffcv_imagenet.loaders import LoaderSettings, TrainLoader, normalize
+from ffcv_imagenet.inspection import open_beton
+from ffcv_imagenet.loaders import (LoaderSettings, TrainLoader, _image_tail, _label_pipeline, in_layout, normalize,
+                                   workers_per_rank)
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan
+from helpers import REPO, cpu_env
 
 EPOCHS = 20
 WARM_EPOCHS = 4  # both pipelines compiled and each resolution seen twice
@@ -57,6 +67,66 @@ def test_host_memory_stays_flat_over_alternating_epochs(train_loader: TrainLoade
 def test_skipping_resumes_mid_epoch_on_the_same_batches(train_loader: TrainLoader) -> None:
     plan = EpochPlan(7, 48, RRC)
     full = [images.clone() for images, _ in train_loader.epoch(plan)]
-    rest = [images.clone() for images, _ in train_loader.epoch(plan, skip_batches=3)]
+    rest = [images.clone() for images, _ in train_loader.epoch(plan, start_sample=3 * 16)]  # 3 batches of 16
     assert len(rest) == len(full) - 3
     assert all(torch.equal(a, b) for a, b in zip(full[3:], rest))
+    assert list(train_loader.epoch(plan, start_sample=144 - 15)) == []  # less than one batch left: nothing
+
+
+@pytest.mark.parametrize("device", [torch.device("cuda", 1), torch.device("cpu")])
+def test_every_buffer_after_the_copy_is_on_the_training_device(device: torch.device) -> None:
+    """Issue 17.1: FFCV's ToTorchImage(channels_last=False) asked for a buffer with no device (the host)
+    after the copy to the GPU. FFCV's own declarations, walked as its graph does, with no GPU needed."""
+    state = State(jit_mode=True, device=torch.device("cpu"), shape=(64, 64, 3), dtype=np.dtype("uint8"))
+    copied = False
+    for operation in _image_tail(device):
+        state, allocation = operation.declare_state_and_memory(state)
+        copied = copied or isinstance(operation, ToDevice)
+        if copied and isinstance(allocation, AllocationQuery):
+            assert torch.device(allocation.device) == device, operation
+    assert state.device == device and state.shape == (3, 64, 64)
+    # Issue 17.9: batches used on the host are not copied from host to host.
+    assert copied == (device.type == "cuda")
+    assert any(isinstance(op, ToDevice) for op in _label_pipeline(device)) == (device.type == "cuda")
+
+
+def test_nchw_layout_is_made_where_the_batch_is() -> None:
+    view = torch.arange(2 * 5 * 5 * 3, dtype=torch.uint8).view(2, 5, 5, 3).permute(0, 3, 1, 2)  # FFCV's output
+    assert view.is_contiguous(memory_format=torch.channels_last)
+    assert in_layout(view, channels_last=True) is view
+    nchw = in_layout(view, channels_last=False)
+    assert nchw.is_contiguous() and torch.equal(nchw, view) and nchw.device == view.device
+
+
+def test_host_buffers_are_five_slots_of_decode_output_scratch_and_label(train_loader: TrainLoader,
+                                                                       demo_betons: dict) -> None:
+    """Issue 17.8: what FFCV allocates on the host (and pins on a GPU machine) per epoch, by hand:
+    (batches_ahead 3 + 2) slots x batch x (output + the decoder's full-size scratch + one int64 label)."""
+    reader = open_beton(demo_betons["train"])
+    images = reader.metadata["f0"]
+    max_pixels = int(images["height"].max()) * int(images["width"].max())
+    batch, slots = 16, 3 + 2
+    for res in (32, 64):
+        expected = slots * batch * (res * res * 3 + max_pixels * 3 + np.dtype("int64").itemsize)
+        assert train_loader.host_buffer_bytes(EpochPlan(0, res, RRC)) == expected
+
+
+@pytest.mark.parametrize("requested, cores, ranks, expected", [
+    (0, 64, 8, 7), (0, 16, 1, 15), (0, 2, 1, 1), (0, 4, 8, 1), (5, 64, 8, 5)])
+def test_workers_leave_one_core_per_rank(requested: int, cores: int, ranks: int, expected: int) -> None:
+    assert workers_per_rank(requested, cores=cores, ranks=ranks) == expected
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to restrict the affinity to one")
+def test_workers_count_the_job_cpus_not_the_machine() -> None:
+    """Issue 17.6: a job given one core of the machine (taskset, SLURM, a container) gets one worker."""
+    core = min(os.sched_getaffinity(0))
+    code = (f"import os; os.sched_setaffinity(0, {{{core}}}); "
+            "from ffcv_imagenet.distributed import job_cores; from ffcv_imagenet.loaders import workers_per_rank; "
+            "print(job_cores(), workers_per_rank(0), os.cpu_count())")
+    env = {**cpu_env(), "LOCAL_WORLD_SIZE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    job, workers, machine = map(int, result.stdout.split())
+    assert (job, workers) == (1, 1) and machine >= 2

@@ -8,11 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from tqdm import tqdm
 
 from ffcv_imagenet.config import load_config
+from ffcv_imagenet.distributed import DistContext
 from ffcv_imagenet.inspection import open_beton
-from ffcv_imagenet.profiling import LOADER, MODEL, TABLE_HEADER, format_duration
-from ffcv_imagenet.schedule import full_schedule, phases
+from ffcv_imagenet.profiling import LOADER, MODEL, TABLE_HEADER, Profiler, ProfileSettings, format_duration
+from ffcv_imagenet.schedule import FIXRES, RRC, full_schedule, phases
+from ffcv_imagenet.trainer import Trainer, check_datasets
 from helpers import DEMO_RECIPE, explain, run, tiny_overrides
 
 PROFILE = [sys.executable, "-m", "ffcv_imagenet.profile", "--config", str(DEMO_RECIPE)]
@@ -127,3 +131,30 @@ def test_bad_input_is_one_line_and_exit_2(demo_betons: dict, tmp_path: Path, ext
     assert len(lines) == 1 and lines[0].startswith("python -m ffcv_imagenet.profile: error:"), explain(result)
     assert names in lines[0]
     assert TABLE_HEADER not in result.stdout
+
+
+def test_profiler_times_each_phase_as_training_runs_it(demo_betons: dict, tmp_path: Path) -> None:
+    """Issue 12 (profiler fidelity) and 17.9: FixRes rows without mixup/RandAugment, as training has them;
+    the host loader from the trainer's own factory (data.cache_mib kept); the model's fixed batch a copy."""
+    config = load_config(DEMO_RECIPE, tiny_overrides(demo_betons, tmp_path / "run", **{
+        "augment.mixup_alpha": 0.4, "augment.randaugment_ops": 2, "data.cache_mib": 16}))
+    trainer = Trainer(config, DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")),
+                      check_datasets(config))
+    target_dims, model_inputs = [], []
+    trainer.criterion.register_forward_pre_hook(lambda module, args: target_dims.append(args[1].ndim))
+    trainer.model.register_forward_pre_hook(lambda module, args: model_inputs.append(args[0].clone()))
+    profiler = Profiler(trainer, ProfileSettings(warmup_steps=0, steps=1, repeats=2), tqdm(disable=True))
+    for res, mode in ((32, RRC), (64, FIXRES)):
+        target_dims.clear(), model_inputs.clear()
+        profiler.measure(res, mode)
+        # mixed targets are class distributions (2-d), plain labels 1-d
+        assert target_dims == [2 if mode == RRC else 1] * 4, (mode, target_dims)
+    # windows per repeat: loader, model (fixed batch), end to end (the next batch); FixRes has no random draws
+    first_model, first_e2e, second_model, _ = model_inputs
+    assert torch.equal(first_model, second_model) and not torch.equal(first_model, first_e2e)
+    host, own = profiler._host_loader_for_gpu(), trainer.train_loader
+    assert host.settings.device == torch.device("cpu") and host.cache_mib == own.cache_mib == 16
+    assert [getattr(host, key) for key in ("path", "method", "order", "in_memory", "distributed", "seed",
+                                            "fixres_crop_ratio")] == \
+           [getattr(own, key) for key in ("path", "method", "order", "in_memory", "distributed", "seed",
+                                          "fixres_crop_ratio")]

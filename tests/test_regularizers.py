@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 from torchvision import models
 
@@ -15,7 +17,7 @@ from ffcv_imagenet.lr_schedule import lr_factor
 from ffcv_imagenet.model import torchvision_state_dict
 from ffcv_imagenet.optimizers import build_optimizer
 from ffcv_imagenet.regularizers import (BatchMixer, GroupRandAugment, WeightAverage, add_classifier_dropout,
-                                        add_drop_path, residual_blocks)
+                                        add_drop_path, residual_blocks, seed_step_draws)
 from ffcv_imagenet.trainer import FINAL_EMA_WEIGHTS
 from helpers import epoch_records, explain, run, tiny_overrides, train_command
 
@@ -47,6 +49,58 @@ def test_mixed_targets_are_distributions_matching_the_pixels(mixup: float, cutmi
         else:  # mixup: pixels are the same blend as the targets
             assert mixup > 0 and torch.allclose(mixed, own[:, None, None, None] * inputs
                                                 + other[:, None, None, None] * inputs.roll(1, 0), atol=1e-5)
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.4, 0.0), (0.0, 1.0)])
+def test_mixed_batches_keep_the_channels_last_layout(mixup: float, cutmix: float) -> None:
+    """Issue 17.5: a channels-last model would convert every layer's input. On CUDA torch's roll (which MixUp
+    uses) returns NCHW (aten roll_cuda: empty_like(..., LEGACY_CONTIGUOUS_MEMORY_FORMAT)), on the CPU it keeps
+    the layout: this is the contract, tests/test_gpu_path.py checks it where the defect showed."""
+    torch.manual_seed(0)
+    inputs, labels = batch()
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
+    mixed, _ = BatchMixer(AugmentConfig(mixup_alpha=mixup, cutmix_alpha=cutmix), CLASSES)(inputs, labels)
+    assert mixed.is_contiguous(memory_format=torch.channels_last)
+    unmixed, _ = BatchMixer(AugmentConfig(mixup_alpha=mixup, cutmix_alpha=cutmix), CLASSES)(inputs.contiguous(),
+                                                                                          labels)
+    assert unmixed.is_contiguous()
+
+
+def draw_on_rank(rank: int, world_size: int, store_file: str, out: str) -> None:
+    """One gloo rank: the step's mixup weights and drop-path mask, then the same step again (a resume)."""
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)  # the same model on every rank, as the trainer builds it
+        model = models.resnet18(num_classes=CLASSES)
+        add_drop_path(model, 0.5)
+        mixer = BatchMixer(AugmentConfig(mixup_alpha=1.0), CLASSES)
+        drop = residual_blocks(model)[-1].bn2.drop_path
+        inputs, labels = batch()
+        draws = []
+        for _ in range(2):
+            seed_step_draws(seed=0, rank=rank, epoch=3, step=5, device=torch.device("cpu"))
+            _, targets = mixer(inputs, labels)
+            mask = drop(torch.ones(64, 1, 1, 1)).flatten() > 0
+            draws.append((targets[0, labels[0]].item(), mask))
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, draws)  # through the process group, as ranks would exchange them
+        if rank == 0:
+            torch.save(gathered, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_draw_differently_and_repeat_their_own_draws(tmp_path: Path) -> None:
+    """Issue 17.3: ranks seeded alike mixed and dropped the same way, so a global batch had one rank's
+    variety. Each rank's step draws now differ from the other's, and repeat exactly when the step is re-run."""
+    out = tmp_path / "draws.pt"
+    mp.spawn(draw_on_rank, args=(2, str(tmp_path / "store"), str(out)), nprocs=2)
+    (lam0, mask0), (lam0_again, mask0_again) = torch.load(out)[0]
+    (lam1, mask1), (lam1_again, mask1_again) = torch.load(out)[1]
+    assert lam0 == lam0_again and lam1 == lam1_again
+    assert torch.equal(mask0, mask0_again) and torch.equal(mask1, mask1_again)
+    assert lam0 != lam1 and not torch.equal(mask0, mask1)
+    assert 0 < mask0.sum() < len(mask0)  # the mask really is a draw
 
 
 def test_no_mixing_when_off_or_skipped() -> None:
@@ -141,7 +195,8 @@ def test_onecycle_rises_and_falls_as_half_cosines() -> None:
 
 ALL_ON = {"augment.mixup_alpha": 0.2, "augment.cutmix_alpha": 1.0, "augment.randaugment_ops": 2,
           "ema.decay": 0.99, "model.drop_path_rate": 0.1, "model.dropout": 0.2, "training.optimizer": "lamb",
-          "training.grad_clip_norm": 1.0, "lr.schedule": "onecycle", "training.epochs": 2}
+          "training.grad_clip_norm": 1.0, "lr.schedule": "onecycle", "training.epochs": 2,
+          "logging.checkpoint_every": 2}
 
 
 def test_a_run_with_every_option_on(demo_betons: dict, tmp_path: Path) -> None:
@@ -153,6 +208,7 @@ def test_a_run_with_every_option_on(demo_betons: dict, tmp_path: Path) -> None:
     assert "randaugment 2 ops x M9" in result.stdout
     records = epoch_records(tmp_path)
     assert [r["batch_augment"] for r in records] == [True, False]  # off in the FixRes epoch
+    assert [r["checkpoint"] for r in records] == [False, True]  # logging.checkpoint_every 2; the last epoch always
     assert all(0.0 <= r["ema_val_top1"] <= 1.0 for r in records)
     ema_weights = torch.load(tmp_path / FINAL_EMA_WEIGHTS, weights_only=True)
     models.resnet18(num_classes=6).load_state_dict(ema_weights)

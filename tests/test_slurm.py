@@ -151,4 +151,4 @@ def test_sigusr1_to_the_launcher_checkpoints_and_exits_143(demo_betons: dict, tm
     assert launcher.returncode == slurm.EXIT_PREEMPTED, f"{stdout[-2000:]}\n{stderr[-3000:]}"
     assert "checkpoint saved" in stderr
     stopped = load_checkpoint(last_checkpoint_path(tmp_path))
-    assert stopped["epoch"] == 1 and stopped["step_in_epoch"] >= 1  # inside epoch 1, not its end
+    assert stopped["epoch"] == 1 and stopped["samples_in_epoch"] >= 1  # inside epoch 1, not its end

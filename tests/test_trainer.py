@@ -76,7 +76,7 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(straight_run: Path,
     assert interrupted_run.returncode == EXIT_PREEMPTED, f"{stdout}\n{stderr}"
     assert len(stderr.strip().splitlines()) == 1 and "checkpoint saved" in stderr
     interrupted = load_checkpoint(last_checkpoint_path(tmp_path))
-    assert interrupted["epoch"] == 1 and interrupted["step_in_epoch"] >= 1  # stopped inside epoch 1
+    assert interrupted["epoch"] == 1 and interrupted["samples_in_epoch"] >= 8  # inside epoch 1, after a batch
 
     resumed = run(train_command(args))
     assert resumed.returncode == 0, explain(resumed)
@@ -129,7 +129,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_betons: d
     assert result.returncode == EXIT_DIVERGED, explain(result)
     assert result.stderr.count("\n") == 1 and "not finite for 2 steps" in result.stderr
     kept = load_checkpoint(last_checkpoint_path(tmp_path))
-    assert kept["epoch"] == 1 and kept["step_in_epoch"] == 0  # epoch 0's checkpoint, untouched
+    assert kept["epoch"] == 1 and kept["samples_in_epoch"] == 0  # epoch 0's checkpoint, untouched
     assert all(torch.isfinite(value).all() for value in kept["model"].values() if value.is_floating_point())
 
 
@@ -196,9 +196,11 @@ def test_bf16_autocast_on_cpu_trains(demo_betons: dict, tmp_path: Path) -> None:
 
 
 def test_two_ranks_page_shuffled_order_resume_equals_uninterrupted(demo_betons: dict, tmp_path: Path) -> None:
-    """Data larger than RAM under DDP: quasi_random order, process cache; SIGTERM to torchrun, then resume."""
+    """Data larger than RAM under DDP: quasi_random order, process cache; SIGTERM to torchrun, then resume.
+    Mixup and stochastic depth on: each rank's step draws (issue 17.3) repeat exactly after the resume."""
     larger_than_ram = {"data.order": "quasi_random", "data.in_memory": False, "data.cache_mib": 16,
-                       "training.epochs": 2, "resolution.fixres_epochs": 1}
+                       "training.epochs": 2, "resolution.fixres_epochs": 1, "augment.mixup_alpha": 0.4,
+                       "model.drop_path_rate": 0.2}
     straight = tmp_path / "straight"
     result = run(torchrun_command(tiny_overrides(demo_betons, straight, **larger_than_ram,
                                                  **{"logging.checkpoint_minutes": 0.0005}), nproc=2))
@@ -213,7 +215,7 @@ def test_two_ranks_page_shuffled_order_resume_equals_uninterrupted(demo_betons: 
     stdout, stderr = launch.stdout, launch.stderr
     assert launch.returncode != 0
     stopped = load_checkpoint(last_checkpoint_path(interrupted))
-    assert stopped["epoch"] == 1 and stopped["step_in_epoch"] >= 1, f"{stdout[-2000:]}\n{stderr[-2000:]}"
+    assert stopped["epoch"] == 1 and stopped["samples_in_epoch"] >= 2 * 8, f"{stdout[-2000:]}\n{stderr[-2000:]}"
     resumed = run(torchrun_command(args, nproc=2))
     assert resumed.returncode == 0, explain(resumed)
     expected = torch.load(straight / FINAL_WEIGHTS, weights_only=True)

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,8 @@ import torch
 from torch import nn
 from torchvision import models
 
-from ffcv_imagenet.checkpointing import (check_resumable, load_checkpoint, recipe_differences, save_checkpoint)
+from ffcv_imagenet.checkpointing import (CheckpointWriter, check_resumable, load_checkpoint, recipe_differences,
+                                         restore_rng_states, rng_states, save_checkpoint)
 from ffcv_imagenet.config import Config, ConfigError, LRConfig, to_dict
 from ffcv_imagenet.distributed import DistContext
 from ffcv_imagenet.evaluation import evaluate
@@ -18,6 +23,7 @@ from ffcv_imagenet.loaders import normalize, val_indices
 from ffcv_imagenet.lr_schedule import lr_at, lr_factor, peak_lr
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan
 from ffcv_imagenet.optimizers import backbone_frozen, parameter_groups
+from helpers import REPO, cpu_env
 
 
 def test_peak_lr_scales_with_the_global_batch() -> None:
@@ -127,3 +133,65 @@ def test_evaluate_counts_hits_exactly() -> None:
     # bright: class 0 first, then 3; dark: class 1 first, then 4
     assert result.count == 5 and result.top1 == pytest.approx(3 / 5) and result.top5 == pytest.approx(1.0)
     assert normalize(bright).mean().item() > 2 and normalize(dark).mean().item() < -1.5
+
+
+def test_rng_states_hold_only_the_ranks_own_device(tmp_path: Path) -> None:
+    """Issue 17.2: no list of every visible GPU (a node with fewer GPUs could not restore it); a CPU run
+    resuming a checkpoint written on a GPU node restores the host generators and leaves CUDA alone."""
+    cpu = torch.device("cpu")
+    states = rng_states(cpu)
+    assert states["cuda"] is None
+    expected = torch.rand(3)
+    from_gpu_node = {**states, "cuda": torch.zeros(16, dtype=torch.uint8)}  # what a CUDA rank saves
+    save_checkpoint(tmp_path / "last.pt", {"rng": from_gpu_node})
+    restore_rng_states(load_checkpoint(tmp_path / "last.pt")["rng"], cpu)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_background_checkpoint_is_a_copy_written_before_its_callback(tmp_path: Path) -> None:
+    """Issue 17.7: training may change the weights during the write; the log line follows the file."""
+    path = tmp_path / "ckpt" / "last.pt"
+    weights = torch.zeros(1000)
+    seen_on_disk = []
+    writer = CheckpointWriter()
+    writer.submit(path, {"model": {"w": weights}, "epoch": 1},
+                  then=lambda: seen_on_disk.append(load_checkpoint(path)["epoch"]))
+    weights += 1  # the next step, while the writer may still be writing
+    writer.wait()
+    assert seen_on_disk == [1] and torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(1000))
+    blocked = tmp_path / "ckpt" / "blocked.pt"
+    blocked.mkdir()  # the rename fails, as a full disk would fail the write: the caller hears of it
+    writer.submit(blocked, {"epoch": 2})
+    with pytest.raises(IsADirectoryError):
+        writer.wait()
+    writer.wait()  # raised once
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+KILLED_WRITER = """
+import sys, time, torch
+from ffcv_imagenet.checkpointing import CheckpointWriter, save_checkpoint
+save_checkpoint(sys.argv[1], {"epoch": 1, "model": {"w": torch.zeros(4)}})
+writer = CheckpointWriter()
+writer.submit(sys.argv[1], {"epoch": 2, "model": {"w": torch.ones(2 ** 25)}})  # 128 MiB
+print("submitted", flush=True)
+time.sleep(300)
+"""
+
+
+def test_kill_during_the_background_write_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], cwd=REPO, env=cpu_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "submitted\n", process.stderr.read()[-2000:]  # epoch 1 is on disk
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".last.pt.*.tmp")):  # the write has begun
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-2000:]
+            time.sleep(0.0005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert list(tmp_path.glob(".last.pt.*.tmp"))  # killed mid-write: only the temporary is torn

@@ -1,0 +1,185 @@
+"""An ffcv-imagenet-style training step, and a bare one, timed the way the profile times ours.
+
+ffcv-imagenet's ResNet-50 loop (its train_imagenet.py), rebuilt on our recipe's model: FFCV's stock
+``RandomResizedCropRGBImageDecoder`` + ``RandomHorizontalFlip``, ``ToTensor``, ``ToDevice(non_blocking)``,
+``ToTorchImage`` (channels-last) and ``NormalizeImage`` to fp16 on the device; per step the LR set on
+every group, ``zero_grad``, the forward and label-smoothed loss under autocast, and the GradScaler's
+backward, step and update; ``cudnn.benchmark`` on. Model, optimizer and loss come from the recipe
+(``build_model``, ``build_optimizer``), so both sides train the same network. The output size is
+set per resolution on one loader, as ffcv-imagenet does between epochs; FFCV has no FixRes decoder,
+so its rows are all RandomResizedCrop.
+
+FFCV's ``NormalizeImage`` runs on a GPU only through CuPy. Without CuPy (and on a CPU, where FFCV's
+own path expects NumPy arrays) the same normalisation to fp16 runs in torch on the device right
+after the loader, inside the loader's figure; the JSON names which one ran.
+
+The bare step: forward, backward and optimizer step (plain SGD over every parameter, same loss,
+autocast and scaler) of the same model on one fixed batch, nothing else: what any step must pay.
+
+    python benchmarks/ffcv_imagenet_style.py --config rcfg/rn50_88.yaml --runs fp16:160 fp16:192 bf16:160 \\
+        --out theirs.json [--warmup-steps 5 --steps 30 --repeats 3] [--section.key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+from torch import nn
+
+from ffcv_imagenet.beton_format import load_class_names
+from ffcv_imagenet.cli import split_overrides
+from ffcv_imagenet.config import Config, load_config
+from ffcv_imagenet.distributed import resolve_device
+from ffcv_imagenet.evaluation import autocast_for
+from ffcv_imagenet.fileio import atomic_write_text
+from ffcv_imagenet.loaders import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize, workers_per_rank
+from ffcv_imagenet.model import build_model
+from ffcv_imagenet.optimizers import build_optimizer
+from ffcv_imagenet.profiling import (DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, LOADER, MODEL,
+                                     ProfileSettings, Rate, rates_in_turns)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+LR = 0.0  # as in the profile: the same arithmetic as training, weights unchanged, nothing can diverge
+FFCV_GPU_NORMALIZE = "FFCV NormalizeImage on the device (CuPy)"
+TORCH_NORMALIZE = "the same normalisation in torch on the device after the loader (no CuPy for FFCV's)"
+
+
+def ffcv_normalizes_on(device: torch.device) -> bool:
+    return device.type == "cuda" and importlib.util.find_spec("cupy") is not None
+
+
+def build_loader(config: Config, device: torch.device, in_pipeline_normalize: bool
+                 ) -> tuple[Loader, RandomResizedCropRGBImageDecoder]:
+    decoder = RandomResizedCropRGBImageDecoder((config.resolution.min_res,) * 2)
+    image = [decoder, RandomHorizontalFlip(), ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage()]
+    if in_pipeline_normalize:
+        image.append(NormalizeImage(np.array(IMAGENET_MEAN_255), np.array(IMAGENET_STD_255), np.float16))
+    label = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device, non_blocking=True)]
+    loader = Loader(config.data.train_dataset, batch_size=config.training.batch_size,
+                    num_workers=workers_per_rank(config.data.num_workers), order=OrderOption.RANDOM,
+                    os_cache=True, drop_last=True, pipelines={"image": image, "label": label})
+    return loader, decoder
+
+
+@contextlib.contextmanager
+def batches_at(loader: Loader, decoder: RandomResizedCropRGBImageDecoder, res: int,
+               in_pipeline_normalize: bool) -> Iterator[Iterator[Batch]]:
+    """Normalised fp16 batches at ``res`` through consecutive epochs; the open epoch is closed on exit."""
+    decoder.output_size = (res, res)  # what ffcv-imagenet's loop does at each epoch
+
+    def endless() -> Iterator[Batch]:
+        for _ in itertools.count():
+            with contextlib.closing(iter(loader)) as epoch:
+                for images, labels in epoch:
+                    yield (images if in_pipeline_normalize else normalize(images, torch.float16)), labels
+
+    stream = endless()
+    try:
+        yield stream
+    finally:
+        stream.close()
+
+
+def their_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               criterion: nn.Module, precision: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    device = next(model.parameters()).device
+    # fp32 (smoke runs on a CPU): no autocast to take the fp16 inputs to the weights' type
+    input_dtype = torch.float32 if precision == "fp32" else None
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        images = images.to(input_dtype) if input_dtype is not None else images
+        for group in optimizer.param_groups:
+            group["lr"] = LR
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_for(device, precision):
+            loss = criterion(model(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return step
+
+
+def measure(config: Config, runs: list[tuple[str, int]], settings: ProfileSettings, device: torch.device
+            ) -> tuple[list[dict], str]:
+    in_pipeline = ffcv_normalizes_on(device)
+    loader, decoder = build_loader(config, device, in_pipeline)
+    model = build_model(config.model, num_classes=len(load_class_names(config.data.train_dataset))).to(device)
+    model = model.to(memory_format=torch.channels_last).train()
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.training.label_smoothing)
+    bare_optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=config.training.momentum,
+                                     weight_decay=config.training.weight_decay)
+    rows = []
+    for precision, res in runs:
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        theirs = their_step(model, build_optimizer(config, model), scaler, criterion, precision)
+        bare = their_step(model, bare_optimizer, torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+                          criterion, precision)
+        with batches_at(loader, decoder, res, in_pipeline) as stream:
+            images, labels = next(stream)  # numba compiles on the first batch: never timed
+            fixed = (images.clone(memory_format=torch.channels_last), labels.clone())  # FFCV reuses its buffers
+            steps = {"loader_device": lambda: next(stream), "model": lambda: theirs(*fixed),
+                     "end_to_end": lambda: theirs(*next(stream)), "bare_step": lambda: bare(*fixed)}
+            rates = rates_in_turns(steps, settings, device, config.training.batch_size)
+        rows.append(row_dict(precision, res, list(fixed[0].shape), rates))
+    return rows, FFCV_GPU_NORMALIZE if in_pipeline else TORCH_NORMALIZE
+
+
+def row_dict(precision: str, res: int, shape: list[int], rates: dict[str, Rate]) -> dict:
+    loader, model = rates["loader_device"].median, rates["model"].median
+    return {"res": res, "crop_mode": "rrc", "precision": precision, "batch_shape": shape,
+            **{name: dataclasses.asdict(rate) for name, rate in rates.items()},
+            "ratio": rates["end_to_end"].median / min(loader, model),
+            "bottleneck": LOADER if loader <= model else MODEL}
+
+
+def parse_run(text: str) -> tuple[str, int]:
+    precision, _, res = text.partition(":")
+    if precision not in ("fp32", "bf16", "fp16") or not res.isdigit():
+        raise argparse.ArgumentTypeError(f"expected PRECISION:RES such as fp16:160, got {text!r}")
+    return precision, int(res)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="recipe: model, optimizer, loss, batch, data, workers")
+    parser.add_argument("--runs", type=parse_run, nargs="+", required=True, metavar="PRECISION:RES")
+    parser.add_argument("--warmup-steps", type=int, default=DEFAULT_WARMUP_STEPS)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
+    parser.add_argument("--out", type=Path, required=True, metavar="PATH.json")
+    args, overrides = split_overrides(parser, sys.argv[1:] if argv is None else argv)
+    config = load_config(args.config, overrides)
+    device = resolve_device(config.dist, local_rank=0)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # ffcv-imagenet sets it
+    settings = ProfileSettings(args.warmup_steps, args.steps, args.repeats)
+    settings.check()
+    rows, normalisation = measure(config, args.runs, settings, device)
+    setup = {"device": str(device), "arch": config.model.arch, "batch_size": config.training.batch_size,
+             "num_workers": workers_per_rank(config.data.num_workers), "normalize": normalisation,
+             "pipeline": "RandomResizedCropRGBImageDecoder, RandomHorizontalFlip, ToTensor, ToDevice, "
+                         "ToTorchImage, NormalizeImage(fp16)"}
+    atomic_write_text(args.out, json.dumps({"setup": setup, "settings": dataclasses.asdict(settings),
+                                            "rows": rows}, indent=2) + "\n")
+    for row in rows:
+        print(f"{row['precision']} {row['res']}: loader {row['loader_device']['median']:.1f}, model "
+              f"{row['model']['median']:.1f}, end to end {row['end_to_end']['median']:.1f}, bare step "
+              f"{row['bare_step']['median']:.1f} img/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
