@@ -27,6 +27,7 @@ from .fileio import atomic_path
 
 CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
+BEST_CHECKPOINT = Path("checkpoints") / "best.pt"  # the state at the best val top-1 so far (same format)
 RUN_DEFINING_SECTIONS = ("model", "resolution", "lr", "training")
 # compile and max_bad_steps: no effect on the weights; accumulate: like the rank count, it sets the global batch,
 # which the LR follows (8 GPUs become 4: accumulate 2 keeps the recipe's global batch)
@@ -35,6 +36,10 @@ FREE_TO_CHANGE = {"training.compile", "training.max_bad_steps", "training.accumu
 
 def last_checkpoint_path(run_folder: str | Path) -> Path:
     return Path(run_folder) / LAST_CHECKPOINT
+
+
+def best_checkpoint_path(run_folder: str | Path) -> Path:
+    return Path(run_folder) / BEST_CHECKPOINT
 
 
 def rng_states(device: torch.device) -> dict[str, Any]:

@@ -70,6 +70,18 @@ class ListOf(Checker):
         return f"a list of {count}items, each {self.item.help()}"
 
 
+class Ascending(Checker):
+    """A [min, max] pair: min <= max."""
+
+    def check(self, value: Any) -> Any:
+        if not value[0] <= value[1]:
+            raise ValueError(value)
+        return value
+
+    def help(self) -> str:
+        return "[min, max] with min <= max"
+
+
 class Positive(Checker):
     def check(self, value: Any) -> Any:
         if not value > 0:
@@ -137,6 +149,11 @@ NON_NEGATIVE = typed(float, Interval(0.0))
 
 def choice(*choices: str) -> Checker:
     return typed(str, Choice(*choices))
+
+
+def range_pair(item: Checker) -> Checker:
+    """A [min, max] recipe value, each end passing ``item``."""
+    return And(ListOf(item, length=2), Ascending())
 
 
 # ---------------------------------------------------------------- declarations
@@ -232,7 +249,14 @@ def declare(target: fastargs.Config) -> fastargs.Config:
                     default=[0.9, 0.999]),
         grad_clip_norm=Param(NON_NEGATIVE, "clip the gradients' global norm to this; 0 = off", default=0.0),
         weight_decay=Param(NON_NEGATIVE, "L2 on conv/linear weights; BN and biases get none", default=5e-5),
-        label_smoothing=Param(OPEN_FRACTION, "cross-entropy label smoothing", default=0.1),
+        label_smoothing=Param(OPEN_FRACTION, "label smoothing: targets mixed with the uniform distribution "
+                              "(every loss)", default=0.1),
+        loss=Param(choice("ce", "bce", "focal"), "ce (softmax cross-entropy) | bce (per-class sigmoid, "
+                   "ResNet-strikes-back) | focal (softmax focal loss)", default="ce"),
+        bce_target_threshold=Param(OPEN_FRACTION, "bce: targets above this become 1, the rest 0 (after "
+                                   "smoothing and mixing); 0 = off", default=0.0),
+        focal_gamma=Param(NON_NEGATIVE, "focal: the modulating exponent; 0 = cross-entropy", default=2.0),
+        focal_alpha=Param(ListOf(NON_NEGATIVE), "focal: one weight per class; [] = all 1", default=[]),
         precision=Param(choice("fp32", "bf16", "fp16"), "fp32 | bf16 | fp16 (fp16 uses a GradScaler)",
                         default="fp16"),
         channels_last=Param(BOOL, "NHWC memory format for the model and its inputs", default=True),
@@ -240,8 +264,14 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         max_bad_steps=Param(POSITIVE_INT, "stop after this many consecutive non-finite losses", default=20),
         compile=Param(BOOL, "torch.compile the model", default=False),
     )
-    section("augment", "main-phase regularizers; all are switched off in the FixRes phase, whose point is "
-            "minimal augmentation").params(
+    section("augment", "augmentation; mixup, CutMix and RandAugment are switched off in the FixRes phase, "
+            "whose point is minimal augmentation (its crop is flipped as augment.flip says)").params(
+        flip=Param(BOOL, "random horizontal flip of training crops (both phases); false for data that is not "
+                   "mirror-invariant (text, digits)", default=True),
+        rrc_scale=Param(range_pair(typed(float, Interval(0.0, 1.0, "(]"))), "RandomResizedCrop: [min, max] "
+                        "window area as a fraction of the image", default=[0.08, 1.0]),
+        rrc_ratio=Param(range_pair(POSITIVE_FLOAT), "RandomResizedCrop: [min, max] window aspect ratio "
+                        "(width / height)", default=[3 / 4, 4 / 3]),
         mixup_alpha=Param(NON_NEGATIVE, "mixup Beta(alpha, alpha); 0 = off", default=0.0),
         cutmix_alpha=Param(NON_NEGATIVE, "CutMix Beta(alpha, alpha); 0 = off", default=0.0),
         cutmix_share=Param(FRACTION, "with both on: the share of mixed batches that use CutMix", default=0.5),

@@ -2,7 +2,9 @@
 
 Training crops, with the horizontal flip done in the same pass:
 - ``RandomResizedCropDecoder``: torchvision's RandomResizedCrop window (scale
-  0.08-1, aspect 3/4-4/3), the main phase's augmentation.
+  0.08-1, aspect 3/4-4/3 by default; the recipe's augment.rrc_scale and rrc_ratio),
+  the main phase's augmentation. Ranges and flip are captured as constants of the
+  compiled code (they are fixed for a loader's life; only the epoch seed changes).
 - ``FixResCropDecoder``: the FixRes phase's crop, torchvision's
   ``Resize(int(res / ratio)) + RandomCrop(res)`` expressed as one window in
   source pixels, so each image is decoded once and resized once: the window's
@@ -47,7 +49,7 @@ from ffcv.pipeline.compiler import Compiler
 from .jpeg_region import FAST_RESIZE, REGION_OK, crop_decode_resize, crop_resize
 
 FIXRES_CROP_RATIO = 224 / 256  # crop side / resized shorter side, as in the standard val transform
-RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults
+RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults, as augment.rrc_scale / rrc_ratio default
 RRC_RATIO = (3 / 4, 4 / 3)
 FLIP_PROBABILITY = 0.5
 VAL_CROP_RATIO = 224 / 256  # the standard val transform: center crop side / resized shorter side

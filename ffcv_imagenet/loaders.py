@@ -30,7 +30,9 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from .beton_format import DEFAULT_FIELDS, Fields, loader_pipelines
-from .decoders import FULL, REGION, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder, SeededCropDecoder
+from .config import AugmentConfig
+from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, FixResCropDecoder,
+                       RandomResizedCropDecoder, SeededCropDecoder)
 from .distributed import job_cores, ranks_on_node
 from .schedule import FIXRES, RRC, EpochPlan
 from .traversal import PageShuffleOrder, RandomOrder, RankShare, samples_by_page, steps_from
@@ -182,6 +184,20 @@ class LoaderSettings:
     channels_last: bool = True
 
 
+@dataclass(frozen=True)
+class CropSettings:
+    """The training crops' randomness (the recipe's augment.flip, rrc_scale, rrc_ratio): the
+    decoders take them as compile-time constants, so they are fixed for the loader's life."""
+
+    flip: bool = True
+    rrc_scale: tuple[float, float] = RRC_SCALE
+    rrc_ratio: tuple[float, float] = RRC_RATIO
+
+    @classmethod
+    def from_recipe(cls, augment: AugmentConfig) -> CropSettings:
+        return cls(augment.flip, tuple(augment.rrc_scale), tuple(augment.rrc_ratio))
+
+
 class TrainLoader:
     """The training set, one epoch at a time, at the epoch's resolution and crop mode.
 
@@ -193,15 +209,17 @@ class TrainLoader:
     traversal.RankShare, so a run can resume inside an epoch on another number
     of ranks. Like FFCV's own loader, ``distributed`` takes the rank and rank
     count from torch.distributed.
-    ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode).
+    ``decoder`` is 'fast' (region decode at an IDCT scale) or 'stock' (FFCV's full-size decode);
+    ``crop`` holds the RandomResizedCrop ranges and the flip, the same for both.
     ``fields`` names the file's image and label fields (ffcv-imagenet's by default).
     A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
     """
 
     def __init__(self, path: str | Path, settings: LoaderSettings, *, order: str, in_memory: bool,
                  distributed: bool, seed: int, fixres_crop_ratio: float, cache_mib: int = DEFAULT_CACHE_MIB,
-                 decoder: str = FAST, fields: Fields = DEFAULT_FIELDS):
+                 decoder: str = FAST, crop: CropSettings = CropSettings(), fields: Fields = DEFAULT_FIELDS):
         self.path = str(path)
+        self.crop = crop
         self.fields = fields
         self.method = _decode_method(decoder)
         self.settings = settings
@@ -219,9 +237,10 @@ class TrainLoader:
     def _decoder_for(self, plan: EpochPlan) -> SeededCropDecoder:
         size = (plan.res, plan.res)
         if plan.crop_mode == RRC:
-            return RandomResizedCropDecoder(size, method=self.method)
+            return RandomResizedCropDecoder(size, flip=self.crop.flip, method=self.method,
+                                            scale=self.crop.rrc_scale, ratio=self.crop.rrc_ratio)
         if plan.crop_mode == FIXRES:
-            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio, method=self.method)
+            return FixResCropDecoder(size, ratio=self.fixres_crop_ratio, flip=self.crop.flip, method=self.method)
         raise ValueError(f"unknown crop mode {plan.crop_mode!r}")
 
     def _build(self, plan: EpochPlan) -> tuple[Loader, SeededCropDecoder]:

@@ -112,6 +112,9 @@ def check_run_settings(config: Config, datasets: Datasets, world_size: int, devi
     if config.model.num_classes not in (0, len(datasets.classes)):
         raise ConfigError(f"model.num_classes: {config.model.num_classes}, but the datasets have "
                           f"{len(datasets.classes)} classes (0 takes the datasets' count)")
+    if training.focal_alpha and len(training.focal_alpha) != len(datasets.classes):
+        raise ConfigError(f"training.focal_alpha: {len(training.focal_alpha)} weights, but the datasets have "
+                          f"{len(datasets.classes)} classes (one weight per class, or [] for none)")
     schedule.validate(config.resolution, training.epochs)
     check_tensorboard(config.logging)
 

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="PATH",
                         help="checkpoint file or run folder to continue from (default: the run folder's own)")
     parser.add_argument("--evaluate", metavar="WEIGHTS",
-                        help="do not train: evaluate a checkpoint (last.pt) or final_weights.pt at --eval-res")
+                        help="do not train: evaluate a checkpoint (last.pt, best.pt) or exported weights "
+                             "(final_weights.pt, best_weights.pt) at --eval-res")
     parser.add_argument("--eval-res", metavar="RES", type=int, nargs="+",
                         help="test resolutions for --evaluate (default: validation.resolutions, "
                              "else validation.resolution)")

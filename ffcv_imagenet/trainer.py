@@ -32,7 +32,8 @@ from .config import Config, ConfigError, to_dict
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
 from .evaluation import EvalResult, Evaluator, autocast_for, resolution_table
 from .fileio import atomic_path, check_writable_dir
-from .loaders import LoaderSettings, TrainLoader, host_buffer_bytes, normalize, workers_per_rank
+from .loaders import CropSettings, LoaderSettings, TrainLoader, host_buffer_bytes, normalize, workers_per_rank
+from .losses import build_criterion
 from .lr_schedule import lr_at, peak_lr
 from .model import build_model, load_torchvision_weights, torchvision_state_dict
 from .optimizers import backbone_frozen, build_optimizer
@@ -43,6 +44,8 @@ from .tensorboard_log import TensorBoardLog
 
 FINAL_WEIGHTS = "final_weights.pt"
 FINAL_EMA_WEIGHTS = "final_weights_ema.pt"
+BEST_WEIGHTS = "best_weights.pt"  # the model of checkpoints/best.pt, as a torchvision state_dict
+BEST_EMA_WEIGHTS = "best_weights_ema.pt"  # the EMA weights at their own best val top-1
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: what SLURM's --signal sends before preemption
 MIB = 2 ** 20
 CLASS_NAMES_SHOWN = 10  # in the run's opening lines; log.jsonl's start record has them all
@@ -114,6 +117,8 @@ def regularizer_summary(config: Config) -> dict[str, Any]:
         "grad clip": training.grad_clip_norm, "label smoothing": training.label_smoothing,
         "fixres trains": config.resolution.fixres_train if schedule.fixres_epochs(
             config.resolution, training.epochs) else 0,
+        "loss": training.loss, "flip": "on" if augment.flip else "off",
+        "rrc scale": augment.rrc_scale, "rrc ratio": [round(end, 4) for end in augment.rrc_ratio],
     }
     return {name: value for name, value in candidates.items() if value}
 
@@ -137,6 +142,7 @@ class Trainer:
         self.bad_steps = 0
         self.epoch = 0  # next epoch to run
         self.samples_in_epoch = 0  # global samples of self.epoch already trained (a mid-epoch checkpoint)
+        self.best: dict[str, dict[str, float]] = {}  # "model" / "ema" -> {"epoch", "val_top1"} of its best so far
 
         torch.manual_seed(config.training.seed)  # the same initial weights on every rank
         self.model = prepare_model(config, ctx, len(datasets.classes))
@@ -146,7 +152,7 @@ class Trainer:
         self.augment_on = True  # main phase; the FixRes phase turns batch augmentation off
         self.optimizer = build_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.training.precision == "fp16")
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.training.label_smoothing)
+        self.criterion = build_criterion(config.training)
         self.train_model = self._wrap(self.model)
         self.loader_settings = LoaderSettings(batch_size=config.training.batch_size,
                                               num_workers=workers_per_rank(config.data.num_workers),
@@ -166,7 +172,7 @@ class Trainer:
                            in_memory=config.data.in_memory, distributed=self.ctx.distributed,
                            seed=config.training.seed, cache_mib=config.data.cache_mib,
                            fixres_crop_ratio=config.resolution.fixres_crop_ratio, decoder=config.data.decoder,
-                           fields=self.datasets.fields)
+                           fields=self.datasets.fields, crop=CropSettings.from_recipe(config.augment))
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
@@ -184,7 +190,7 @@ class Trainer:
                 "world_size": self.ctx.world_size, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "rng": checkpointing.rng_states(self.ctx.device)}
+                "rng": checkpointing.rng_states(self.ctx.device), "best": self.best}
 
     def save(self, then: Callable[[], None] | None = None) -> None:
         """Rank 0 copies the state to the host and writes it in the background; ``then`` runs
@@ -205,6 +211,7 @@ class Trainer:
         checkpointing.restore_rng_states(state["rng"], self.ctx.device)
         # A checkpoint from before sample positions (it has step_in_epoch) restarts its epoch: its order was another.
         self.epoch, self.samples_in_epoch = state["epoch"], state.get("samples_in_epoch", 0)
+        self.best = state.get("best", {})  # absent from checkpoints older than best.pt
         self._say_resumed(path, saved_world_size=state["world_size"])
 
     def _say_resumed(self, path: Path, saved_world_size: int) -> None:
@@ -432,12 +439,53 @@ class Trainer:
         record.update(memory_stats(self.ctx.device))
         self.epoch, self.samples_in_epoch = plan.epoch + 1, 0
         record["checkpoint"] = self._every(plan.epoch, self.config.logging.checkpoint_every)
+        improved = self._track_best(record)
+        self._save_best(improved)  # queued before last.pt, which holds the best so far: a resume never loses one
+
+        def log_epoch() -> None:
+            self.log.epoch(record, self.epochs)
+            for which in improved:
+                self._log_best(which)
+
         if record["checkpoint"]:
             # Logged once the file is in place: the log never claims a checkpointed epoch the checkpoint lacks.
-            self.save(then=lambda: self.log.epoch(record, self.epochs))
+            self.save(then=log_epoch)
         else:
-            self.checkpoints.wait()  # the previous epoch's line first
-            self.log.epoch(record, self.epochs)
+            self.checkpoints.wait()  # the previous epoch's line first (and best.pt in place)
+            log_epoch()
+
+    # ------------------------------------------------------------ best and final weights
+    def _track_best(self, record: dict[str, Any]) -> list[str]:
+        """Which of the model and its EMA beat their best val top-1 so far (each judged on its own)."""
+        improved = []
+        for which, top1 in (("model", record.get("val_top1")), ("ema", record.get("ema_val_top1"))):
+            if top1 is not None and top1 > self.best.get(which, {}).get("val_top1", -1.0):
+                self.best[which] = {"epoch": record["epoch"], "val_top1": top1}
+                improved.append(which)
+        return improved
+
+    def _save_best(self, improved: list[str]) -> None:
+        if not self.ctx.is_main:
+            return
+        if "model" in improved:
+            self._write_weights(BEST_WEIGHTS, self.model)
+            # The writer's queue keeps the order: best.pt is in place before this epoch's last.pt.
+            self.checkpoints.submit(checkpointing.best_checkpoint_path(self.folder), self._state())
+        if "ema" in improved and self.ema is not None:
+            self._write_weights(BEST_EMA_WEIGHTS, self.ema.module)
+
+    def _log_best(self, which: str) -> None:
+        best = self.best[which]
+        files = ([str(checkpointing.BEST_CHECKPOINT), BEST_WEIGHTS] if which == "model" else [BEST_EMA_WEIGHTS])
+        self.log.say(f"best {'EMA ' if which == 'ema' else ''}val top-1 so far: {100 * best['val_top1']:.2f}% "
+                     f"at epoch {best['epoch']}: {', '.join(files)}")
+        self.log.record("event", event="best", weights=which, epoch=best["epoch"], val_top1=best["val_top1"],
+                        files=files)
+
+    def _write_weights(self, name: str, model: nn.Module) -> None:
+        """``model`` as a plain torchvision state_dict in the run folder, written atomically."""
+        with atomic_path(self.folder / name) as tmp:
+            torch.save(torchvision_state_dict(model), tmp)
 
     def _save_final_weights(self) -> None:
         if self.ctx.is_main:
@@ -445,8 +493,7 @@ class Trainer:
             if self.ema is not None:
                 exports.append((FINAL_EMA_WEIGHTS, self.ema.module))
             for name, model in exports:
-                with atomic_path(self.folder / name) as tmp:
-                    torch.save(torchvision_state_dict(model), tmp)
+                self._write_weights(name, model)
                 self.log.say(f"final weights (torchvision state_dict): {self.folder / name}")
         barrier(self.ctx)
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,3 +73,24 @@ def epoch_records(folder: Path) -> list[dict]:
 
 def explain(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+
+
+def wait_for_epochs(folder: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (folder / "log.jsonl").is_file() and len(epoch_records(folder)) >= count:
+            return
+        assert process.poll() is None, "the run ended before it was signalled"
+        time.sleep(0.05)
+    raise TimeoutError(f"no epoch record {count} in {folder}")
+
+
+def interrupt_after_epochs(command: list[str], folder: Path, count: int = 1) -> subprocess.CompletedProcess:
+    """Run ``command`` (a training launch) and send it SIGTERM once ``count`` epoch records are in
+    ``folder``'s log: the signal lands inside the next epoch (torchrun passes it on to every rank)."""
+    process = subprocess.Popen(command, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    wait_for_epochs(folder, count, process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -34,6 +34,14 @@ def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
     ("", ["epochs=3"], "--section.key=value"),
     ("training: [1, 2]\n", [], "training"),
     ("- just\n- a list\n", [], "mapping"),
+    ("", ["--augment.rrc_scale=[0.5, 0.2]"], "augment.rrc_scale must be .min, max. with min <= max"),
+    ("", ["--augment.rrc_scale=[0.0, 0.5]"], "augment.rrc_scale"),
+    ("", ["--augment.rrc_ratio=[0.75]"], "augment.rrc_ratio must be a list of 2 items"),
+    ("", ["--augment.rrc_ratio=[-1, 2]"], "augment.rrc_ratio"),
+    ("", ["--augment.flip=maybe"], "augment.flip"),
+    ("", ["--training.loss=nll"], "training.loss must be one of ce, bce, focal"),
+    ("", ["--training.bce_target_threshold=1.0"], "training.bce_target_threshold"),
+    ("", ["--training.focal_alpha=[1, -1]"], "training.focal_alpha"),
 ])
 def test_bad_recipes_name_the_key(tmp_path: Path, content: str, overrides: list, message: str) -> None:
     recipe = tmp_path / "bad.yaml"
@@ -50,7 +58,8 @@ def test_missing_recipe_is_one_line(tmp_path: Path) -> None:
 
 def test_describe_lists_every_key_with_help() -> None:
     text = describe()
-    for key in ("train_dataset", "lr_per_256", "fixres_epochs", "precision", "flip_tta"):
+    for key in ("train_dataset", "lr_per_256", "fixres_epochs", "precision", "flip_tta", "rrc_scale", "rrc_ratio",
+                "flip", "loss", "bce_target_threshold", "focal_gamma", "focal_alpha"):
         assert key in text
 
 

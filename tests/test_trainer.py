@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,8 @@ from ffcv_imagenet.config import load_config
 from ffcv_imagenet.schedule import full_schedule
 from ffcv_imagenet.tensorboard_log import TENSORBOARD_FOLDER
 from ffcv_imagenet.trainer import EXIT_DIVERGED, EXIT_PREEMPTED, FINAL_WEIGHTS
-from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, free_port, run, tiny_overrides, torchrun_command,
-                     train_command)
+from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, free_port, interrupt_after_epochs, run,
+                     tiny_overrides, torchrun_command, train_command)
 
 VAL_IMAGES = 42  # conftest: 6 classes x 7; 21 per rank in batches of 8: uneven on purpose
 
@@ -70,25 +68,12 @@ def test_finished_run_is_not_trained_again(straight_run: Path, demo_betons: dict
     assert (straight_run / FINAL_WEIGHTS).stat().st_mtime_ns == before
 
 
-def wait_for_epochs(folder: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (folder / "log.jsonl").is_file() and len(epoch_records(folder)) >= count:
-            return
-        assert process.poll() is None, "the run ended before it was signalled"
-        time.sleep(0.05)
-    raise TimeoutError(f"no epoch record {count} in {folder}")
-
-
 def test_sigterm_checkpoints_and_resume_equals_uninterrupted(straight_run: Path, demo_betons: dict,
                                                              tmp_path: Path) -> None:
     args = tiny_overrides(demo_betons, tmp_path)
-    process = subprocess.Popen(train_command(args), cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    wait_for_epochs(tmp_path, 1, process)
-    process.send_signal(signal.SIGTERM)  # lands inside epoch 1
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == EXIT_PREEMPTED, f"{stdout}\n{stderr}"
+    interrupted_run = interrupt_after_epochs(train_command(args), tmp_path)  # SIGTERM lands inside epoch 1
+    stdout, stderr = interrupted_run.stdout, interrupted_run.stderr
+    assert interrupted_run.returncode == EXIT_PREEMPTED, f"{stdout}\n{stderr}"
     assert len(stderr.strip().splitlines()) == 1 and "checkpoint saved" in stderr
     interrupted = load_checkpoint(last_checkpoint_path(tmp_path))
     assert interrupted["epoch"] == 1 and interrupted["samples_in_epoch"] >= 8  # inside epoch 1, after a batch
@@ -226,12 +211,9 @@ def test_two_ranks_page_shuffled_order_resume_equals_uninterrupted(demo_betons: 
 
     interrupted = tmp_path / "interrupted"
     args = tiny_overrides(demo_betons, interrupted, **larger_than_ram)
-    launcher = subprocess.Popen(torchrun_command(args, nproc=2), cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    wait_for_epochs(interrupted, 1, launcher)
-    launcher.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
-    stdout, stderr = launcher.communicate(timeout=300)
-    assert launcher.returncode != 0
+    launch = interrupt_after_epochs(torchrun_command(args, nproc=2), interrupted)  # torchrun tells both ranks
+    stdout, stderr = launch.stdout, launch.stderr
+    assert launch.returncode != 0
     stopped = load_checkpoint(last_checkpoint_path(interrupted))
     assert stopped["epoch"] == 1 and stopped["samples_in_epoch"] >= 2 * 8, f"{stdout[-2000:]}\n{stderr[-2000:]}"
     resumed = run(torchrun_command(args, nproc=2))

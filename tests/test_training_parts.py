@@ -72,6 +72,15 @@ def test_recipe_differences_name_what_changed() -> None:
     assert recipe_differences(saved, current) == ["training.epochs: 16 -> 88"]
 
 
+def test_keys_added_since_a_checkpoint_count_as_their_defaults() -> None:
+    saved = to_dict(Config())
+    del saved["training"]["loss"], saved["training"]["focal_gamma"]  # as written before these keys existed
+    assert recipe_differences(saved, Config()) == []
+    current = Config()
+    current.training.loss = "bce"
+    assert recipe_differences(saved, current) == ["training.loss: 'ce' -> 'bce'"]
+
+
 def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     path = tmp_path / "ckpt" / "last.pt"
     state = {"recipe": to_dict(Config()), "epoch": 3, "model": {"w": torch.ones(2)}}
