@@ -26,8 +26,8 @@ SEED = 0  # tiny_overrides keeps the demo recipe's training.seed
 
 @pytest.fixture(scope="module")
 def id_betons(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The demo train images, one class folder each: the converter writes in (class, name) order,
-    so a sample's label is its id. Val holds the first few of them (any val set would do)."""
+    """The demo train images, one class folder each, written in folder order (class, name), so a
+    sample's label is its id. Val holds the first few of them (any val set would do)."""
     folder = tmp_path_factory.mktemp("id_images")
     images = sorted((demo_root / "train").glob("*/*.JPEG"))
     assert len(images) == TRAIN_IMAGES
@@ -36,7 +36,7 @@ def id_betons(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
             (folder / split / f"id{index:03d}").mkdir(parents=True)
             shutil.copy(image, folder / split / f"id{index:03d}" / image.name)
     out = tmp_path_factory.mktemp("id_betons")
-    settings = ConversionSettings(max_resolution=128, num_workers=2)
+    settings = ConversionSettings(max_resolution=128, num_workers=2, record_order="folder")
     convert_imagefolder(folder / "train", out / "train.beton", settings, progress=False)
     convert_imagefolder(folder / "val", out / "val.beton", settings, class_map=out / "train.beton", progress=False)
     return {"train": out / "train.beton", "val": out / "val.beton"}
