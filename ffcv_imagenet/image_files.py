@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -141,8 +142,8 @@ def draft_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
     return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
 
 
-def load_rgb(path: str, max_resolution: int) -> np.ndarray:
-    """Decode ``path`` once to RGB at the size RGBImageField stores, so its own resize is a no-op.
+def load_rgb(path: str | BinaryIO, max_resolution: int) -> np.ndarray:
+    """Decode ``path`` (a file name or a file's bytes in a file object) once to RGB at the size RGBImageField stores, so its own resize is a no-op.
 
     A JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
     scaling, PIL's draft mode) for a fraction of the work; the last step is the area

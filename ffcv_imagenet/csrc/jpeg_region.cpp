@@ -10,6 +10,7 @@
 #include <csetjmp>
 #include <cstdint>
 #include <cstdio>
+#include <vector>
 
 #include <jpeglib.h>
 #include <opencv2/imgproc.hpp>
@@ -26,7 +27,8 @@ constexpr int kBadWindow = -2;   // window outside the scaled image
 constexpr int kNoRoom = -3;      // scratch buffer too small for the region
 constexpr size_t kChannels = 3;
 constexpr int kFastResize = -1;  // "interpolation" asking for resize_fast instead of one OpenCV mode
-constexpr int kLinearBelow = 2;  // INTER_LINEAR alone while the window is under this many times the output
+constexpr int kLinearBelow = 2;
+constexpr unsigned kSmallestScale = 8;  // libjpeg's smallest IDCT scale, 1/8  // INTER_LINEAR alone while the window is under this many times the output
 
 struct ErrorManager {
     jpeg_error_mgr pub;
@@ -55,6 +57,7 @@ struct Decompressor {
 
 thread_local Decompressor decompressor;
 thread_local cv::Mat boxed;  // resize_fast's intermediate, reused across images
+thread_local std::vector<JSAMPLE> check_row;  // entropy_check's one decoded row
 
 // Window -> out at a fraction of INTER_AREA's cost at general ratios: INTER_LINEAR while the window is
 // under twice the output per side; beyond, first an exact k x k box average (OpenCV's integer
@@ -128,6 +131,33 @@ int crop_decode_resize(const uint8_t *source, uint64_t source_size, uint32_t sca
     cv::Mat out(out_h, out_w, CV_8UC3, destination);
     resize_window(region.colRange(left - xoffset, right - xoffset), out, interpolation);
     return kOk;
+}
+
+// kOk if every entropy-coded block of the JPEG decodes and its markers up to the end-of-image marker
+// read without a single libjpeg error or warning (extra bytes before a marker, a damaged or cut scan),
+// else kCorrupt. The conversion's pass-through check: what a full decode would report, at the cost of
+// Huffman decoding alone (jpeg_skip_scanlines discards the coefficients of whole iMCU rows: no IDCT,
+// no colour conversion). Only the last output row is decoded: skipping to the bottom decodes nothing.
+int entropy_check(const uint8_t *source, uint64_t source_size) {
+    jpeg_decompress_struct &cinfo = decompressor.cinfo;
+    decompressor.err.warnings = 0;
+    if (setjmp(decompressor.err.jump)) {
+        jpeg_abort_decompress(&cinfo);
+        return kCorrupt;
+    }
+    jpeg_mem_src(&cinfo, source, source_size);
+    jpeg_read_header(&cinfo, TRUE);
+    cinfo.scale_num = 1;
+    cinfo.scale_denom = kSmallestScale;  // the one row decoded is 1/8 as wide
+    cinfo.dct_method = JDCT_IFAST;
+    cinfo.do_fancy_upsampling = FALSE;
+    jpeg_start_decompress(&cinfo);
+    check_row.resize(static_cast<size_t>(cinfo.output_width) * cinfo.output_components);
+    if (cinfo.output_height > 1) jpeg_skip_scanlines(&cinfo, cinfo.output_height - 1);
+    JSAMPROW row = check_row.data();
+    jpeg_read_scanlines(&cinfo, &row, 1);
+    jpeg_finish_decompress(&cinfo);  // reads on to the end-of-image marker
+    return decompressor.err.warnings ? kCorrupt : kOk;
 }
 
 // A window of an (height x width x 3) RGB image -> destination, with an OpenCV interpolation or kFastResize.
