@@ -9,7 +9,6 @@ file format and worker code and changes only the supervision around them.
 from __future__ import annotations
 
 import ctypes
-import io
 import os
 import queue
 import signal
@@ -82,7 +81,7 @@ class SourceImages:
                         and decodes_cleanly(source)):
                     self.passed_through[index] = True
                     return source, label
-            return load_rgb(io.BytesIO(data), self.field.max_resolution), label
+            return load_rgb(data, self.field.max_resolution), label
         except Exception as err:
             Path(self.failure_dir, str(index)).write_text(f"{type(err).__name__}: {err}")
             return PLACEHOLDER, label

@@ -58,6 +58,7 @@ struct Decompressor {
 thread_local Decompressor decompressor;
 thread_local cv::Mat boxed;  // resize_fast's intermediate, reused across images
 thread_local std::vector<JSAMPLE> check_row;  // entropy_check's one decoded row
+thread_local std::vector<JSAMPROW> rows;  // decode_rgb's row pointers into the caller's array
 
 // Window -> out at a fraction of INTER_AREA's cost at general ratios: INTER_LINEAR while the window is
 // under twice the output per side; beyond, first an exact k x k box average (OpenCV's integer
@@ -157,6 +158,38 @@ int entropy_check(const uint8_t *source, uint64_t source_size) {
     JSAMPROW row = check_row.data();
     jpeg_read_scanlines(&cinfo, &row, 1);
     jpeg_finish_decompress(&cinfo);  // reads on to the end-of-image marker
+    return decompressor.err.warnings ? kCorrupt : kOk;
+}
+
+// The whole JPEG at full size -> destination (height x width x 3, RGB), decoded as PIL decodes it
+// (accurate integer IDCT, fancy upsampling), straight into the caller's array. kOk, or kCorrupt on
+// a libjpeg error or warning in the scan (the caller falls back to PIL, which decodes what it can),
+// or kBadWindow if the image is not height x width x 3. The markers after the scan are not read.
+int decode_rgb(const uint8_t *source, uint64_t source_size, uint8_t *destination, int32_t height, int32_t width) {
+    jpeg_decompress_struct &cinfo = decompressor.cinfo;
+    decompressor.err.warnings = 0;
+    if (setjmp(decompressor.err.jump)) {
+        jpeg_abort_decompress(&cinfo);
+        return kCorrupt;
+    }
+    jpeg_mem_src(&cinfo, source, source_size);
+    jpeg_read_header(&cinfo, TRUE);
+    cinfo.out_color_space = JCS_RGB;
+    cinfo.dct_method = JDCT_ISLOW;
+    cinfo.do_fancy_upsampling = TRUE;
+    jpeg_start_decompress(&cinfo);
+    if (cinfo.output_height != static_cast<JDIMENSION>(height) || cinfo.output_width != static_cast<JDIMENSION>(width) ||
+        cinfo.output_components != static_cast<int>(kChannels)) {
+        jpeg_abort_decompress(&cinfo);
+        return kBadWindow;
+    }
+    const size_t stride = static_cast<size_t>(width) * kChannels;
+    rows.resize(height);
+    for (int32_t row = 0; row < height; row++) rows[row] = destination + row * stride;
+    while (cinfo.output_scanline < cinfo.output_height) {
+        jpeg_read_scanlines(&cinfo, rows.data() + cinfo.output_scanline, cinfo.output_height - cinfo.output_scanline);
+    }
+    jpeg_abort_decompress(&cinfo);
     return decompressor.err.warnings ? kCorrupt : kOk;
 }
 
