@@ -9,7 +9,9 @@ under 500 px on the long side, a share of 500-800 px, a tail of large photos (MI
 Each write mode (proportion = the rn50 data, jpg) is timed separately; runs rotate in
 order so page-cache warmth favours no side; the ratio of median img/s is the result.
 Records both sides stored raw are compared pixel by pixel (PSNR), so a speed-up cannot
-hide a quality loss.
+hide a quality loss. CPU seconds per image (every process of the conversion) are printed too:
+on a shared machine they vary less than wall time, and with every core busy the images per
+second of a dedicated machine are its cores over them.
 
     python benchmarks/bench_conversion.py [--images 600] [--workers 0] [--repeats 3] [--modes proportion jpg]
 """
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -51,6 +55,7 @@ DETAIL_SCALES = (2, 4)
 SOURCE_QUALITY = 95
 DISTINCT_SCENES = 60  # scenes are reused across files (at other sizes) to keep set-up short
 RAW_MODE = 1  # RGBImageField's metadata code for a raw record
+POLL_SECONDS = 0.02
 
 
 def source_size(rng: np.random.Generator) -> tuple[int, int]:
@@ -145,16 +150,35 @@ def agreement(root: Path, reference: Path, candidate: Path) -> tuple[int, int, f
     return len(errors), len(errors) - len(differing), pooled
 
 
-def time_mode(root: Path, tmp: Path, settings: ConversionSettings, repeats: int) -> dict[str, list[float]]:
+def cpu_seconds() -> float:
+    """User + system time of this process and of its children that have exited and been reaped."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def reap_children() -> None:
+    """Wait for every child process to exit (FFCV's DatasetWriter does not join its workers), so that
+    their CPU time is counted with the run that started them."""
+    while multiprocessing.active_children():  # joins those that have exited
+        time.sleep(POLL_SECONDS)
+
+
+def time_mode(root: Path, tmp: Path, settings: ConversionSettings,
+              repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Images per second and CPU milliseconds per image, of each way, in each run."""
     rates: dict[str, list[float]] = {name: [] for name in WAYS}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in WAYS}
     for repeat in range(repeats):
         names = list(WAYS)
         names = names[repeat % len(names):] + names[:repeat % len(names)]  # rotate: no side always goes first
         for name in names:
-            started = time.perf_counter()
+            reap_children()
+            cpu_started, started = cpu_seconds(), time.perf_counter()
             count = WAYS[name](root, tmp / f"{name}.beton", settings)
             rates[name].append(count / (time.perf_counter() - started))
-    return rates
+            reap_children()
+            cpu_ms[name].append((cpu_seconds() - cpu_started) / count * 1e3)
+    return rates, cpu_ms
 
 
 def main() -> None:
@@ -173,7 +197,7 @@ def main() -> None:
               f"{args.repeats} runs each")
         for mode in args.modes:
             settings = ConversionSettings(write_mode=mode, num_workers=args.workers)  # else ffcv-imagenet's RN-50
-            rates = time_mode(root, Path(tmp), settings, args.repeats)
+            rates, cpu_ms = time_mode(root, Path(tmp), settings, args.repeats)
             raw, identical, pooled_psnr = agreement(root, Path(tmp) / "ffcv-imagenet way.beton",
                                                     Path(tmp) / "ours.beton")
             kept = sum(kept for _, _, kept in read_index(Path(tmp) / "ours.beton"))
@@ -181,9 +205,13 @@ def main() -> None:
                   + (f", compress probability {settings.compress_probability}" if mode == "proportion" else "")
                   + f"); ours kept {kept} of {args.images} source JPEGs as they are")
             baseline = statistics.median(rates["ffcv-imagenet way"])
+            baseline_cpu = statistics.median(cpu_ms["ffcv-imagenet way"])
             for name, values in rates.items():
+                cpu = statistics.median(cpu_ms[name])
                 print(f"  {name:22s} {statistics.median(values):7.1f} img/s  "
-                      f"{statistics.median(values) / baseline:5.2f}x  (runs: {', '.join(f'{v:.1f}' for v in values)})")
+                      f"{statistics.median(values) / baseline:5.2f}x  (runs: {', '.join(f'{v:.1f}' for v in values)})"
+                      f"  CPU {cpu:5.2f} ms/img  {baseline_cpu / cpu:5.2f}x  "
+                      f"(runs: {', '.join(f'{v:.2f}' for v in cpu_ms[name])})")
             print(f"  records stored raw by both: {raw}; identical: {identical}; the others (large photos decoded "
                   f"at reduced DCT scale) differ by PSNR {pooled_psnr:.1f} dB")
 

@@ -68,17 +68,20 @@ class SourceImages:
         # RGBImageField.encode draws np.random.rand() right after this call, in this
         # process, to store the record as JPEG or raw: seeding here makes that choice
         # a function of (seed, index) instead of which worker got which chunk.
-        np.random.seed([self.seed, index])
+        draw_seed = [self.seed, index]
+        np.random.seed(draw_seed)
         path, label = self.samples[index]
         try:
+            with open(path, "rb") as handle:
+                data = handle.read()  # once: the pass-through tests and the decode share it
             if self.passthrough:
                 # the cheap tests first: a record drawn as raw is decoded anyway
-                source = passthrough_candidate(path, self.field.max_resolution)
-                if (source is not None and chooses_jpeg(self.field, source.width, source.height)
+                source = passthrough_candidate(data, self.field.max_resolution)
+                if (source is not None and chooses_jpeg(self.field, source.width, source.height, draw_seed)
                         and decodes_cleanly(source)):
                     self.passed_through[index] = True
                     return source, label
-            return load_rgb(path, self.field.max_resolution), label
+            return load_rgb(data, self.field.max_resolution), label
         except Exception as err:
             Path(self.failure_dir, str(index)).write_text(f"{type(err).__name__}: {err}")
             return PLACEHOLDER, label

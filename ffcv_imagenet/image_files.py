@@ -10,12 +10,15 @@ least twice its stored size, into an HxWx3 uint8 RGB array whatever the mode.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from .jpeg_region import decode_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
 JPEG_EOI = b"\xff\xd9"
@@ -141,19 +144,33 @@ def draft_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
     return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
 
 
-def load_rgb(path: str, max_resolution: int) -> np.ndarray:
-    """Decode ``path`` once to RGB at the size RGBImageField stores, so its own resize is a no-op.
+def load_rgb(source: str | bytes, max_resolution: int) -> np.ndarray:
+    """Decode ``source`` (a file name, or a file's bytes) once to RGB at the size RGBImageField stores,
+    so its own resize is a no-op.
 
     A JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
     scaling, PIL's draft mode) for a fraction of the work; the last step is the area
-    resize RGBImageField itself would do, to the same size.
+    resize RGBImageField itself would do, to the same size. A colour JPEG given as bytes and
+    decoded at full size skips PIL's decoder (see ``_decoded_without_pil``).
     """
-    with Image.open(path) as image:
+    data = source if isinstance(source, bytes) else None
+    with Image.open(source if data is None else io.BytesIO(data)) as image:
         size = image.size
         target = stored_size(*size, max_resolution)
         if image.format == "JPEG" and target != size:
             image.draft("RGB", draft_size(*size, max_resolution))
-        pixels = to_rgb_array(image)
+        pixels = _decoded_without_pil(data, image, size)
+        if pixels is None:
+            pixels = to_rgb_array(image)
     if (pixels.shape[1], pixels.shape[0]) == target:
         return pixels
     return cv2.resize(pixels, target, interpolation=cv2.INTER_AREA)
+
+
+def _decoded_without_pil(data: bytes | None, image: Image.Image, size: tuple[int, int]) -> np.ndarray | None:
+    """A JPEG that PIL would decode to RGB at full ``size``, decoded by the same libjpeg with PIL's
+    settings straight into an array: the same pixels without PIL's two copies (about a fifth of a
+    decode's time). None for anything else, or a file libjpeg warns about (PIL then decodes it)."""
+    if data is None or image.format != "JPEG" or image.mode != "RGB" or image.size != size:
+        return None
+    return decode_rgb(data, height=size[1], width=size[0])

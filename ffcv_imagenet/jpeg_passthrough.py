@@ -5,9 +5,12 @@ file is already what a JPEG record should be: baseline (progressive files cost f
 more to decode, every epoch), 8-bit, three YCbCr components (CMYK, greyscale and
 Adobe-RGB files go through the usual conversion), no side above the stored size
 (else it is resized), and decodable to its end marker without a single libjpeg
-warning (extra bytes before the end, a damaged scan: FFCV's reader reports those, our
-decoders refuse them at training time; the usual path re-encodes what PIL makes of
-them). Everything else takes the usual path: decode, resize, re-encode.
+warning (extra bytes before a marker, a damaged or cut scan: FFCV's reader reports those,
+our decoders refuse them at training time; the usual path re-encodes what PIL makes of
+them). That last test entropy-decodes the whole file with libjpeg's own warning policy,
+the library our region decoder and FFCV's TurboJPEG use (``jpeg_region.entropy_check``):
+Huffman decoding is most of a decode's cost and cannot be skipped, but the IDCT and colour
+conversion can. Everything else takes the usual path: decode, resize, re-encode.
 
 FFCV records a field by its class, so the field stays an ``RGBImageField``; only
 its ``encode`` is replaced on the instance, to store a ``SourceJpeg`` as it is.
@@ -21,7 +24,8 @@ from typing import Callable
 import numpy as np
 from ffcv.fields import RGBImageField
 from ffcv.fields.rgb_image import IMAGE_MODES
-from ffcv.libffcv import imdecode
+
+from .jpeg_region import entropy_check
 
 SOI = b"\xff\xd8"
 MARKER_PREFIX = 0xFF
@@ -36,8 +40,6 @@ ADOBE_NO_TRANSFORM = 0  # three components stored as RGB, not YCbCr
 EIGHT_BIT = 8
 YCBCR_COMPONENTS = 3
 RGB_CHANNELS = 3
-CHECK_SCALE = 8  # the check decodes at 1/8 scale: every coefficient is entropy-decoded, IDCT is cheap
-DECODED = 0  # imdecode's status without error or warning
 
 
 @dataclass(frozen=True)
@@ -108,20 +110,13 @@ def why_not_passed_through(header: JpegHeader | None, max_resolution: int) -> st
 
 
 def decodes_cleanly(source: SourceJpeg) -> bool:
-    """Every coefficient of the file decodes, up to its end marker, without a libjpeg warning, through
-    FFCV's own decoder (TurboJPEG): what its reader and our decoders need (they refuse such a record)."""
-    height = -(-source.height // CHECK_SCALE)  # libjpeg's scaled size rounds up
-    width = -(-source.width // CHECK_SCALE)
-    scaled = np.empty((height, width, RGB_CHANNELS), dtype=np.uint8)
-    data = np.frombuffer(source.data, dtype=np.uint8)
-    return imdecode(data, scaled, source.height, source.width, source.height, source.width, 0, 0,
-                    1, CHECK_SCALE, False, False) == DECODED
+    """Every coefficient of the file decodes, up to its end marker, without a libjpeg warning: what FFCV's
+    reader and our decoders need (they refuse such a record). Entropy decoding only, no pixels."""
+    return entropy_check(source.data)
 
 
-def passthrough_candidate(path: str, max_resolution: int) -> SourceJpeg | None:
-    """The file at ``path`` as a SourceJpeg if its header qualifies (``decodes_cleanly`` is the costly last test)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+def passthrough_candidate(data: bytes, max_resolution: int) -> SourceJpeg | None:
+    """A file's bytes as a SourceJpeg if its header qualifies (``decodes_cleanly`` is the costly last test)."""
     header = read_jpeg_header(data)
     if why_not_passed_through(header, max_resolution) is not None:
         return None
@@ -132,17 +127,18 @@ def may_store_as_jpeg(field: RGBImageField) -> bool:
     return field.write_mode != "raw"
 
 
-def chooses_jpeg(field: RGBImageField, width: int, height: int) -> bool:
-    """Whether ``field.encode`` will store an image of this (unresized) size as JPEG: FFCV's own rule,
-    with the draw proportion mode is about to make peeked at and put back, so it still makes it."""
+def chooses_jpeg(field: RGBImageField, width: int, height: int, draw_seed: list[int]) -> bool:
+    """Whether ``field.encode`` will store an image of this (unresized) size as JPEG: FFCV's own rule.
+    Proportion mode's draw is taken from numpy's global generator, just seeded with ``draw_seed``, and
+    put back by seeding it again (a tenth of the cost of saving and restoring its state), so that
+    ``encode`` makes the same draw."""
     if field.write_mode == "jpg":
         return True
     if field.write_mode == "smart":
         return field.smart_threshold is not None and width * height * RGB_CHANNELS > field.smart_threshold
     if field.write_mode == "proportion":
-        state = np.random.get_state()
         draw = np.random.rand()
-        np.random.set_state(state)
+        np.random.seed(draw_seed)
         return draw < field.proportion
     return False
 

@@ -5,6 +5,8 @@ IDCT scale, and resizes the window once; ``crop_resize`` resizes a window of a r
 take an OpenCV interpolation code, or FAST_RESIZE: INTER_LINEAR while the window is under twice
 the output per side, else an exact integer box average first (see csrc/jpeg_region.cpp). The wrappers have FFCV's libffcv shape (arrays in, their
 ``.ctypes.data`` out) so ``Compiler.compile`` can compile them into the loader's pipeline.
+``entropy_check`` and ``decode_rgb`` are called from Python, by the conversion: whether a JPEG decodes
+without a warning, and a whole JPEG decoded the way PIL decodes it, without PIL's copies.
 """
 from __future__ import annotations
 
@@ -32,6 +34,12 @@ _crop_resize = _lib.crop_resize
 _crop_resize.argtypes = [c_void_p, c_int32, c_int32, c_int32, c_int32, c_int32, c_int32,
                          c_void_p, c_int32, c_int32, c_int32]
 _crop_resize.restype = None
+_entropy_check = _lib.entropy_check
+_entropy_check.argtypes = [c_void_p, c_uint64]
+_entropy_check.restype = c_int32
+_decode_rgb = _lib.decode_rgb
+_decode_rgb.argtypes = [c_void_p, c_uint64, c_void_p, c_int32, c_int32]
+_decode_rgb.restype = c_int32
 
 
 def crop_decode_resize(source: np.ndarray, scale_denom: int, top: int, bottom: int, left: int, right: int,
@@ -47,3 +55,16 @@ def crop_resize(source: np.ndarray, top: int, bottom: int, left: int, right: int
     """(h, w, 3) uint8 image -> ``destination``: the window resized with ``interpolation``."""
     _crop_resize(source.ctypes.data, source.shape[0], source.shape[1], top, bottom, left, right,
                  destination.ctypes.data, destination.shape[0], destination.shape[1], interpolation)
+
+
+def entropy_check(source: bytes) -> bool:
+    """Whether JPEG bytes decode to their end marker without a libjpeg error or warning (Huffman decoding only)."""
+    return _entropy_check(source, len(source)) == REGION_OK
+
+
+def decode_rgb(source: bytes, height: int, width: int) -> np.ndarray | None:
+    """A whole JPEG at full size as (height, width, 3) RGB, the pixels PIL decodes (accurate IDCT, fancy
+    upsampling); None on any libjpeg warning or a size mismatch (decode it with PIL instead)."""
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    status = _decode_rgb(source, len(source), pixels.ctypes.data, height, width)
+    return pixels if status == REGION_OK else None

@@ -10,6 +10,7 @@
 #include <csetjmp>
 #include <cstdint>
 #include <cstdio>
+#include <vector>
 
 #include <jpeglib.h>
 #include <opencv2/imgproc.hpp>
@@ -26,7 +27,8 @@ constexpr int kBadWindow = -2;   // window outside the scaled image
 constexpr int kNoRoom = -3;      // scratch buffer too small for the region
 constexpr size_t kChannels = 3;
 constexpr int kFastResize = -1;  // "interpolation" asking for resize_fast instead of one OpenCV mode
-constexpr int kLinearBelow = 2;  // INTER_LINEAR alone while the window is under this many times the output
+constexpr int kLinearBelow = 2;
+constexpr unsigned kSmallestScale = 8;  // libjpeg's smallest IDCT scale, 1/8  // INTER_LINEAR alone while the window is under this many times the output
 
 struct ErrorManager {
     jpeg_error_mgr pub;
@@ -55,6 +57,8 @@ struct Decompressor {
 
 thread_local Decompressor decompressor;
 thread_local cv::Mat boxed;  // resize_fast's intermediate, reused across images
+thread_local std::vector<JSAMPLE> check_row;  // entropy_check's one decoded row
+thread_local std::vector<JSAMPROW> rows;  // decode_rgb's row pointers into the caller's array
 
 // Window -> out at a fraction of INTER_AREA's cost at general ratios: INTER_LINEAR while the window is
 // under twice the output per side; beyond, first an exact k x k box average (OpenCV's integer
@@ -80,6 +84,25 @@ void resize_window(const cv::Mat &window, cv::Mat &out, int interpolation) {
     }
 }
 
+// Reads the header of ``source`` into the thread's decompressor and runs ``body`` on it. A libjpeg error
+// (longjmp back here: body must hold no object with a destructor across libjpeg calls) gives kCorrupt;
+// so does any warning, unless body returned another failure first. The decompressor is left reset.
+template <typename Body>
+int with_header(const uint8_t *source, uint64_t source_size, Body body) {
+    jpeg_decompress_struct &cinfo = decompressor.cinfo;
+    decompressor.err.warnings = 0;
+    if (setjmp(decompressor.err.jump)) {
+        jpeg_abort_decompress(&cinfo);
+        return kCorrupt;
+    }
+    jpeg_mem_src(&cinfo, source, source_size);
+    jpeg_read_header(&cinfo, TRUE);
+    const int status = body(cinfo);
+    jpeg_abort_decompress(&cinfo);
+    if (status != kOk) return status;
+    return decompressor.err.warnings ? kCorrupt : kOk;
+}
+
 }  // namespace
 
 extern "C" {
@@ -91,43 +114,79 @@ int crop_decode_resize(const uint8_t *source, uint64_t source_size, uint32_t sca
                        int32_t top, int32_t bottom, int32_t left, int32_t right,
                        uint8_t *scratch, uint64_t scratch_size,
                        uint8_t *destination, int32_t out_h, int32_t out_w, int32_t interpolation) {
-    jpeg_decompress_struct &cinfo = decompressor.cinfo;
-    decompressor.err.warnings = 0;
-    if (setjmp(decompressor.err.jump)) {
-        jpeg_abort_decompress(&cinfo);
-        return kCorrupt;
-    }
-    jpeg_mem_src(&cinfo, source, source_size);
-    jpeg_read_header(&cinfo, TRUE);
-    cinfo.out_color_space = JCS_RGB;
-    cinfo.scale_num = 1;
-    cinfo.scale_denom = scale_denom;
-    cinfo.dct_method = JDCT_IFAST;  // as FFCV's TJFLAG_FASTDCT
-    jpeg_start_decompress(&cinfo);
-    if (top < 0 || left < 0 || top >= bottom || left >= right ||
-        bottom > static_cast<int32_t>(cinfo.output_height) || right > static_cast<int32_t>(cinfo.output_width)) {
-        jpeg_abort_decompress(&cinfo);
-        return kBadWindow;
-    }
-    JDIMENSION xoffset = left, width = right - left;
-    jpeg_crop_scanline(&cinfo, &xoffset, &width);  // widened to whole iMCU columns
-    const size_t stride = width * kChannels;
-    if (stride * (bottom - top) > scratch_size) {
-        jpeg_abort_decompress(&cinfo);
-        return kNoRoom;
-    }
-    if (top > 0) jpeg_skip_scanlines(&cinfo, top);
-    while (cinfo.output_scanline < static_cast<JDIMENSION>(bottom)) {
-        JSAMPROW row = scratch + (cinfo.output_scanline - top) * stride;
-        jpeg_read_scanlines(&cinfo, &row, 1);
-    }
-    jpeg_abort_decompress(&cinfo);  // the rows below the window are never decoded
-    if (decompressor.err.warnings) return kCorrupt;
+    return with_header(source, source_size, [&](jpeg_decompress_struct &cinfo) {
+        cinfo.out_color_space = JCS_RGB;
+        cinfo.scale_num = 1;
+        cinfo.scale_denom = scale_denom;
+        cinfo.dct_method = JDCT_IFAST;  // as FFCV's TJFLAG_FASTDCT
+        jpeg_start_decompress(&cinfo);
+        if (top < 0 || left < 0 || top >= bottom || left >= right ||
+            bottom > static_cast<int32_t>(cinfo.output_height) || right > static_cast<int32_t>(cinfo.output_width)) {
+            return kBadWindow;
+        }
+        JDIMENSION xoffset = left, width = right - left;
+        jpeg_crop_scanline(&cinfo, &xoffset, &width);  // widened to whole iMCU columns
+        const size_t stride = width * kChannels;
+        if (stride * (bottom - top) > scratch_size) return kNoRoom;
+        if (top > 0) jpeg_skip_scanlines(&cinfo, top);
+        while (cinfo.output_scanline < static_cast<JDIMENSION>(bottom)) {
+            JSAMPROW row = scratch + (cinfo.output_scanline - top) * stride;
+            jpeg_read_scanlines(&cinfo, &row, 1);
+        }
+        // the rows below the window are never decoded
+        if (decompressor.err.warnings) return kCorrupt;
+        cv::Mat region(bottom - top, width, CV_8UC3, scratch, stride);
+        cv::Mat out(out_h, out_w, CV_8UC3, destination);
+        resize_window(region.colRange(left - xoffset, right - xoffset), out, interpolation);
+        return kOk;
+    });
+}
 
-    cv::Mat region(bottom - top, width, CV_8UC3, scratch, stride);
-    cv::Mat out(out_h, out_w, CV_8UC3, destination);
-    resize_window(region.colRange(left - xoffset, right - xoffset), out, interpolation);
-    return kOk;
+// kOk if every entropy-coded block of the JPEG decodes and its markers up to the end-of-image marker
+// read without a single libjpeg error or warning (extra bytes before a marker, a damaged or cut scan),
+// else kCorrupt. The conversion's pass-through check: what a full decode would report, at the cost of
+// Huffman decoding alone (jpeg_skip_scanlines discards the coefficients of whole iMCU rows: no IDCT,
+// no colour conversion). Only the last output row is decoded: skipping to the bottom decodes nothing.
+int entropy_check(const uint8_t *source, uint64_t source_size) {
+    return with_header(source, source_size, [](jpeg_decompress_struct &cinfo) {
+        cinfo.scale_num = 1;
+        cinfo.scale_denom = kSmallestScale;  // the one row decoded is 1/8 as wide
+        cinfo.dct_method = JDCT_IFAST;
+        cinfo.do_fancy_upsampling = FALSE;
+        jpeg_start_decompress(&cinfo);
+        check_row.resize(static_cast<size_t>(cinfo.output_width) * cinfo.output_components);
+        if (cinfo.output_height > 1) jpeg_skip_scanlines(&cinfo, cinfo.output_height - 1);
+        JSAMPROW row = check_row.data();
+        jpeg_read_scanlines(&cinfo, &row, 1);
+        jpeg_finish_decompress(&cinfo);  // reads on to the end-of-image marker
+        return kOk;
+    });
+}
+
+// The whole JPEG at full size -> destination (height x width x 3, RGB), decoded as PIL decodes it
+// (accurate integer IDCT, fancy upsampling), straight into the caller's array. kOk, or kCorrupt on
+// a libjpeg error or warning in the scan (the caller falls back to PIL, which decodes what it can),
+// or kBadWindow if the image is not height x width x 3. The markers after the scan are not read.
+int decode_rgb(const uint8_t *source, uint64_t source_size, uint8_t *destination, int32_t height, int32_t width) {
+    return with_header(source, source_size, [&](jpeg_decompress_struct &cinfo) {
+        cinfo.out_color_space = JCS_RGB;
+        cinfo.dct_method = JDCT_ISLOW;
+        cinfo.do_fancy_upsampling = TRUE;
+        jpeg_start_decompress(&cinfo);
+        if (cinfo.output_height != static_cast<JDIMENSION>(height) ||
+            cinfo.output_width != static_cast<JDIMENSION>(width) ||
+            cinfo.output_components != static_cast<int>(kChannels)) {
+            return kBadWindow;
+        }
+        const size_t stride = static_cast<size_t>(width) * kChannels;
+        rows.resize(height);
+        for (int32_t row = 0; row < height; row++) rows[row] = destination + row * stride;
+        while (cinfo.output_scanline < cinfo.output_height) {
+            jpeg_read_scanlines(&cinfo, rows.data() + cinfo.output_scanline,
+                                cinfo.output_height - cinfo.output_scanline);
+        }
+        return kOk;
+    });
 }
 
 // A window of an (height x width x 3) RGB image -> destination, with an OpenCV interpolation or kFastResize.
