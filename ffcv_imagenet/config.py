@@ -157,6 +157,10 @@ def range_pair(item: Checker) -> Checker:
 
 
 # ---------------------------------------------------------------- declarations
+RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults (augment.rrc_scale, rrc_ratio)
+RRC_RATIO = (3 / 4, 4 / 3)
+
+
 def declare(target: fastargs.Config) -> fastargs.Config:
     """Every recipe key, into ``target``; its defaults are the base recipe."""
     def section(name: str, desc: str) -> Section:
@@ -269,9 +273,9 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         flip=Param(BOOL, "random horizontal flip of training crops (both phases); false for data that is not "
                    "mirror-invariant (text, digits)", default=True),
         rrc_scale=Param(range_pair(typed(float, Interval(0.0, 1.0, "(]"))), "RandomResizedCrop: [min, max] "
-                        "window area as a fraction of the image", default=[0.08, 1.0]),
+                        "window area as a fraction of the image", default=list(RRC_SCALE)),
         rrc_ratio=Param(range_pair(POSITIVE_FLOAT), "RandomResizedCrop: [min, max] window aspect ratio "
-                        "(width / height)", default=[3 / 4, 4 / 3]),
+                        "(width / height)", default=list(RRC_RATIO)),
         mixup_alpha=Param(NON_NEGATIVE, "mixup Beta(alpha, alpha); 0 = off", default=0.0),
         cutmix_alpha=Param(NON_NEGATIVE, "CutMix Beta(alpha, alpha); 0 = off", default=0.0),
         cutmix_share=Param(FRACTION, "with both on: the share of mixed batches that use CutMix", default=0.5),

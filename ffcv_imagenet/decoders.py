@@ -46,11 +46,10 @@ from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, get_c
 from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.compiler import Compiler
 
+from .config import RRC_RATIO, RRC_SCALE  # noqa: F401 - the recipe's defaults, re-exported
 from .jpeg_region import FAST_RESIZE, REGION_OK, crop_decode_resize, crop_resize
 
 FIXRES_CROP_RATIO = 224 / 256  # crop side / resized shorter side, as in the standard val transform
-RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults, as augment.rrc_scale / rrc_ratio default
-RRC_RATIO = (3 / 4, 4 / 3)
 FLIP_PROBABILITY = 0.5
 VAL_CROP_RATIO = 224 / 256  # the standard val transform: center crop side / resized shorter side
 DCT_DENOMINATORS = (8, 4, 2)  # TurboJPEG's power-of-two IDCT downscales, the largest first
