@@ -192,11 +192,14 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "rng": checkpointing.rng_states(self.ctx.device), "best": self.best}
 
-    def save(self, then: Callable[[], None] | None = None) -> None:
-        """Rank 0 copies the state to the host and writes it in the background; ``then`` runs
-        once the file is in place (rank 0 only: only rank 0 logs)."""
+    def save(self, then: Callable[[], None] | None = None, background: bool = False) -> None:
+        """Rank 0 copies the state to the host and writes last.pt; ``then`` runs once the file is in
+        place (rank 0 only: only rank 0 logs). ``background`` returns before the write ends (the
+        training loop's choice: the next steps overlap it); otherwise the file exists on return."""
         if self.ctx.is_main:
             self.checkpoints.submit(checkpointing.last_checkpoint_path(self.folder), self._state(), then)
+            if not background:
+                self.checkpoints.wait()
         barrier(self.ctx)
         self.last_save = time.monotonic()
 
@@ -354,7 +357,7 @@ class Trainer:
                 if stop or checkpoint_due:
                     self.samples_in_epoch = done
                     self.save(then=lambda at=done: self.log.record("event", event="checkpoint", epoch=plan.epoch,
-                                                                   samples_in_epoch=at))
+                                                                   samples_in_epoch=at), background=True)
                 if stop:
                     raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after sample "
                                           f"{done} of {self.datasets.train_size}; run the same command to resume "
@@ -449,7 +452,7 @@ class Trainer:
 
         if record["checkpoint"]:
             # Logged once the file is in place: the log never claims a checkpointed epoch the checkpoint lacks.
-            self.save(then=log_epoch)
+            self.save(then=log_epoch, background=True)
         else:
             self.checkpoints.wait()  # the previous epoch's line first (and best.pt in place)
             log_epoch()
