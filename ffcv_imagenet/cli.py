@@ -7,6 +7,7 @@ torch nor FFCV, so a wrong argument is answered at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -36,6 +37,12 @@ class OneLineParser(argparse.ArgumentParser):
         command = self.prog.removeprefix(self.root_prog).strip()
         where = f"{command}: " if command else ""
         self.exit(EXIT_ERROR, f"{self.root_prog}: error: {where}{message} (see {self.prog} -h)\n")
+
+
+def world_from_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) as torchrun set them; (0, 0, 1) for a plain ``python`` run."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def fail(prog: str, message: str, code: int = EXIT_ERROR, show: bool = True) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .cli import world_from_env
 from .config import ConfigError, DistConfig
 
 
@@ -59,12 +60,6 @@ def job_cores() -> int:
 
 def ranks_on_node() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
-
-
-def world_from_env() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size) as torchrun set them; (0, 0, 1) for a plain ``python`` run."""
-    return (int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
-            int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def init_distributed(cfg: DistConfig) -> DistContext:

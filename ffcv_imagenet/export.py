@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_IO_ERROR, OneLineParser, add_recipe_options,
-                  answer_recipe_questions, fail, os_error_message, split_overrides)
+                  answer_recipe_questions, fail, os_error_message, split_overrides, world_from_env)
 from .config import Config, ConfigError, load_config, to_dict
 
 if TYPE_CHECKING:
@@ -352,8 +352,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.evaluate_saved:  # numpy only: no torch, no model
             evaluate_saved(args.evaluate_saved)
             return 0
-        from .distributed import world_from_env
-
         speaks = world_from_env()[0] == 0
         missing = [option for option, value in (("--config", args.config), ("--weights", args.weights),
                                                 ("--dataset", args.dataset), ("--out", args.out)) if not value]

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from . import schedule
 from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, add_recipe_options, answer_recipe_questions, fail,
-                  os_error_message, recipe_text, split_overrides, translation_notes)
+                  os_error_message, recipe_text, split_overrides, translation_notes, world_from_env)
 from .config import ConfigError, load_config
 
 PROG = "train_imagenet.py"
@@ -52,11 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out and not args.lr_range_test:
         parser.error("--out is for --lr-range-test")
 
-    # Imported here so that --help and recipe mistakes answer without loading torch.
-    from .distributed import init_distributed, shutdown, world_from_env
-    from .decoders import CorruptRecordError
-    from .trainer import TrainingStopped, evaluate_saved, train
-
     rank, _, world_size = world_from_env()
     speaks = rank == 0  # every rank checks the same recipe: one copy of an error is enough
     try:
@@ -68,6 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes = translation_notes(args.config)
         if notes and speaks:  # an ffcv-imagenet config: say what it became (saved in full as recipe.yaml)
             print(recipe_text(config, notes, full=False), flush=True)
+    except ConfigError as err:
+        return fail(PROG, str(err), EXIT_ERROR, speaks or world_size == 1)
+
+    # Imported only now: --help and recipe mistakes answer in a fraction of a second, without the
+    # seconds that loading torch and FFCV (which compiles numba code at import) take.
+    from .distributed import init_distributed, shutdown
+    from .decoders import CorruptRecordError
+    from .trainer import TrainingStopped, evaluate_saved, train
+
+    try:
         ctx = init_distributed(config.dist)
     except ConfigError as err:
         return fail(PROG, str(err), EXIT_ERROR, speaks or world_size == 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import helpers  # noqa: F401  first: it sets the tests' numba optimisation level before numba loads
 import pytest
 
 from ffcv_imagenet.demo_data import make_demo_imagefolder

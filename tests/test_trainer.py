@@ -136,11 +136,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_betons: d
 def test_readme_demo_trains_clearly_above_chance(tmp_path: Path) -> None:
     """The README's first commands, verbatim apart from the scripts' location: 10 classes, chance is 10%."""
     demo = subprocess.run([sys.executable, str(REPO / "write_datasets.py"), "demo", "data/demo"], cwd=tmp_path,
-                          capture_output=True, text=True, env=cpu_env(2), timeout=600)
+                          capture_output=True, text=True, env=cpu_env(2, users_numba=True), timeout=600)
     assert demo.returncode == 0, demo.stderr[-2000:]
     trained = subprocess.run([sys.executable, str(REPO / "train_imagenet.py"), "--config", str(DEMO_RECIPE),
                               "--logging.progress=false"], cwd=tmp_path, capture_output=True, text=True,
-                             env=cpu_env(2), timeout=900)
+                             env=cpu_env(2, users_numba=True), timeout=900)
     assert trained.returncode == 0, explain(trained)
     records = epoch_records(tmp_path / "runs" / "demo")
     assert [r["crop_mode"] for r in records][-1] == "fixres" and records[-1]["val_count"] == 200
