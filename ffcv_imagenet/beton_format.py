@@ -27,6 +27,11 @@ import numpy as np
 if TYPE_CHECKING:
     from ffcv.reader import Reader
 
+JPEG_MODE, RAW_MODE = 0, 1  # RGBImageField's metadata codes for a JPEG and a raw record
+# FFCV's own table (ffcv.fields.rgb_image.IMAGE_MODES) is a numba typed dict: its first lookup
+# compiles, a fraction of a second in every process that does one; this plain copy does not.
+IMAGE_MODES = {"jpg": JPEG_MODE, "raw": RAW_MODE}
+
 
 @dataclass(frozen=True)
 class Fields:

@@ -7,15 +7,14 @@ import numpy as np
 from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 
-from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, class_names, image_metadata,  # noqa: F401
-                           index_path, label_range, labels, load_class_names, loader_pipelines, open_beton,
-                           read_index, record_bytes, stored_bytes)
+from .beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, class_names,  # noqa: F401
+                           image_metadata, index_path, label_range, labels, load_class_names, loader_pipelines,
+                           open_beton, read_index, record_bytes, stored_bytes)
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
 FULL_HISTOGRAM_MAX_CLASSES = 20  # above this, the histogram is summarised
 EXTREMES_SHOWN = 3
 BAR_WIDTH = 30
-JPEG_MODE = 0  # RGBImageField's metadata code for a JPEG record
 CLASS_WINDOWS = (64, 512, 4096)  # records in a row: a batch drawn from a few pages sees about this many
 SHUFFLE_SEED = 0
 KIB = 1024

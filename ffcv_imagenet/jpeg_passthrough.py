@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 from ffcv.fields import RGBImageField
-from ffcv.fields.rgb_image import IMAGE_MODES
 
+from .beton_format import JPEG_MODE
 from .jpeg_region import entropy_check
 
 SOI = b"\xff\xd8"
@@ -148,7 +148,7 @@ def _encode(stock_encode: Callable, destination: np.ndarray, sample: object,
     if not isinstance(sample, SourceJpeg):
         stock_encode(destination, sample, malloc)
         return
-    destination["mode"] = IMAGE_MODES["jpg"]
+    destination["mode"] = JPEG_MODE
     destination["height"], destination["width"] = sample.height, sample.width
     data = np.frombuffer(sample.data, dtype=np.uint8)
     destination["data_ptr"], storage = malloc(data.nbytes)

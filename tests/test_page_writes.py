@@ -1,0 +1,152 @@
+"""Pages written at their offsets as soon as they are full (page_writes): the same file as FFCV's
+stock allocator, and a valid one when a higher page reaches the disk before a lower one."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ffcv.fields import IntField, RGBImageField
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import IMAGE_MODES as FFCV_IMAGE_MODES
+from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.types import ALLOC_TABLE_TYPE
+from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
+from PIL import Image
+
+from ffcv_imagenet import beton_writer
+from ffcv_imagenet.beton_format import IMAGE_MODES, read_header
+from ffcv_imagenet.beton_writer import GuardedWriter, SourceImages
+from ffcv_imagenet.jpeg_passthrough import with_passthrough
+from ffcv_imagenet.page_writes import PositionalAllocator
+
+PAGE_SIZE = MIN_PAGE_SIZE  # 2 MiB: a few dozen files fill several pages
+CHUNK_SIZE = 5
+HELD = 1  # the record that waits, in the first chunk, after record 0 has taken a page
+PAGES_WRITTEN_MEANWHILE = 2
+GATE_SECONDS = 120  # only reached if pages had to be written in turn (FFCV's stock allocator)
+
+
+def photo(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    return np.clip(np.asarray(coarse) + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def jpeg_samples(root: Path, count: int) -> list[tuple[str, int]]:
+    """Baseline JPEGs of mixed sizes, some above the stored size: kept, re-encoded, resized, raw."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for k in range(count):
+        height, width = (int(side) for side in rng.integers(120, 420, size=2))
+        path = root / f"{k:03d}.jpg"
+        Image.fromarray(photo(height, width, seed=k)).save(path, quality=90)
+        samples.append((str(path), k % 3))
+    return samples
+
+
+def png_samples(root: Path, count: int, side: int) -> list[tuple[str, int]]:
+    """PNGs of one size (FFCV's SimpleRGBImageDecoder reads them) whose raw records fill several pages."""
+    samples = []
+    for k in range(count):
+        path = root / f"{k:03d}.png"
+        Image.fromarray(photo(side, side, seed=k)).save(path)
+        samples.append((str(path), k % 4))
+    return samples
+
+
+def source_images(samples: list[tuple[str, int]], failure_dir: Path, **field_settings: object) -> SourceImages:
+    field = with_passthrough(RGBImageField(**field_settings))
+    return SourceImages(samples, field, seed=0, failure_dir=str(failure_dir), passthrough=True)
+
+
+def fields_of(dataset: SourceImages) -> dict:
+    return {"image": dataset.field, "label": IntField()}
+
+
+def test_plain_mode_table_is_ffcvs() -> None:
+    assert dict(FFCV_IMAGE_MODES) == IMAGE_MODES
+
+
+def test_one_worker_writes_the_same_bytes_as_ffcvs_allocator(tmp_path: Path) -> None:
+    """Proportion mode over JPEGs: records kept as they are, re-encoded and stored raw, several pages."""
+    (tmp_path / "src").mkdir()
+    samples = jpeg_samples(tmp_path / "src", 60)
+    settings = {"write_mode": "proportion", "max_resolution": 256, "compress_probability": 0.5}
+    stock, ours = tmp_path / "stock.beton", tmp_path / "ours.beton"
+    dataset = source_images(samples, tmp_path, **settings)
+    DatasetWriter(str(stock), fields_of(dataset), page_size=PAGE_SIZE, num_workers=1).from_indexed_dataset(
+        dataset, chunksize=CHUNK_SIZE)
+    dataset = source_images(samples, tmp_path, **settings)
+    GuardedWriter(ours, fields_of(dataset), num_workers=1, page_size=PAGE_SIZE, progress_label=None
+                  ).from_indexed_dataset(dataset, chunksize=CHUNK_SIZE)
+    assert 0 < dataset.passed_through[:].count(True) < len(samples)  # both paths were taken
+    assert os.path.getsize(stock) > 3 * PAGE_SIZE
+    assert ours.read_bytes() == stock.read_bytes()
+
+
+class LoggedAllocator(PositionalAllocator):
+    """PositionalAllocator that appends the number of each page it writes to ``log``."""
+
+    log: Path
+
+    def flush_page(self) -> None:
+        super().flush_page()
+        if self.my_page >= 0:
+            with open(self.log, "a") as handle:
+                handle.write(f"{self.my_page}\n")
+
+
+def pages_written(log: Path) -> list[int]:
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+class HeldBack:
+    """The source images, except that record HELD waits until the other process has written pages:
+    the process holding record 0's page keeps it open while higher pages reach the file."""
+
+    def __init__(self, images: SourceImages, log: Path):
+        self.images, self.log = images, log
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple:
+        deadline = time.monotonic() + GATE_SECONDS
+        while index == HELD and len(pages_written(self.log)) < PAGES_WRITTEN_MEANWHILE:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no page was written while a lower one was held")
+            time.sleep(0.01)
+        return self.images[index]
+
+
+def test_pages_written_out_of_order_make_a_valid_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "src").mkdir()
+    side = 256
+    samples = png_samples(tmp_path / "src", 48, side)
+    LoggedAllocator.log = tmp_path / "pages.log"
+    monkeypatch.setattr(beton_writer, "PositionalAllocator", LoggedAllocator)
+    images = source_images(samples, tmp_path, write_mode="raw", max_resolution=side)
+    out = tmp_path / "out.beton"
+    GuardedWriter(out, fields_of(images), num_workers=2, page_size=PAGE_SIZE, progress_label=None
+                  ).from_indexed_dataset(HeldBack(images, LoggedAllocator.log), chunksize=CHUNK_SIZE)
+
+    order = pages_written(LoggedAllocator.log)
+    assert sorted(order) == list(range(len(order))) and len(order) > PAGES_WRITTEN_MEANWHILE
+    assert order != sorted(order), f"pages were written in order: {order}"
+    header = read_header(out)
+    table_bytes = os.path.getsize(out) - int(header["alloc_table_ptr"])
+    table = np.fromfile(out, dtype=ALLOC_TABLE_TYPE, offset=int(header["alloc_table_ptr"]))
+    assert table_bytes == table.nbytes and len(table) == len(samples)
+    assert int(header["alloc_table_ptr"]) % PAGE_SIZE == 0  # right after the last page
+    assert (table["ptr"] + table["size"]).max() <= int(header["alloc_table_ptr"])
+
+    loader = Loader(str(out), batch_size=len(samples), num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+    pixels, label_batch = next(iter(loader))
+    assert np.asarray(label_batch[:, 0]).tolist() == [label for _, label in samples]
+    for image, (path, _) in zip(np.asarray(pixels), samples):
+        np.testing.assert_array_equal(image, np.asarray(Image.open(path).convert("RGB")))
