@@ -45,7 +45,7 @@ from ffcv_imagenet.config import Config, load_config
 from ffcv_imagenet.distributed import resolve_device
 from ffcv_imagenet.evaluation import autocast_for
 from ffcv_imagenet.fileio import atomic_write_text
-from ffcv_imagenet.loaders import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize, workers_per_rank
+from ffcv_imagenet.loaders import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize, stop_epoch, workers_per_rank
 from ffcv_imagenet.model import build_model
 from ffcv_imagenet.optimizers import build_optimizer
 from ffcv_imagenet.profiling import (DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, LOADER, MODEL,
@@ -82,9 +82,12 @@ def batches_at(loader: Loader, decoder: RandomResizedCropRGBImageDecoder, res: i
 
     def endless() -> Iterator[Batch]:
         for _ in itertools.count():
-            with contextlib.closing(iter(loader)) as epoch:
+            epoch = iter(loader)
+            try:
                 for images, labels in epoch:
                     yield (images if in_pipeline_normalize else normalize(images, torch.float16)), labels
+            finally:
+                stop_epoch(epoch)  # teardown only: not part of what is timed
 
     stream = endless()
     try:

@@ -133,11 +133,13 @@ def run_phase(name: str, command: list[str], out: Path, timeout_s: int) -> dict:
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path})
         code, output = result.returncode, result.stdout + result.stderr
+        # a phase that worked says so last on stdout (pytest's summary); warnings on stderr would hide it
+        summary = result.stdout if code == 0 and result.stdout.strip() else output
     except subprocess.TimeoutExpired as err:
         code = None
-        output = f"{err.stdout or ''}{err.stderr or ''}\ntimed out after {timeout_s} s"
+        output = summary = f"{err.stdout or ''}{err.stderr or ''}\ntimed out after {timeout_s} s"
     log.write_text(f"$ {' '.join(command)}\n{output}")
-    tail = output.strip().splitlines()[-1:] or [""]
+    tail = summary.strip().splitlines()[-1:] or [""]
     return {"name": name, "ok": code == 0, "exit": code, "seconds": time.perf_counter() - started,
             "last_line": tail[0], "log": str(log.relative_to(out))}
 

@@ -13,7 +13,10 @@ batch buffers, which FFCV frees when the epoch ends.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
+import queue
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -41,6 +44,10 @@ IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 DEFAULT_CACHE_MIB = 4096  # the recipes' data.cache_mib
 MIB = 2 ** 20
+# FFCV's decode thread notices a stop only while it waits to hand over a batch (it retries a full
+# queue every 0.5 s), after finishing the batch in hand.
+HANDOVER_WAIT_SECONDS = 0.6
+DECODE_THREAD_JOIN_SECONDS = 30.0
 FAST, STOCK = "fast", "stock"  # the recipe's data.decoder
 DECODE_METHODS = {FAST: REGION, STOCK: FULL}
 
@@ -325,7 +332,25 @@ class TrainLoader:
         finally:
             # An epoch left early (a stop signal, the profiler's timed windows) must stop FFCV's
             # decode thread: its thread object is never collected, so it would keep its batch buffers.
-            batches.close()
+            stop_epoch(batches)
+
+
+def stop_epoch(batches: EpochIterator) -> None:
+    """Stop FFCV's decode thread, wait for it, then free its buffers.
+
+    FFCV's own ``close()`` frees the buffers at once while the thread may still be decoding a
+    batch into them, and a process that exits with that thread still running can abort in C++
+    ("terminate called without an active exception").
+    """
+    batches.terminate_event.set()
+    deadline = time.monotonic() + DECODE_THREAD_JOIN_SECONDS
+    while batches.is_alive() and time.monotonic() < deadline:
+        batches.join(HANDOVER_WAIT_SECONDS)
+        if batches.is_alive():
+            # At the epoch's end FFCV hands over its end marker without a timeout: make room for it.
+            with contextlib.suppress(queue.Empty):
+                batches.output_queue.get_nowait()
+    batches.close()
 
 
 def val_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
@@ -355,7 +380,7 @@ class ValLoader:
                     self.decoder.check_decoded(self.path)
                 yield in_layout(images, self.channels_last), labels
         finally:
-            batches.close()  # stop FFCV's decode thread when the pass ends early (an error)
+            stop_epoch(batches)  # when the pass ends early (an error)
 
 
 def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, crop_ratio: float,

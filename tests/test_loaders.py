@@ -5,11 +5,14 @@ import gc
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import psutil
 import pytest
 import torch
+from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.state import State
 from ffcv.transforms import ToDevice
@@ -71,6 +74,28 @@ def test_skipping_resumes_mid_epoch_on_the_same_batches(train_loader: TrainLoade
     assert len(rest) == len(full) - 3
     assert all(torch.equal(a, b) for a, b in zip(full[3:], rest))
     assert list(train_loader.epoch(plan, start_sample=144 - 15)) == []  # less than one batch left: nothing
+
+
+def decode_threads() -> set[EpochIterator]:
+    return {thread for thread in threading.enumerate() if isinstance(thread, EpochIterator) and thread.is_alive()}
+
+
+@pytest.mark.parametrize("batches_left", [9, 4])
+def test_an_epoch_left_early_stops_ffcv_decode_thread_before_freeing_its_buffers(train_loader: TrainLoader,
+                                                                                 batches_left: int) -> None:
+    """9 batches left: the thread is mid-epoch, waiting to hand over a batch. 4: after the one read it
+    has decoded the other 3 (its queue holds 3) and waits to hand over the end marker, which FFCV
+    puts without a timeout. Either way it is gone once the epoch is closed."""
+    before = decode_threads()
+    epoch = train_loader.epoch(EpochPlan(3, 32, RRC), start_sample=144 - batches_left * 16)
+    next(epoch)
+    (thread,) = decode_threads() - before
+    deadline = time.monotonic() + 120
+    while not thread.output_queue.full() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert thread.output_queue.full()  # the reader is behind: the thread waits to hand over
+    epoch.close()
+    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize("device", [torch.device("cuda", 1), torch.device("cpu")])
