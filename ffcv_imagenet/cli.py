@@ -52,6 +52,13 @@ def fail(prog: str, message: str, code: int = EXIT_ERROR, show: bool = True) -> 
     return code
 
 
+def interrupted(prog: str, message: str, show: bool = True) -> int:
+    """The one line for a Ctrl-C, then quiet: objects the interrupt left half-built (numba's compiler
+    stopped mid-pass, say) would each print an "Exception ignored" traceback as they are collected."""
+    sys.unraisablehook = lambda _: None
+    return fail(prog, message, EXIT_INTERRUPTED, show)
+
+
 def os_error_message(err: OSError) -> str:
     where = f"{err.filename}: " if err.filename else ""
     return f"{where}{err.strerror or err}"

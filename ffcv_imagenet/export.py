@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_IO_ERROR, OneLineParser, add_recipe_options,
-                  answer_recipe_questions, fail, os_error_message, split_overrides, world_from_env)
+from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, add_recipe_options,
+                  answer_recipe_questions, fail, interrupted, os_error_message, split_overrides,
+                  world_from_env)
 from .config import Config, ConfigError, load_config, to_dict
 
 if TYPE_CHECKING:
@@ -364,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         return fail(PROG, str(err), EXIT_ERROR, speaks)
     except KeyboardInterrupt:
-        return fail(PROG, "interrupted; no partial file was left at the final names", EXIT_INTERRUPTED, speaks)
+        return interrupted(PROG, "interrupted; no partial file was left at the final names", speaks)
     except OSError as err:
         return fail(PROG, os_error_message(err), EXIT_IO_ERROR)
     return 0

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli import EXIT_INTERRUPTED, OneLineParser, fail
+from .cli import OneLineParser, fail, interrupted
 from .conversion import (BY_ROLE, FOLDER, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
                          find_class_folders, require_known_classes)
 from .beton_format import Fields
@@ -171,6 +170,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConversionError, OSError, ValueError) as err:
         return fail(PROG, str(err))
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no partial .beton was left behind", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupted(PROG, "interrupted; no partial .beton was left behind")
     return 0

@@ -5,6 +5,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -138,6 +139,16 @@ def test_interrupted_export_leaves_no_file_at_the_final_names(tiny_run: tuple[Pa
     assert process.returncode == EXIT_INTERRUPTED, f"{stdout}\n{stderr}"
     assert len(stderr.strip().splitlines()) == 1 and "interrupted" in stderr
     assert list(folder.iterdir()) == []  # neither final files nor partial ones
+
+
+def test_after_an_interrupt_half_built_objects_stay_quiet() -> None:
+    """A Ctrl-C inside numba's compiler leaves objects whose clean-up fails as they are collected
+    (llvmlite's PassBuilder): the one line stays the only one."""
+    code = ("import sys\nfrom ffcv_imagenet.cli import interrupted\n"
+            "class HalfBuilt:\n    def __del__(self):\n        raise AttributeError('no _as_parameter_')\n"
+            "left_behind = HalfBuilt()\nsys.exit(interrupted('prog', 'interrupted'))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == EXIT_INTERRUPTED and result.stderr == "prog: error: interrupted\n", result.stderr
 
 
 @pytest.fixture(scope="module")
