@@ -34,6 +34,7 @@ from ffcv.writer import DatasetWriter
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
+from ffcv_imagenet.beton_format import RAW_MODE
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder, read_index
 from ffcv_imagenet.demo_data import make_image
 from ffcv_imagenet.inspection import image_metadata, open_beton, read_image
@@ -54,7 +55,6 @@ DETAIL = 12.0
 DETAIL_SCALES = (2, 4)
 SOURCE_QUALITY = 95
 DISTINCT_SCENES = 60  # scenes are reused across files (at other sizes) to keep set-up short
-RAW_MODE = 1  # RGBImageField's metadata code for a raw record
 POLL_SECONDS = 0.02
 
 

@@ -30,8 +30,9 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_conversion import RAW_MODE, make_folder, uniform_sides  # noqa: E402
+from bench_conversion import make_folder, uniform_sides  # noqa: E402
 
+from ffcv_imagenet.beton_format import RAW_MODE  # noqa: E402
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
 from ffcv_imagenet.decoders import (METHODS, REGION, RRC_RATIO, RRC_SCALE, VAL_CROP_RATIO,  # noqa: E402
                                     CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder,

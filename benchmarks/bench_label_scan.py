@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ffcv_imagenet.beton_format import class_names, label_range, open_beton, read_header, sidecar_path
+from ffcv_imagenet.beton_format import JPEG_MODE, class_names, label_range, open_beton, read_header, sidecar_path
 
 IMAGENET_RECORDS, IMAGENET_CLASSES = 1_281_167, 1000
-JPEG_MODE = 0
 
 
 def tiny_ffcv_file(folder: Path) -> Path:

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
+from ffcv_imagenet.beton_format import RAW_MODE
 from ffcv_imagenet.config import ValidationConfig
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
 from ffcv_imagenet.inspection import image_metadata, open_beton
@@ -48,7 +49,6 @@ from ffcv_imagenet.profiling import Rate
 from ffcv_imagenet.schedule import RRC, EpochPlan
 
 PHOTO_SIDE = (300, 500)  # ImageNet's photos: a few hundred pixels per side (mean about 400 x 350)
-RAW_MODE = 1  # RGBImageField's metadata code for a raw record
 SETTLE_SECONDS = 20  # a freshly written file reads slower while the page cache flushes (PERF-NOTES)
 OURS, STOCK, TORCHVISION = "ours (TrainLoader)", "FFCV stock RRC + flip", "torchvision ImageFolder + PIL"
 VAL_OURS, VAL_TORCHVISION = "ours (build_val_loader)", "torchvision Resize + CenterCrop"

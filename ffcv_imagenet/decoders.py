@@ -42,10 +42,11 @@ from typing import Callable
 
 import numba
 import numpy as np
-from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, get_center_crop, get_random_crop
+from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder, get_center_crop, get_random_crop
 from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.compiler import Compiler
 
+from .beton_format import JPEG_MODE
 from .config import RRC_RATIO, RRC_SCALE  # noqa: F401 - the recipe's defaults, re-exported
 from .jpeg_region import FAST_RESIZE, REGION_OK, crop_decode_resize, crop_resize
 
@@ -178,7 +179,7 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
         _DECODE_FAILURES.pop(getattr(self, "key", -1), None)
 
     def generate_code(self) -> Callable:
-        jpg = IMAGE_MODES["jpg"]
+        jpg = JPEG_MODE
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
         imdecode_c = Compiler.compile(imdecode)

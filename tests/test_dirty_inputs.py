@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ffcv_imagenet.beton_format import JPEG_MODE
 from ffcv_imagenet.conversion import (ConversionSettings, convert_imagefolder, read_index, sidecar_path,
                                       skipped_report_path)
 from ffcv_imagenet.image_files import load_rgb, probe
@@ -25,7 +26,6 @@ from ffcv_imagenet.inspection import image_metadata, labels, open_beton, read_im
 
 MAX_RESOLUTION = 500
 LOSSY_TOLERANCE = 4.0  # mean absolute difference allowed after a JPEG/WEBP round trip
-JPEG_MODE = 0
 FAST_DECODE_TOLERANCE = 1.5  # mean absolute difference of a DCT-downscaled decode from decode-then-resize
 GRAIN = 2.0  # pixel noise of the test photos: real texture, small enough for a JPEG tolerance
 

@@ -15,6 +15,7 @@ from ffcv.libffcv import imdecode
 from ffcv.loader import Loader, OrderOption
 from PIL import Image
 
+from ffcv_imagenet.beton_format import JPEG_MODE
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder, read_index
 from ffcv_imagenet.decoders import CenterCropDecoder
 from ffcv_imagenet.image_files import load_rgb, to_rgb_array
@@ -23,7 +24,6 @@ from ffcv_imagenet.jpeg_passthrough import BASELINE_SOF, read_jpeg_header, why_n
 from ffcv_imagenet.jpeg_region import entropy_check
 
 MAX_RESOLUTION = 200
-JPEG_MODE = 0
 DECODE_TOLERANCE = 2.0  # mean absolute difference: FFCV's fast-DCT decode against PIL's decode of the same bytes
 REENCODE_TOLERANCE = 4.0  # one more JPEG generation at quality 90
 CROP = 64
