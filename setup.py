@@ -1,4 +1,5 @@
-"""The one compiled part, ffcv_imagenet._jpeg_region (region JPEG decode); metadata is in pyproject.toml.
+"""The one compiled part, ffcv_imagenet._jpeg_region (region JPEG decode, OpenCV-exact area shrink); metadata
+is in pyproject.toml.
 
 Needs a C++ compiler and the headers of libjpeg-turbo >= 1.5 and OpenCV 4 (scripts/setup.sh).
 """
@@ -20,9 +21,10 @@ def opencv_include_dirs() -> list[str]:
 
 setup(ext_modules=[Extension(
     "ffcv_imagenet._jpeg_region",
-    sources=["ffcv_imagenet/csrc/jpeg_region.cpp"],
+    sources=["ffcv_imagenet/csrc/jpeg_region.cpp", "ffcv_imagenet/csrc/area_resize.cpp"],
     include_dirs=opencv_include_dirs(),
     libraries=["jpeg", "opencv_core", "opencv_imgproc"],
-    extra_compile_args=["-O3", "-std=c++17"],
+    # -ffp-contract=off: area_resize must round twice where OpenCV does, never once in a fused multiply-add
+    extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=off"],
     language="c++",
 )])

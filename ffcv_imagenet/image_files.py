@@ -14,10 +14,10 @@ import io
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .area_resize import shrink_area
 from .jpeg_region import decode_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
@@ -150,7 +150,7 @@ def load_rgb(source: str | bytes, max_resolution: int) -> np.ndarray:
 
     A JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
     scaling, PIL's draft mode) for a fraction of the work; the last step is the area
-    resize RGBImageField itself would do, to the same size. A colour JPEG given as bytes and
+    resize RGBImageField itself would do, to the same size (the same bytes: area_resize). A colour JPEG given as bytes and
     decoded at full size skips PIL's decoder (see ``_decoded_without_pil``).
     """
     data = source if isinstance(source, bytes) else None
@@ -164,7 +164,7 @@ def load_rgb(source: str | bytes, max_resolution: int) -> np.ndarray:
             pixels = to_rgb_array(image)
     if (pixels.shape[1], pixels.shape[0]) == target:
         return pixels
-    return cv2.resize(pixels, target, interpolation=cv2.INTER_AREA)
+    return shrink_area(pixels, target)
 
 
 def _decoded_without_pil(data: bytes | None, image: Image.Image, size: tuple[int, int]) -> np.ndarray | None:

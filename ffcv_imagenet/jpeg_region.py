@@ -25,19 +25,19 @@ except ImportError as err:  # not built, or the system libjpeg lacks the partial
 REGION_OK = 0  # crop_decode_resize's return value on success; negative on damaged data or a bad window
 FAST_RESIZE = -1  # in place of an OpenCV interpolation code: the cheaper resize of csrc/jpeg_region.cpp
 
-_lib = CDLL(_jpeg_region.__file__)
-_crop_decode_resize = _lib.crop_decode_resize
+compiled_library = CDLL(_jpeg_region.__file__)  # also holds area_resize (area_resize.py)
+_crop_decode_resize = compiled_library.crop_decode_resize
 _crop_decode_resize.argtypes = [c_void_p, c_uint64, c_uint32, c_int32, c_int32, c_int32, c_int32,
                                 c_void_p, c_uint64, c_void_p, c_int32, c_int32, c_int32]
 _crop_decode_resize.restype = c_int32
-_crop_resize = _lib.crop_resize
+_crop_resize = compiled_library.crop_resize
 _crop_resize.argtypes = [c_void_p, c_int32, c_int32, c_int32, c_int32, c_int32, c_int32,
                          c_void_p, c_int32, c_int32, c_int32]
 _crop_resize.restype = None
-_entropy_check = _lib.entropy_check
+_entropy_check = compiled_library.entropy_check
 _entropy_check.argtypes = [c_void_p, c_uint64]
 _entropy_check.restype = c_int32
-_decode_rgb = _lib.decode_rgb
+_decode_rgb = compiled_library.decode_rgb
 _decode_rgb.argtypes = [c_void_p, c_uint64, c_void_p, c_int32, c_int32]
 _decode_rgb.restype = c_int32
 

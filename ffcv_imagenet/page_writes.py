@@ -10,36 +10,85 @@ file is fixed by its number (``offset + number * page_size``), so writing it the
 header and the first page, which the stock allocator fills with zeros, is left as a hole
 that reads as zeros; each page is written whole, its unused tail zero as before. The
 allocation table that ``DatasetWriter.finalize`` appends lands after the highest page,
-since every page is written before the processes report their allocations. Each page's
-writeback to disk is started as soon as it is written, not left to the fsync at the end.
+since every page is written before the processes report their allocations.
+
+Pages go to disk with O_DIRECT, past the page cache: a buffered write of 8 MiB first makes
+the kernel find and fill 2048 cache pages, which measured 20 ms of CPU per page on our
+2-core box (a fifth of the conversion's CPU; 4.6 ms of waiting and under 1 ms of CPU
+direct), and a write-once file the size of ImageNet would push the source images out of the
+cache besides. Pages start on a page-size boundary, so only the buffer needs aligning. Where
+the file system refuses O_DIRECT (tmpfs, some network mounts) pages are written through the
+cache, each page's writeback started as soon as it is written, not left to the fsync at the end.
 """
 from __future__ import annotations
 
+import errno
 import os
 
+import numpy as np
+
 from ffcv.memory_allocator import MemoryAllocator
+
+
+DIRECT_ALIGNMENT = 4096  # O_DIRECT buffers, offsets and sizes: a multiple of the logical block size (512 or 4096)
 
 
 class PositionalAllocator(MemoryAllocator):
     """``MemoryAllocator`` (same pages, same allocation list) that writes a full page at its offset at once."""
 
     def __enter__(self) -> None:
+        # in the writer process: an aligned buffer does not survive pickling, and the parent's is never used
+        self.page_data = aligned_zeros(self.page_size)
         self.fd = os.open(self.fname, os.O_WRONLY)  # not O_APPEND: pwrite's offset would be ignored
+        self.direct_fd = open_direct(self.fname)
 
     def flush_page(self) -> None:
         if self.my_page < 0:  # no page allocated yet
             return
         page_start = self.offset + self.my_page * self.page_size
+        if self.direct_fd is not None:
+            try:
+                write_at(self.direct_fd, memoryview(self.page_data), page_start)
+                return
+            except OSError as err:  # refused after all: write through the cache from now on
+                if err.errno != errno.EINVAL:
+                    raise
+                self._close_direct()
         write_at(self.fd, memoryview(self.page_data), page_start)
         if hasattr(os, "posix_fadvise"):  # Linux: starts the page's writeback now (it drops only clean pages),
             # so the fsync before the rename has little left to wait for (was 0.3-0.4 s per 4000 images)
             os.posix_fadvise(self.fd, page_start, self.page_size, os.POSIX_FADV_DONTNEED)
 
+    def _close_direct(self) -> None:
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
+            self.direct_fd = None
+
     def __exit__(self, *exc_info: object) -> None:
         try:
             self.flush_page()
         finally:
+            self._close_direct()
             os.close(self.fd)
+
+
+def open_direct(path: str) -> int | None:
+    """A write descriptor of ``path`` that bypasses the page cache, or None where O_DIRECT is not offered."""
+    if not hasattr(os, "O_DIRECT"):  # Linux and a few BSDs only
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | os.O_DIRECT)
+    except OSError as err:
+        if err.errno == errno.EINVAL:
+            return None
+        raise
+
+
+def aligned_zeros(size: int) -> np.ndarray:
+    """``size`` zero bytes starting on a DIRECT_ALIGNMENT boundary, as O_DIRECT needs."""
+    padded = np.zeros(size + DIRECT_ALIGNMENT, dtype="<u1")
+    start = -padded.ctypes.data % DIRECT_ALIGNMENT
+    return padded[start:start + size]
 
 
 def write_at(fd: int, data: memoryview, offset: int) -> None:

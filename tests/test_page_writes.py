@@ -1,7 +1,10 @@
 """Pages written at their offsets as soon as they are full (page_writes): the same file as FFCV's
-stock allocator, and a valid one when a higher page reaches the disk before a lower one."""
+stock allocator, a valid one when a higher page reaches the disk before a lower one, written past the
+page cache where the file system allows it and through it where it does not."""
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ from ffcv_imagenet import beton_writer
 from ffcv_imagenet.beton_format import IMAGE_MODES, read_header
 from ffcv_imagenet.beton_writer import GuardedWriter, SourceImages
 from ffcv_imagenet.jpeg_passthrough import with_passthrough
-from ffcv_imagenet.page_writes import PositionalAllocator
+from ffcv_imagenet.page_writes import DIRECT_ALIGNMENT, PositionalAllocator, open_direct
 
 PAGE_SIZE = MIN_PAGE_SIZE  # 2 MiB: a few dozen files fill several pages
 CHUNK_SIZE = 5
@@ -71,21 +74,101 @@ def test_plain_mode_table_is_ffcvs() -> None:
     assert dict(FFCV_IMAGE_MODES) == IMAGE_MODES
 
 
-def test_one_worker_writes_the_same_bytes_as_ffcvs_allocator(tmp_path: Path) -> None:
-    """Proportion mode over JPEGs: records kept as they are, re-encoded and stored raw, several pages."""
-    (tmp_path / "src").mkdir()
-    samples = jpeg_samples(tmp_path / "src", 60)
-    settings = {"write_mode": "proportion", "max_resolution": 256, "compress_probability": 0.5}
-    stock, ours = tmp_path / "stock.beton", tmp_path / "ours.beton"
-    dataset = source_images(samples, tmp_path, **settings)
+PROPORTION = {"write_mode": "proportion", "max_resolution": 256, "compress_probability": 0.5}
+
+
+@pytest.fixture(scope="module")
+def stock_file(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """JPEGs written in proportion mode (records kept as they are, re-encoded and stored raw, several pages)
+    by FFCV's own DatasetWriter and allocator, one worker."""
+    root = tmp_path_factory.mktemp("stock")
+    (root / "src").mkdir()
+    samples = jpeg_samples(root / "src", 60)
+    stock = root / "stock.beton"
+    dataset = source_images(samples, root, **PROPORTION)
     DatasetWriter(str(stock), fields_of(dataset), page_size=PAGE_SIZE, num_workers=1).from_indexed_dataset(
         dataset, chunksize=CHUNK_SIZE)
-    dataset = source_images(samples, tmp_path, **settings)
-    GuardedWriter(ours, fields_of(dataset), num_workers=1, page_size=PAGE_SIZE, progress_label=None
-                  ).from_indexed_dataset(dataset, chunksize=CHUNK_SIZE)
-    assert 0 < dataset.passed_through[:].count(True) < len(samples)  # both paths were taken
     assert os.path.getsize(stock) > 3 * PAGE_SIZE
-    assert ours.read_bytes() == stock.read_bytes()
+    return {"samples": samples, "path": stock}
+
+
+def write_ours(stock_file: dict, out: Path) -> SourceImages:
+    dataset = source_images(stock_file["samples"], out.parent, **PROPORTION)
+    GuardedWriter(out, fields_of(dataset), num_workers=1, page_size=PAGE_SIZE, progress_label=None
+                  ).from_indexed_dataset(dataset, chunksize=CHUNK_SIZE)
+    return dataset
+
+
+def test_one_worker_writes_the_same_bytes_as_ffcvs_allocator(stock_file: dict, tmp_path: Path) -> None:
+    dataset = write_ours(stock_file, tmp_path / "ours.beton")
+    assert 0 < dataset.passed_through[:].count(True) < len(stock_file["samples"])  # both paths were taken
+    assert (tmp_path / "ours.beton").read_bytes() == stock_file["path"].read_bytes()
+
+
+def resident_pages(path: Path, start: int, end: int) -> int:
+    """How many of the file's 4 KiB pages in [start, end) are in the page cache (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    length = end - start
+    with open(path, "rb") as handle:
+        address = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), start)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            flags = (ctypes.c_ubyte * (length // mmap.PAGESIZE))()
+            assert libc.mincore(address, length, flags) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(address, length)
+    return sum(flag & 1 for flag in flags)
+
+
+def test_pages_go_to_disk_past_the_page_cache(stock_file: dict, tmp_path: Path) -> None:
+    """A write-once file as large as ImageNet must not push the source images out of the cache."""
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    descriptor = open_direct(str(probe))
+    if descriptor is None:
+        pytest.skip(f"the file system under {tmp_path} does not offer O_DIRECT")
+    os.close(descriptor)
+    out = tmp_path / "ours.beton"
+    write_ours(stock_file, out)
+    header = read_header(out)
+    first_page, table = PAGE_SIZE, int(header["alloc_table_ptr"])  # the data pages: from the first page to the table
+    assert table >= 3 * PAGE_SIZE
+    assert resident_pages(out, first_page, table) == 0
+    assert out.read_bytes() == stock_file["path"].read_bytes()
+    assert resident_pages(out, first_page, table) == (table - first_page) // mmap.PAGESIZE  # the check sees a read
+
+
+class MisalignedAllocator(PositionalAllocator):
+    """PositionalAllocator whose page buffer starts one byte past an O_DIRECT boundary, which the kernel refuses
+    with EINVAL (as file systems without O_DIRECT support do): each page must still reach the file."""
+
+    log: Path
+
+    def __enter__(self) -> None:
+        super().__enter__()
+        padded = np.zeros(self.page_size + DIRECT_ALIGNMENT + 1, dtype="<u1")
+        start = -padded.ctypes.data % DIRECT_ALIGNMENT + 1
+        self.page_data = padded[start:start + self.page_size]
+
+    def flush_page(self) -> None:
+        super().flush_page()
+        if self.my_page >= 0:
+            with open(self.log, "a") as handle:
+                handle.write(f"{self.my_page} {'direct' if self.direct_fd is not None else 'cached'}\n")
+
+
+def test_a_refused_direct_write_falls_back_to_the_cache_with_the_same_bytes(
+        stock_file: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    MisalignedAllocator.log = tmp_path / "pages.log"
+    monkeypatch.setattr(beton_writer, "PositionalAllocator", MisalignedAllocator)
+    write_ours(stock_file, tmp_path / "ours.beton")
+    pages = dict(line.split() for line in MisalignedAllocator.log.read_text().splitlines())
+    assert len(pages) >= 2 and set(pages.values()) == {"cached"}, pages
+    assert (tmp_path / "ours.beton").read_bytes() == stock_file["path"].read_bytes()
 
 
 class LoggedAllocator(PositionalAllocator):
