@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, add_recipe_options,
-                  answer_recipe_questions, fail, interrupted, os_error_message, split_overrides,
+from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, add_recipe_options, answer_recipe_questions, fail,
+                  interrupt_outside_native_callbacks, interrupted, os_error_message, split_overrides,
                   world_from_env)
 from .config import Config, ConfigError, load_config, to_dict
 
@@ -346,6 +346,7 @@ def build_parser() -> OneLineParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, overrides = split_overrides(parser, sys.argv[1:] if argv is None else argv)
+    interrupt_outside_native_callbacks()
     speaks = True  # under torchrun, rank 0 alone says what every rank found
     try:
         if answer_recipe_questions(args, overrides):

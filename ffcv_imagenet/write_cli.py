@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-from .cli import OneLineParser, fail, interrupted
+from .cli import OneLineParser, fail, interrupt_outside_native_callbacks, interrupted
 from .conversion import (BY_ROLE, FOLDER, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
                          find_class_folders, require_known_classes)
 from .beton_format import Fields
@@ -165,6 +165,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``write_datasets.py``: 0 on success, 2 on a bad input (one line on stderr)."""
     args = build_parser().parse_args(argv)
+    interrupt_outside_native_callbacks()
     try:
         run(args)
     except (ConversionError, OSError, ValueError) as err:

@@ -1,6 +1,7 @@
 """Launching the real commands from tests: train_imagenet.py, alone or under torchrun."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 # Numba compiles each FFCV pipeline afresh in every process the tests start: most of the suite's
 # time. At LLVM optimisation level 0 that compile is about a third shorter, and what the compiled
@@ -42,6 +44,18 @@ def cpu_env(threads: int = 1, users_numba: bool = False) -> dict[str, str]:
         if USERS_NUMBA_OPT is not None:
             env["NUMBA_OPT"] = USERS_NUMBA_OPT
     return env
+
+
+@contextlib.contextmanager
+def sigint_not_ignored() -> Iterator[None]:
+    """Processes started inside get SIGINT as a terminal gives it. A shell runs background jobs (``cmd &``
+    in a script, as CI runners may) with SIGINT ignored, and an ignored signal stays ignored across
+    exec, so a Ctrl-C test's command would finish untouched; a handled one is reset to the default."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def train_command(args: list[str]) -> list[str]:

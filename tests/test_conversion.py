@@ -26,6 +26,8 @@ from ffcv_imagenet.conversion import (ConversionError, ConversionSettings, conve
                                       sidecar_path, skipped_report_path)
 from ffcv_imagenet.inspection import image_metadata, labels, open_beton
 
+from helpers import sigint_not_ignored
+
 REPO = Path(__file__).resolve().parents[1]
 JPEG_TOLERANCE = 4.0  # mean absolute difference after one JPEG round trip at quality 90
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -240,9 +242,11 @@ def test_ctrl_c_leaves_nothing_and_keeps_the_previous_file(tmp_path: Path) -> No
     out = tmp_path / "out" / "train.beton"
     out.parent.mkdir()
     out.write_bytes(b"previous good file")
-    process = subprocess.Popen([sys.executable, str(REPO / "write_datasets.py"), "convert", str(tmp_path / "tree"),
-                                str(out), "--workers", "1", "--chunk-size", "4", "--write-mode", "jpg"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    with sigint_not_ignored():
+        process = subprocess.Popen([sys.executable, str(REPO / "write_datasets.py"), "convert",
+                                    str(tmp_path / "tree"), str(out), "--workers", "1", "--chunk-size", "4",
+                                    "--write-mode", "jpg"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     stderr = bytearray()
 
     def drain() -> None:  # keep the pipe flowing and the bar readable while we wait

@@ -19,7 +19,8 @@ from ffcv_imagenet.beton_format import load_class_names, open_beton
 from ffcv_imagenet.cli import EXIT_ERROR, EXIT_INTERRUPTED
 from ffcv_imagenet.export import MANIFEST, PARTIAL_SUFFIX
 from ffcv_imagenet.trainer import FINAL_WEIGHTS
-from helpers import DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, export_command, run, torchrun_command
+from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, export_command, run, sigint_not_ignored,
+                     torchrun_command)
 
 ARRAYS = ("probs.npy", "embeddings.npy", "logits.npy", "labels.npy")
 RESNET18_EMBEDDING = 512
@@ -125,8 +126,9 @@ def test_train_set_in_float16(tiny_run: tuple[Path, list[str]], demo_betons: dic
 def test_interrupted_export_leaves_no_file_at_the_final_names(tiny_run: tuple[Path, list[str]], demo_betons: dict,
                                                               tmp_path: Path) -> None:
     command = export_command(export_args(tiny_run, FINAL_WEIGHTS, demo_betons["train"], tmp_path, "--res", "32"))
-    process = subprocess.Popen(command, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    with sigint_not_ignored():
+        process = subprocess.Popen(command, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
     folder = tmp_path / "res32"
     deadline = time.monotonic() + 300
     while not (folder.is_dir() and any(p.name.endswith(PARTIAL_SUFFIX) for p in folder.iterdir())):
@@ -139,6 +141,42 @@ def test_interrupted_export_leaves_no_file_at_the_final_names(tiny_run: tuple[Pa
     assert process.returncode == EXIT_INTERRUPTED, f"{stdout}\n{stderr}"
     assert len(stderr.strip().splitlines()) == 1 and "interrupted" in stderr
     assert list(folder.iterdir()) == []  # neither final files nor partial ones
+
+
+CTRL_C_IN_LLVM_CALLBACK = """
+import os, signal, sys, time
+import llvmlite.binding as llvm
+if sys.argv[1] == "ours":
+    from ffcv_imagenet.cli import interrupt_outside_native_callbacks
+    interrupt_outside_native_callbacks()
+llvm.initialize_native_target()
+llvm.initialize_native_asmprinter()
+machine = llvm.Target.from_default_triple().create_target_machine()
+engine = llvm.create_mcjit_compiler(llvm.parse_assembly("define i32 @one() {\\n ret i32 1\\n}\\n"), machine)
+def notify(module, buffer):  # LLVM's C code calls this while it emits the object, as in numba's compiles
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+engine.set_object_cache(notify)
+try:
+    engine.finalize_object()
+    time.sleep(5)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("handler", ["python", "ours"])
+def test_a_ctrl_c_inside_an_llvm_callback_is_not_lost(handler: str) -> None:
+    """Python's own handler raises KeyboardInterrupt inside the callback, where it is printed and dropped
+    (an export interrupted early in its numba compile ran on to its end); ours delivers it after."""
+    with sigint_not_ignored():
+        result = subprocess.run([sys.executable, "-c", CTRL_C_IN_LLVM_CALLBACK, handler], capture_output=True,
+                                text=True, cwd=REPO, timeout=60)
+    if handler == "python":
+        assert result.stdout.strip() == "not interrupted" and "Exception ignored" in result.stderr
+    else:
+        assert result.stdout.strip() == "interrupted" and result.stderr == "", result.stderr
 
 
 def test_after_an_interrupt_half_built_objects_stay_quiet() -> None:
