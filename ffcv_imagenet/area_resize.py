@@ -24,7 +24,8 @@ _area_resize.restype = c_int32
 
 
 def integer_ratio(source_side: int, output_side: int) -> bool:
-    """OpenCV's test for its integer-ratio path: its scale, 1 / (output / source), within DBL_EPSILON of a whole number."""
+    """OpenCV's test for its integer-ratio path: its scale, 1 / (output / source), within DBL_EPSILON of a
+    whole number."""
     scale = 1.0 / (output_side / source_side)
     return abs(scale - round(scale)) < sys.float_info.epsilon
 

@@ -150,8 +150,8 @@ def load_rgb(source: str | bytes, max_resolution: int) -> np.ndarray:
 
     A JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
     scaling, PIL's draft mode) for a fraction of the work; the last step is the area
-    resize RGBImageField itself would do, to the same size (the same bytes: area_resize). A colour JPEG given as bytes and
-    decoded at full size skips PIL's decoder (see ``_decoded_without_pil``).
+    resize RGBImageField itself would do, to the same size (the same bytes: area_resize). A colour
+    JPEG given as bytes and decoded at full size skips PIL's decoder (see ``_decoded_without_pil``).
     """
     data = source if isinstance(source, bytes) else None
     with Image.open(source if data is None else io.BytesIO(data)) as image:

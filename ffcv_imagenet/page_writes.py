@@ -13,10 +13,10 @@ allocation table that ``DatasetWriter.finalize`` appends lands after the highest
 since every page is written before the processes report their allocations.
 
 Pages go to disk with O_DIRECT, past the page cache: a buffered write of 8 MiB first makes
-the kernel find and fill 2048 cache pages, which measured 20 ms of CPU per page on our
-2-core box (a fifth of the conversion's CPU; 4.6 ms of waiting and under 1 ms of CPU
-direct), and a write-once file the size of ImageNet would push the source images out of the
-cache besides. Pages start on a page-size boundary, so only the buffer needs aligning. Where
+the kernel find and fill 2048 cache pages, which took 19 ms of CPU per page inside our 2-core
+box's writer processes (a fifth of their CPU; direct: 0.8 ms of CPU and 4.1 ms of waiting;
+benchmarks/README.md), and a write-once file the size of ImageNet would push the source images
+out of the cache besides. Pages start on a page-size boundary, so only the buffer needs aligning. Where
 the file system refuses O_DIRECT (tmpfs, some network mounts) pages are written through the
 cache, each page's writeback started as soon as it is written, not left to the fsync at the end.
 """

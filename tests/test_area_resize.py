@@ -49,7 +49,8 @@ def test_photos_at_every_stored_size_match_opencv(photos: list[np.ndarray]) -> N
             if size == (pixels.shape[1], pixels.shape[0]):
                 continue
             non_integer += not (integer_ratio(pixels.shape[1], size[0]) and integer_ratio(pixels.shape[0], size[1]))
-            np.testing.assert_array_equal(shrink_area(pixels, size), opencv(pixels, size), err_msg=f"{pixels.shape} {size}")
+            np.testing.assert_array_equal(shrink_area(pixels, size), opencv(pixels, size),
+                                          err_msg=f"{pixels.shape} {size}")
     assert non_integer >= 20  # the compiled path ran, not only OpenCV's integer-ratio one
 
 
