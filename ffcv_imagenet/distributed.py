@@ -4,6 +4,13 @@ torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE and runs the
 rendezvous (also across nodes); we only pick the backend and the device:
 NCCL and one GPU per process on GPUs, gloo on CPUs. A rank that dies makes the
 others' next collective fail after ``timeout_s`` instead of hanging forever.
+
+Under ``torchrun --max-restarts=N`` a lost rank makes torchrun stop the others and start the
+group again. Every attempt meets through the same store (torchrun's own, which outlives the
+attempts), where the killed attempt's keys (gloo's peer addresses, NCCL's unique id) are still
+set: read back by the next attempt, they point at dead processes ("connectFullMesh failed ...
+Connection refused") or make it wait. Each attempt therefore keys its process group under a
+prefix of its own (``TORCHELASTIC_RESTART_COUNT``), for gloo and NCCL alike.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ class DistContext:
     local_rank: int
     world_size: int
     device: torch.device
+    attempt: int = 0  # torchrun's restart count: 0, then 1, 2, ... after a lost rank (--max-restarts)
 
     @property
     def is_main(self) -> bool:
@@ -62,6 +70,21 @@ def ranks_on_node() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
 
 
+def restart_attempt() -> int:
+    """Which start of the group this is: 0, or how many times torchrun restarted it."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """torchrun's store with this attempt's own key prefix (see the module docstring); None outside
+    torchrun's agent store, where ``init_process_group`` builds its own store as before."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=False, timeout=timeout)  # torchrun's agent serves it
+    return dist.PrefixStore(f"ffcv_imagenet/attempt{restart_attempt()}/", store)
+
+
 def init_distributed(cfg: DistConfig) -> DistContext:
     rank, local_rank, world_size = world_from_env()
     device = resolve_device(cfg, local_rank)
@@ -71,10 +94,13 @@ def init_distributed(cfg: DistConfig) -> DistContext:
         # Ranks sharing a CPU node would each start one thread per core and thrash.
         torch.set_num_threads(max(1, job_cores() // ranks_on_node()))
     if world_size > 1:
-        dist.init_process_group(backend=resolve_backend(cfg, device),
-                                timeout=datetime.timedelta(seconds=cfg.timeout_s),
-                                device_id=device if device.type == "cuda" else None)
-    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+        timeout = datetime.timedelta(seconds=cfg.timeout_s)
+        store = attempt_store(world_size, timeout)
+        where = {} if store is None else {"store": store, "rank": rank, "world_size": world_size}
+        dist.init_process_group(backend=resolve_backend(cfg, device), timeout=timeout,
+                                device_id=device if device.type == "cuda" else None, **where)
+    return DistContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device,
+                       attempt=restart_attempt())
 
 
 def shutdown(ctx: DistContext) -> None:

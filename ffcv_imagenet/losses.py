@@ -59,16 +59,19 @@ class FocalLoss(nn.Module):
         log_p = F.log_softmax(logits.float(), dim=1)
         per_class = -probabilities * (-torch.expm1(log_p)).pow(self.gamma) * log_p
         if self.alpha is not None:
-            per_class = per_class * self.alpha.to(per_class.device)
+            per_class = per_class * self.alpha  # on the logits' device: the trainer moves the criterion
         return per_class.sum(dim=1).mean()
 
 
-def build_criterion(cfg: TrainingConfig) -> nn.Module:
-    """The recipe's loss: called as ``criterion(logits, labels or probabilities)``."""
+def build_criterion(cfg: TrainingConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The recipe's loss on ``device`` (the logits' own: focal_alpha's weights live there rather than
+    being copied at every step): called as ``criterion(logits, labels or probabilities)``."""
     if cfg.loss == "ce":
-        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    if cfg.loss == "bce":
-        return BinaryCrossEntropy(cfg.label_smoothing, cfg.bce_target_threshold)
-    if cfg.loss == "focal":
-        return FocalLoss(cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing)
-    raise ValueError(f"training.loss: unknown loss {cfg.loss!r}")  # the declaration admits only the three above
+        criterion: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    elif cfg.loss == "bce":
+        criterion = BinaryCrossEntropy(cfg.label_smoothing, cfg.bce_target_threshold)
+    elif cfg.loss == "focal":
+        criterion = FocalLoss(cfg.focal_gamma, cfg.focal_alpha, cfg.label_smoothing)
+    else:  # the declaration admits only the three above
+        raise ValueError(f"training.loss: unknown loss {cfg.loss!r}")
+    return criterion.to(device)

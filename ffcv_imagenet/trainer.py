@@ -152,7 +152,7 @@ class Trainer:
         self.augment_on = True  # main phase; the FixRes phase turns batch augmentation off
         self.optimizer = build_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.training.precision == "fp16")
-        self.criterion = build_criterion(config.training)
+        self.criterion = build_criterion(config.training, ctx.device)
         self.train_model = self._wrap(self.model)
         self.loader_settings = LoaderSettings(batch_size=config.training.batch_size,
                                               num_workers=workers_per_rank(config.data.num_workers),
@@ -227,10 +227,11 @@ class Trainer:
             note = (f" (saved with {saved_world_size} ranks, now {self.ctx.world_size}: global batch "
                     f"{self.global_batch} and the LR follow; this epoch's last {left_out} samples, less than "
                     "one global batch, are left out)")
-        self.log.say(f"resumed from {path} at epoch {self.epoch}, sample {position} of {size}{note}")
+        restarted = f" (torchrun restart {self.ctx.attempt})" if self.ctx.attempt else ""
+        self.log.say(f"resumed from {path} at epoch {self.epoch}, sample {position} of {size}{note}{restarted}")
         self.log.record("event", event="resumed", checkpoint=str(path), epoch=self.epoch,
                         samples_in_epoch=position, saved_world_size=saved_world_size,
-                        world_size=self.ctx.world_size, samples_left_out=left_out)
+                        world_size=self.ctx.world_size, samples_left_out=left_out, attempt=self.ctx.attempt)
 
     # ------------------------------------------------------------ one epoch
     def _set_lr(self, plan: schedule.EpochPlan, position: int, steps_per_epoch: int) -> float:

@@ -110,3 +110,14 @@ def test_focal_alpha_needs_one_weight_per_class() -> None:
         check_run_settings(config, datasets, 1, torch.device("cpu"))
     config.training.focal_alpha = [1.0, 2.0, 0.5]
     check_run_settings(config, datasets, 1, torch.device("cpu"))
+
+
+def test_focal_alpha_lives_on_the_logits_device() -> None:
+    """The trainer builds its criterion on the model's device: alpha is never copied per step. The meta
+    device shows where the buffer goes without a GPU; a step on it runs without any host copy."""
+    cfg = TrainingConfig(loss="focal", focal_gamma=2.0, focal_alpha=[0.25, 1.0, 2.0])
+    criterion = build_criterion(cfg, torch.device("meta"))
+    assert criterion.alpha.device.type == "meta"
+    loss = criterion(torch.empty(2, 3, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))
+    assert loss.device.type == "meta" and loss.shape == ()
+    assert build_criterion(cfg).alpha.device.type == "cpu"  # the default: where CPU training runs
