@@ -6,7 +6,8 @@ already trained, so that any number of ranks can continue from there),
 the resolved recipe and the RNG states. It is written under a temporary name
 and renamed, so a preemption during the write leaves the previous checkpoint.
 ``CheckpointWriter`` copies the state to host memory and writes it on a
-background thread, so training goes on during the write.
+background thread, so training goes on during the write. An epoch's end is one
+job: best.pt, the best weights and last.pt, all from one host copy of the state.
 
 Resuming with a recipe that would train a different run (another model, LR,
 schedule, epoch count...) is refused; what only changes where data comes from
@@ -17,7 +18,7 @@ from __future__ import annotations
 import random
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ RUN_DEFINING_SECTIONS = ("model", "resolution", "lr", "training")
 # compile and max_bad_steps: no effect on the weights; accumulate: like the rank count, it sets the global batch,
 # which the LR follows (8 GPUs become 4: accumulate 2 keeps the recipe's global batch)
 FREE_TO_CHANGE = {"training.compile", "training.max_bad_steps", "training.accumulate"}
+# One file of a checkpoint job: its path, and what goes in it, made from the job's host copy of the
+# state (None: the whole state, as a checkpoint).
+Write = tuple[Path, Callable[[dict[str, Any]], Any] | None]
 
 
 def last_checkpoint_path(run_folder: str | Path) -> Path:
@@ -65,11 +69,16 @@ def restore_rng_states(states: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(cuda, device)
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+def save_file(path: str | Path, obj: Any) -> None:
+    """``torch.save`` under a temporary name, renamed once on disk (its folder made if missing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+        torch.save(obj, tmp)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    save_file(path, {"format": CHECKPOINT_FORMAT, **state})
 
 
 def to_host(value: Any) -> Any:
@@ -84,27 +93,39 @@ def to_host(value: Any) -> Any:
 
 
 class CheckpointWriter:
-    """Writes one checkpoint at a time on a background thread, from a host copy taken at ``submit``.
+    """Writes one job at a time on a background thread, from a host copy taken at submission.
 
-    The write is still atomic (``save_checkpoint``): a kill during it leaves the previous
-    checkpoint. An error in the thread (a full disk) is raised by the next ``submit`` or ``wait``.
+    Each file is still written atomically: a kill during it leaves the previous one. An error in
+    the thread (a full disk) is raised by the next ``submit`` or ``wait``.
     """
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.jobs = 0  # submitted so far: one per epoch at most, plus the saves inside an epoch
 
     def submit(self, path: str | Path, state: dict[str, Any], then: Callable[[], None] | None = None) -> None:
         """Copy ``state`` to the host now, write it in the background, then call ``then`` (on the thread)."""
+        self.submit_job([(Path(path), None)], state, then)
+
+    def submit_job(self, writes: Sequence[Write], state: dict[str, Any],
+                   then: Callable[[], None] | None = None) -> None:
+        """Copy ``state`` to the host once, now; write the files of ``writes`` in order in the
+        background, then call ``then`` (on the thread). Waits for the previous job first."""
         self.wait()
         host_state = to_host(state)
-        self._thread = threading.Thread(target=self._write, args=(Path(path), host_state, then),
+        self.jobs += 1
+        self._thread = threading.Thread(target=self._write, args=(list(writes), host_state, then),
                                         name="checkpoint-writer")
         self._thread.start()
 
-    def _write(self, path: Path, state: dict[str, Any], then: Callable[[], None] | None) -> None:
+    def _write(self, writes: list[Write], state: dict[str, Any], then: Callable[[], None] | None) -> None:
         try:
-            save_checkpoint(path, state)
+            for path, part in writes:
+                if part is None:
+                    save_checkpoint(path, state)
+                else:
+                    save_file(path, part(state))
             if then is not None:
                 then()
         except BaseException as err:  # handed to the training thread by wait()

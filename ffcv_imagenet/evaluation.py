@@ -12,7 +12,7 @@ from torch import nn
 
 from .beton_format import Fields
 from .distributed import DistContext, all_reduce_sum
-from .loaders import LoaderSettings, PinnedBufferGuard, ValLoader, build_val_loader, normalize, workers_per_rank
+from .loaders import LoaderSettings, ValLoader, build_val_loader, normalize, workers_per_rank
 
 if TYPE_CHECKING:
     from .config import Config
@@ -61,7 +61,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     """``model`` must be the bare module (not DDP-wrapped): ranks may run different batch counts."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # top-1 hits, top-5 hits, loss, count
-    guard = PinnedBufferGuard(ctx.device)
     for images, labels in batches:
         labels = labels.view(-1)
         logits = view_logits(model, images, ctx.device, precision=precision, flip_tta=flip_tta)
@@ -72,7 +71,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         sums[1] += hits.sum()
         sums[2] += nn.functional.cross_entropy(logits, labels, reduction="sum")
         sums[3] += labels.numel()
-        guard.after_batch()
     top1_hits, top5_hits, loss_sum, count = all_reduce_sum(ctx, sums).tolist()
     count = int(count)
     if count == 0:

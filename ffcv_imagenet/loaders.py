@@ -12,14 +12,13 @@ batch buffers, which FFCV frees when the epoch ends.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import queue
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -51,6 +50,7 @@ DECODE_THREAD_JOIN_SECONDS = 30.0
 FAST, STOCK = "fast", "stock"  # the recipe's data.decoder
 DECODE_METHODS = {FAST: REGION, STOCK: FULL}
 
+T = TypeVar("T")
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, 3, H, W) on the device, int64 labels (N,)
 
 
@@ -86,27 +86,33 @@ def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
     return images.to(dtype, copy=True).sub_(mean).div_(std)
 
 
-class PinnedBufferGuard:
-    """Once per batch, waits for the device work queued ``lag`` batches back (a no-op off CUDA).
+def release_after_use(batches: Iterable[T], new_event: Callable[[], Any] | None) -> Iterator[T]:
+    """``batches``, each made safe to refill before the next one is asked for.
 
-    FFCV rewrites a pinned host buffer without waiting for its pending copy to the GPU (GPU-NOTES),
-    so a consumer that never synchronises could let the device fall far enough behind for a copy to
-    read a refilled buffer. The training step synchronises every batch anyway; evaluation does not.
+    FFCV rewrites a pinned host buffer without waiting for its pending copy to the GPU (GPU-NOTES):
+    its decode thread refills a batch's slot once the consumer has taken later batches. So an event
+    is recorded on the current stream when a batch arrives (FFCV has made that stream wait for the
+    batch's copy), and the host waits on it when the consumer is done with the batch, before it
+    takes the next one: every copy has ended before its buffer can be refilled, whatever the
+    consumer does (training reads no value per step; evaluation none per batch). The wait covers
+    the work queued before the batch arrived, one step back, so the device always has the
+    current step queued. ``new_event`` makes the events (``arrival_events``; None off CUDA).
     """
+    for batch in batches:
+        arrived = None
+        if new_event is not None:
+            arrived = new_event()
+            arrived.record()
+        try:
+            yield batch
+        finally:  # also when the consumer stops early: the buffers are freed next
+            if arrived is not None:
+                arrived.synchronize()
 
-    def __init__(self, device: torch.device, lag: int = 2):
-        self.enabled = device.type == "cuda"
-        self.lag = lag
-        self.pending: collections.deque = collections.deque()
 
-    def after_batch(self) -> None:
-        if not self.enabled:
-            return
-        event = torch.cuda.Event()
-        event.record()
-        self.pending.append(event)
-        if len(self.pending) > self.lag:
-            self.pending.popleft().synchronize()
+def arrival_events(device: torch.device) -> Callable[[], Any] | None:
+    """What ``release_after_use`` records on ``device``: CUDA events, or nothing (host batches)."""
+    return torch.cuda.Event if device.type == "cuda" else None
 
 
 def _to_device(device: torch.device) -> list:
@@ -326,7 +332,7 @@ class TrainLoader:
         cache = getattr(batches.memory_context, "memory", None)  # FFCV's process cache, if in use
         self.process_cache_bytes = cache.nbytes if cache is not None else 0
         try:
-            for images, labels in batches:
+            for images, labels in release_after_use(batches, arrival_events(self.settings.device)):
                 self._decoder.check_decoded(self.path)
                 yield in_layout(images, self.settings.channels_last), labels.view(-1)
         finally:
@@ -365,9 +371,11 @@ def val_indices(num_samples: int, rank: int, world_size: int) -> np.ndarray:
 class ValLoader:
     """An FFCV val loader whose batches are checked for corrupt records before they are yielded."""
 
-    def __init__(self, loader: Loader, decoder: CenterCropDecoder | None, path: str, channels_last: bool = True):
+    def __init__(self, loader: Loader, decoder: CenterCropDecoder | None, path: str, channels_last: bool = True,
+                 device: torch.device = torch.device("cpu")):
         self.loader, self.decoder, self.path = loader, decoder, path
         self.channels_last = channels_last
+        self.device = device
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -375,7 +383,7 @@ class ValLoader:
     def __iter__(self) -> Iterator[Batch]:
         batches = iter(self.loader)
         try:
-            for images, labels in batches:
+            for images, labels in release_after_use(batches, arrival_events(self.device)):
                 if self.decoder is not None:
                     self.decoder.check_decoded(self.path)
                 yield in_layout(images, self.channels_last), labels
@@ -397,4 +405,4 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
                               indices=val_indices(num_samples, rank, world_size),
                               pipelines=loader_pipelines(path, fields, [image_decoder, *_image_tail(settings.device)],
                                                          _label_pipeline(settings.device)))
-    return ValLoader(loader, ours, str(path), settings.channels_last)
+    return ValLoader(loader, ours, str(path), settings.channels_last, settings.device)

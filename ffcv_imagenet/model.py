@@ -64,11 +64,12 @@ def torchvision_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     Blur filters are fixed, not learned, so dropping them loses nothing; a user
     who wants BlurPool at inference wraps the convolutions again with apply_blurpool.
     """
-    plain = {}
-    for key, value in model.state_dict().items():
-        if (name := plain_key(key)) is not None:
-            plain[name] = value.detach().cpu().clone()
-    return plain
+    return {name: value.detach().cpu().clone() for name, value in torchvision_weights(model.state_dict()).items()}
+
+
+def torchvision_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state_dict of ours (a checkpoint's ``model``) under torchvision's keys; the tensors are shared."""
+    return {name: value for key, value in state.items() if (name := plain_key(key)) is not None}
 
 
 def load_torchvision_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:

@@ -4,11 +4,16 @@
 command line and calls it. One process per GPU under torchrun (or one plain
 process); every rank runs the same code, rank 0 alone writes files.
 
-Per step, one small all-reduce carries (loss, stop request) between ranks: all
-ranks see the same loss, so they skip a non-finite step together, and a
-SIGTERM delivered to any rank stops them all at the same step, after a
-checkpoint. Reading it is the step's one full host-device synchronisation (the
-fp16 grad scaler's own check right after it waits only for the unscaling).
+Per step, one small all-reduce carries (loss, stop request, checkpoint due)
+between ranks: all ranks see the same loss, so they skip a non-finite step
+together, and a SIGTERM delivered to any rank stops them all at the same step,
+after a checkpoint. The loop reads it one update late (``QueuedUpdate``), so the
+host never waits for the step it has just queued: with fused SGD on a GPU the
+non-finite skip happens on the device (the fp16 scaler's check too), and no
+step has a host-device synchronisation of its own. Other optimizers read the
+loss before stepping (free on the CPU, where the results are unchanged).
+A stop signal that arrives after an epoch's last update (during validation)
+stops the run at the epoch's end, after its checkpoint.
 """
 from __future__ import annotations
 
@@ -31,11 +36,11 @@ from .cli import EXIT_DIVERGED, EXIT_PREEMPTED
 from .config import Config, ConfigError, to_dict
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
 from .evaluation import EvalResult, Evaluator, autocast_for, resolution_table
-from .fileio import atomic_path, check_writable_dir
+from .fileio import check_writable_dir
 from .loaders import CropSettings, LoaderSettings, TrainLoader, host_buffer_bytes, normalize, workers_per_rank
 from .losses import build_criterion
 from .lr_schedule import lr_at, peak_lr
-from .model import build_model, load_torchvision_weights, torchvision_state_dict
+from .model import build_model, load_torchvision_weights, torchvision_state_dict, torchvision_weights
 from .optimizers import backbone_frozen, build_optimizer
 from .preflight import Datasets, check_datasets, preflight  # noqa: F401 - check_datasets: Trainer's callers
 from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, apply_model_regularizers, seed_step_draws
@@ -84,6 +89,32 @@ def dataset_line(datasets: Datasets) -> str:
     shown = ", ".join(datasets.classes[:CLASS_NAMES_SHOWN]) + (f", ... ({hidden} more)" if hidden > 0 else "")
     return (f"data: train {datasets.train_path} ({datasets.train_size} images), val {datasets.val_path} "
             f"({datasets.val_size} images); {len(datasets.classes)} classes: {shown} ({datasets.names_from})")
+
+
+class QueuedUpdate:
+    """An optimizer update's all-reduced (loss sum, stop requests, checkpoint due), on their way to the host.
+
+    On a GPU the values are copied into pinned host memory behind the update's own work, and an
+    event marks the copy's end: reading them later waits for that update only, not for work queued
+    after it. On the CPU they are already on the host.
+    """
+
+    def __init__(self, reduced: torch.Tensor, world_size: int):
+        self.world_size = world_size
+        self.copied: torch.cuda.Event | None = None
+        self.values = reduced
+        if reduced.device.type == "cuda":
+            self.values = torch.empty(reduced.shape, dtype=reduced.dtype, pin_memory=True)
+            self.values.copy_(reduced, non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+
+    def read(self) -> tuple[float, bool, bool]:
+        """(loss averaged over the ranks, stop requested on any rank, checkpoint due by rank 0's clock)."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        loss_sum, stops, due = self.values.tolist()
+        return loss_sum / self.world_size, stops > 0, due > 0
 
 
 class StopRequest:
@@ -151,6 +182,8 @@ class Trainer:
         self.randaugment = GroupRandAugment(config.augment)
         self.augment_on = True  # main phase; the FixRes phase turns batch augmentation off
         self.optimizer = build_optimizer(config, self.model)
+        # A fused optimizer takes a skip flag on the device (torch's GradScaler protocol): no host read per step.
+        self.skips_on_device = bool(self.optimizer.defaults.get("fused"))
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.training.precision == "fp16")
         self.criterion = build_criterion(config.training, ctx.device)
         self.train_model = self._wrap(self.model)
@@ -192,12 +225,15 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "rng": checkpointing.rng_states(self.ctx.device), "best": self.best}
 
-    def save(self, then: Callable[[], None] | None = None, background: bool = False) -> None:
-        """Rank 0 copies the state to the host and writes last.pt; ``then`` runs once the file is in
-        place (rank 0 only: only rank 0 logs). ``background`` returns before the write ends (the
-        training loop's choice: the next steps overlap it); otherwise the file exists on return."""
+    def save(self, then: Callable[[], None] | None = None, background: bool = False,
+             before: Sequence[checkpointing.Write] = ()) -> None:
+        """Rank 0 copies the state to the host and writes ``before`` (best.pt and the best weights)
+        then last.pt, one job; ``then`` runs once the files are in place (rank 0 only: only rank 0
+        logs). ``background`` returns before the write ends (the training loop's choice: the next
+        steps overlap it); otherwise the files exist on return."""
         if self.ctx.is_main:
-            self.checkpoints.submit(checkpointing.last_checkpoint_path(self.folder), self._state(), then)
+            last = (checkpointing.last_checkpoint_path(self.folder), None)
+            self.checkpoints.submit_job([*before, last], self._state(), then)
             if not background:
                 self.checkpoints.wait()
         barrier(self.ctx)
@@ -252,22 +288,51 @@ class Trainer:
         inputs = normalize(images)
         return self.mixer(inputs, labels) if self.augment_on else (inputs, labels)
 
-    def _apply_gradients(self) -> None:
+    def _apply_gradients(self, skip: torch.Tensor | None = None) -> None:
+        """The optimizer step. ``skip``, a bool on the device (fused optimizers only), leaves every
+        weight and optimizer state as it was when true, without the host reading it."""
         clip = self.config.training.grad_clip_norm
+        if skip is not None:
+            self._skip_on_device(skip)
         if clip > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
             nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.scaler.step(self.optimizer)
+        if skip is not None and not self.scaler.is_enabled():
+            del self.optimizer.found_inf
         self.scaler.update()
         if self.ema is not None:
-            self.ema.after_step(self.model)
+            self.ema.after_step(self.model)  # a step skipped on the device still counts here
+
+    def _skip_on_device(self, skip: torch.Tensor) -> None:
+        if self.scaler.is_enabled():
+            # The fp16 scaler checks the gradients on the device and hands the fused step its own skip
+            # flag: one NaN in one (contiguous, 1-D) gradient makes it skip, and lower its scale.
+            grad = next(p.grad for p in self.model.parameters() if p.grad is not None and p.grad.dim() == 1)
+            grad[:1].add_(torch.where(skip, float("nan"), 0.0))
+        else:
+            self.optimizer.found_inf = skip.float()  # read by the fused kernel (torch's GradScaler protocol)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, first: bool = True,
                    last: bool = True) -> tuple[float, bool, bool] | None:
+        """``queue_step`` and at once ``settle``: on the update's last micro-batch (loss averaged over
+        the update's micro-batches and the ranks, stop requested on any rank, checkpoint due by rank
+        0's clock); None on the other micro-batches."""
+        update = self.queue_step(images, labels, first, last)
+        return None if update is None else self.settle(update)
+
+    def settle(self, update: QueuedUpdate) -> tuple[float, bool, bool]:
+        """``update``'s values on the host (waiting for them if need be), counted for the divergence check."""
+        loss, stop, due = update.read()
+        self.bad_steps = 0 if math.isfinite(loss) else self.bad_steps + 1  # the same on every rank
+        return loss, stop, due
+
+    def queue_step(self, images: torch.Tensor, labels: torch.Tensor, first: bool = True,
+                   last: bool = True) -> QueuedUpdate | None:
         """One micro-batch: forward and backward, its gradients added to the update's. On the update's
-        ``last`` micro-batch, the optimizer step; returns (loss averaged over the update's micro-batches
-        and the ranks, stop requested on any rank, checkpoint due by rank 0's clock): one all-reduce per
-        update, so every rank acts on the same answers. None on the other micro-batches."""
+        ``last`` micro-batch, one all-reduce of (loss, stop request, checkpoint due), so every rank acts
+        on the same answers, and the optimizer step, skipped on every rank when the loss is not finite;
+        returns the all-reduce unread (``settle`` reads it). None on the other micro-batches."""
         inputs, targets = self._augment(images, labels)
         if first:
             self.optimizer.zero_grad(set_to_none=True)
@@ -281,23 +346,24 @@ class Trainer:
         self._update_loss = micro_loss if first else self._update_loss + micro_loss
         if not last:
             return None
-        shared = self._shared_values(self._update_loss / self.accumulate)
-        # The step's one full synchronisation (the fp16 scaler's check after it waits only for the
-        # unscaling): every rank must know the reduced loss before it steps. It also keeps FFCV from rewriting a pinned
-        # host buffer whose copy to the GPU is still pending (FFCV does not wait for that copy itself).
-        loss_sum, stops, due = all_reduce_sum(self.ctx, shared).tolist()
-        mean_loss = loss_sum / self.ctx.world_size
-        if math.isfinite(mean_loss):
-            self.bad_steps = 0
+        reduced = all_reduce_sum(self.ctx, self._shared_values(self._update_loss / self.accumulate))
+        update = QueuedUpdate(reduced, self.ctx.world_size)
+        # Every rank saw the same sum, so every rank skips a non-finite step. The loaders keep FFCV
+        # from refilling a pinned buffer whose copy is pending (loaders.release_after_use): no step
+        # needs a host synchronisation for that.
+        if self.skips_on_device:
+            self._apply_gradients(skip=~torch.isfinite(reduced[0]))
+        elif math.isfinite(update.read()[0]):  # a wait for the whole step on a GPU; nothing on the CPU
             self._apply_gradients()
-        else:
-            self.bad_steps += 1  # every rank saw the same sum, so every rank skips this step
-        return mean_loss, stops > 0, due > 0
+        return update
 
     def _shared_values(self, loss: torch.Tensor) -> torch.Tensor:
         """(loss, stop requested, checkpoint due) on the loss's device, built without a host-to-device
         copy: ``torch.tensor(..., device=cuda)`` would wait for the whole backward pass."""
-        flags = (float(self.stop.requested), float(self._checkpoint_due()))
+        due = self._checkpoint_due()
+        if due:  # raised once: the flag is read an update later, and the save restarts the clock again
+            self.last_save = time.monotonic()
+        flags = (float(self.stop.requested), float(due))
         return torch.stack([loss.detach().float(), *(torch.full((), flag, device=loss.device) for flag in flags)])
 
     def _checkpoint_due(self) -> bool:
@@ -330,7 +396,28 @@ class Trainer:
         loss_sum, finite_steps, first_shape, lr = 0.0, 0, None, 0.0
         sample_log = SampleLog.from_env(self.ctx.rank)
         started = time.perf_counter()
-        done = start  # global samples of the epoch trained so far
+        done = start  # global samples of the epoch trained so far (the last update queued included)
+
+        def settle(update: QueuedUpdate, step: int, step_lr: float) -> None:
+            """An update's answers, read once the next one is queued: logged, and a stop or a
+            checkpoint acted on with the weights of every update queued so far (``done``)."""
+            nonlocal loss_sum, finite_steps
+            loss, stop, checkpoint_due = self.settle(update)
+            self.log.train_step(plan.epoch * steps + step + 1, loss, step_lr)
+            if self.bad_steps == 0:
+                loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
+            self._check_divergence(step)
+            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{step_lr:.3g}", refresh=False)
+            if stop or checkpoint_due:
+                self.samples_in_epoch = done
+                self.save(then=lambda at=done: self.log.record("event", event="checkpoint", epoch=plan.epoch,
+                                                               samples_in_epoch=at), background=True)
+            if stop:
+                raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after sample "
+                                      f"{done} of {self.datasets.train_size}; run the same command to resume "
+                                      "(on any number of ranks)", EXIT_PREEMPTED)
+
+        pending: tuple[QueuedUpdate, int, float] | None = None  # the last update queued, its answers unread
         with progress:
             batches = self.train_loader.epoch(plan, start)
             for micro, (images, labels) in zip(range(micro_steps), batches):
@@ -342,27 +429,17 @@ class Trainer:
                     lr = self._set_lr(plan, position, steps)
                 seed_step_draws(self.config.training.seed, self.ctx.rank, plan.epoch, position // self.micro_batch,
                                 self.ctx.device)
-                update = self.train_step(images, labels, first, last)
+                update = self.queue_step(images, labels, first, last)
                 sample_log.write(plan.epoch, labels)
                 progress.update(self.micro_batch)
                 if update is None:
                     continue
-                loss, stop, checkpoint_due = update
                 done = position + self.micro_batch
-                step = done // self.global_batch - 1  # this update's index in the epoch
-                self.log.train_step(plan.epoch * steps + step + 1, loss, lr)
-                if self.bad_steps == 0:
-                    loss_sum, finite_steps = loss_sum + loss, finite_steps + 1
-                self._check_divergence(step)
-                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
-                if stop or checkpoint_due:
-                    self.samples_in_epoch = done
-                    self.save(then=lambda at=done: self.log.record("event", event="checkpoint", epoch=plan.epoch,
-                                                                   samples_in_epoch=at), background=True)
-                if stop:
-                    raise TrainingStopped(f"stop signal: checkpoint saved at epoch {plan.epoch} after sample "
-                                          f"{done} of {self.datasets.train_size}; run the same command to resume "
-                                          "(on any number of ranks)", EXIT_PREEMPTED)
+                if pending is not None:
+                    settle(*pending)  # one update late: the host does not wait for the update just queued
+                pending = (update, done // self.global_batch - 1, lr)  # with its index in the epoch
+            if pending is not None:
+                settle(*pending)
             batches.close()  # an epoch whose leftover micro-batches are not read stops FFCV's thread now
         seconds = time.perf_counter() - started
         images_seen = done - start
@@ -442,21 +519,35 @@ class Trainer:
                 record.update(ema_val_top1=averaged.top1, ema_val_top5=averaged.top5)
         record.update(memory_stats(self.ctx.device))
         self.epoch, self.samples_in_epoch = plan.epoch + 1, 0
-        record["checkpoint"] = self._every(plan.epoch, self.config.logging.checkpoint_every)
+        # A stop that came after training's last update (during validation, say) stops the run
+        # now, not at the next epoch's first step; the last epoch just finishes (its weights are moments away).
+        stop = self.epoch < self.epochs and self._stop_agreed()
+        record["checkpoint"] = stop or self._every(plan.epoch, self.config.logging.checkpoint_every)
         improved = self._track_best(record)
-        self._save_best(improved)  # queued before last.pt, which holds the best so far: a resume never loses one
+        best_files = self._best_files(improved)  # before last.pt, which holds the best so far: a resume never loses one
 
         def log_epoch() -> None:
             self.log.epoch(record, self.epochs)
             for which in improved:
                 self._log_best(which)
 
+        # One background job per epoch from one host copy of the state; the epoch is logged once
+        # its files are in place: the log never claims a checkpointed epoch the checkpoint lacks.
         if record["checkpoint"]:
-            # Logged once the file is in place: the log never claims a checkpointed epoch the checkpoint lacks.
-            self.save(then=log_epoch, background=True)
+            self.save(then=log_epoch, background=True, before=best_files)
+        elif best_files and self.ctx.is_main:
+            self.checkpoints.submit_job(best_files, self._state(), then=log_epoch)
         else:
-            self.checkpoints.wait()  # the previous epoch's line first (and best.pt in place)
+            self.checkpoints.wait()  # the previous epoch's line first
             log_epoch()
+        if stop:
+            raise TrainingStopped(f"stop signal: checkpoint saved at the end of epoch {plan.epoch}; run the same "
+                                  "command to resume (on any number of ranks)", EXIT_PREEMPTED)
+
+    def _stop_agreed(self) -> bool:
+        """Whether a stop signal reached any rank: one small all-reduce, so all ranks stop together."""
+        requested = torch.full((1,), float(self.stop.requested), device=self.ctx.device)
+        return all_reduce_sum(self.ctx, requested).item() > 0
 
     # ------------------------------------------------------------ best and final weights
     def _track_best(self, record: dict[str, Any]) -> list[str]:
@@ -468,15 +559,15 @@ class Trainer:
                 improved.append(which)
         return improved
 
-    def _save_best(self, improved: list[str]) -> None:
-        if not self.ctx.is_main:
-            return
+    def _best_files(self, improved: list[str]) -> list[checkpointing.Write]:
+        """The files an improvement rewrites, each made from the epoch's host copy of the state."""
+        files: list[checkpointing.Write] = []
         if "model" in improved:
-            self._write_weights(BEST_WEIGHTS, self.model)
-            # The writer's queue keeps the order: best.pt is in place before this epoch's last.pt.
-            self.checkpoints.submit(checkpointing.best_checkpoint_path(self.folder), self._state())
+            files += [(checkpointing.best_checkpoint_path(self.folder), None),
+                      (self.folder / BEST_WEIGHTS, lambda state: torchvision_weights(state["model"]))]
         if "ema" in improved and self.ema is not None:
-            self._write_weights(BEST_EMA_WEIGHTS, self.ema.module)
+            files.append((self.folder / BEST_EMA_WEIGHTS, lambda state: torchvision_weights(state["ema"]["weights"])))
+        return files
 
     def _log_best(self, which: str) -> None:
         best = self.best[which]
@@ -488,8 +579,7 @@ class Trainer:
 
     def _write_weights(self, name: str, model: nn.Module) -> None:
         """``model`` as a plain torchvision state_dict in the run folder, written atomically."""
-        with atomic_path(self.folder / name) as tmp:
-            torch.save(torchvision_state_dict(model), tmp)
+        checkpointing.save_file(self.folder / name, torchvision_state_dict(model))
 
     def _save_final_weights(self) -> None:
         if self.ctx.is_main:
