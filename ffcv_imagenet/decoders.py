@@ -44,7 +44,9 @@ import numba
 import numpy as np
 from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder, get_center_crop, get_random_crop
 from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.state import State
 
 from .beton_format import JPEG_MODE
 from .config import RRC_RATIO, RRC_SCALE  # noqa: F401 - the recipe's defaults, re-exported
@@ -72,6 +74,19 @@ warnings.filterwarnings("ignore", message=".*object mode won't allow parallel", 
 
 # Sample ids whose JPEG did not decode, per live decoder, filled by the compiled code.
 _DECODE_FAILURES: dict[int, list[int]] = {}
+# The full-size decode scratch of each live decoder, one row per image of a batch. Only the host
+# touches it, so it stays out of FFCV's allocations, which pin all their memory on a GPU machine,
+# in each of 5 batch slots (about 80% of a loader's pinned memory). One batch is enough: the decode
+# of a batch ends, its scratch read into the output, before the next batch's begins.
+_SCRATCH: dict[int, np.ndarray] = {}
+
+
+def _scratch_rows(key: int, rows: int, row_bytes: int) -> np.ndarray:
+    """``rows`` rows of ``row_bytes`` of decoder ``key``'s scratch (plain host memory, grown on demand)."""
+    scratch = _SCRATCH.get(key)
+    if scratch is None or scratch.shape[0] < rows or scratch.shape[1] != row_bytes:
+        scratch = _SCRATCH[key] = np.empty((rows, row_bytes), dtype=np.uint8)
+    return scratch[:rows]
 
 
 class CorruptRecordError(RuntimeError):
@@ -177,6 +192,17 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
     def __del__(self) -> None:
         _EPOCH_SEEDS.pop(getattr(self, "key", -1), None)
         _DECODE_FAILURES.pop(getattr(self, "key", -1), None)
+        _SCRATCH.pop(getattr(self, "key", -1), None)
+
+    def scratch_row_bytes(self) -> int:
+        """One image's decode scratch: the largest stored image, full size (FFCV's own sizing)."""
+        return int(self.metadata["height"].max()) * int(self.metadata["width"].max()) * 3
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, tuple[AllocationQuery]]:
+        """FFCV's declaration less its scratch (``_SCRATCH``): the output alone goes through FFCV,
+        whose slots are pinned on a GPU machine for the copy to the device."""
+        state, (output, _) = super().declare_state_and_memory(previous_state)
+        return state, (output,)
 
     def generate_code(self) -> Callable:
         jpg = JPEG_MODE
@@ -191,12 +217,14 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
         ratio = np.array(self.ratio) if isinstance(self.ratio, tuple) else self.ratio
         flip, seeded, key = self.flip, self.seeded, self.key
         region, idct_scaled = self.method == REGION, self.method != FULL
+        row_bytes = self.scratch_row_bytes()
 
         def decode(batch_indices, my_storage, metadata, storage_state):  # noqa: ANN001, ANN202 - numba
-            destination, temp_storage = my_storage
+            destination = my_storage[0]
             out_h, out_w = destination.shape[1], destination.shape[2]
-            with numba.objmode(seed="int64"):
+            with numba.objmode(seed="int64", temp_storage="uint8[:, ::1]"):
                 seed = _EPOCH_SEEDS[key]
+                temp_storage = _scratch_rows(key, len(batch_indices), row_bytes)
             for dst_ix in my_range(len(batch_indices)):
                 source_ix = batch_indices[dst_ix]
                 if seeded:

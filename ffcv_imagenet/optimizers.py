@@ -32,8 +32,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
             {"params": no_decay, "weight_decay": 0.0, "backbone": False}]
 
 
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """The recipe's optimizer; its LR is set every step by the trainer (from lr_schedule)."""
+def build_optimizer(config: Config, model: nn.Module, fused: bool | None = None) -> torch.optim.Optimizer:
+    """The recipe's optimizer; its LR is set every step by the trainer (from lr_schedule).
+    ``fused`` (SGD): None is fused on a GPU only."""
     training = config.training
     groups = parameter_groups(model, training.weight_decay)
     betas = tuple(training.betas)
@@ -46,8 +47,23 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     # Fused on a GPU: one kernel, and it skips a step on a flag that stays on the device (the trainer's
     # non-finite skip, the fp16 scaler's), so no step waits for the host. The CPU keeps torch's default
     # implementation: the same arithmetic as ever, so CPU results do not change.
-    fused = True if next(model.parameters()).device.type == "cuda" else None  # None: torch's own choice
-    return torch.optim.SGD(groups, lr=0.0, momentum=training.momentum, nesterov=training.nesterov, fused=fused)
+    if fused is None:
+        fused = next(model.parameters()).device.type == "cuda"
+    optimizer = torch.optim.SGD(groups, lr=0.0, momentum=training.momentum, nesterov=training.nesterov,
+                                fused=True if fused else None)  # None: torch's own choice
+    if fused and training.momentum > 0:
+        zero_momentum(optimizer)
+    return optimizer
+
+
+def zero_momentum(optimizer: torch.optim.SGD) -> None:
+    """Momentum buffers of zeros before the first step. Torch's fused SGD allocates them uninitialised
+    at its first step and fills them only if the step is not skipped: a skipped first step (a
+    non-finite loss, the fp16 scaler's first overflow) would leave garbage (NaN) that the next
+    step uses. With zeros, the first step's ``0 * momentum + grad`` is exactly torch's ``grad``."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param)
 
 
 def backbone_frozen(config: Config, plan: schedule.EpochPlan) -> bool:

@@ -311,7 +311,7 @@ class Trainer:
             grad = next(p.grad for p in self.model.parameters() if p.grad is not None and p.grad.dim() == 1)
             grad[:1].add_(torch.where(skip, float("nan"), 0.0))
         else:
-            self.optimizer.found_inf = skip.float()  # read by the fused kernel (torch's GradScaler protocol)
+            self.optimizer.found_inf = skip.float().reshape(1)  # read by the fused kernel (torch's GradScaler protocol)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, first: bool = True,
                    last: bool = True) -> tuple[float, bool, bool] | None:

@@ -63,9 +63,10 @@ def train_command(args: list[str]) -> list[str]:
 
 
 def torchrun_command(args: list[str], *, nproc: int, nnodes: int = 1, node_rank: int = 0,
-                     port: int | None = None, module: str | None = None) -> list[str]:
+                     port: int | None = None, module: str | None = None, max_restarts: int = 0) -> list[str]:
     """train_imagenet.py (or ``module``, e.g. ffcv_imagenet.export, given its own arguments) under torchrun."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                f"--max-restarts={max_restarts}"]
     if nnodes == 1:
         launcher += ["--standalone"]
     else:

@@ -134,3 +134,51 @@ def test_epoch_counts_updates_and_a_stop_lands_on_an_update_boundary(demo_betons
     trainer.checkpoints.wait()
     saved = load_checkpoint(last_checkpoint_path(tmp_path))
     assert saved["samples_in_epoch"] == 2 * 3 * 8  # two updates of 3 micro-batches, never part of one
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["skip flag", "fp16 scaler"])
+def test_a_fused_optimizer_skips_a_non_finite_step_without_a_host_read(
+        scaled: bool, demo_betons: dict, global_batches: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26.9: with fused SGD (a GPU's; torch has it on the CPU too) a non-finite loss skips the step
+    with nothing read on the host before it: through the fused kernel's skip flag, or under the fp16
+    grad scaler through the scaler's own check. The loss here is infinite but its gradients finite,
+    so only the trainer's flag can stop the step. A finite step then trains as the unfused one does."""
+    from ffcv_imagenet.optimizers import build_optimizer
+    from ffcv_imagenet.trainer import QueuedUpdate
+
+    def fused(trainer: Trainer) -> Trainer:
+        trainer.optimizer = build_optimizer(trainer.config, trainer.model, fused=True)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = LR
+        trainer.skips_on_device = True
+        if scaled:
+            trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+        return trainer
+
+    trainer = fused(build(demo_betons, tmp_path / "fused", batch=GLOBAL, accumulate=1))
+    plain = build(demo_betons, tmp_path / "plain", batch=GLOBAL, accumulate=1)
+    assert not plain.skips_on_device  # the CPU's default: unfused, so CPU results are unchanged
+    before = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    criterion = trainer.criterion
+    trainer.criterion = lambda logits, targets: criterion(logits, targets) + torch.tensor(float("inf"))
+    reads = []
+    monkeypatch.setattr(QueuedUpdate, "read", lambda update, read=QueuedUpdate.read: reads.append(1) or read(update))
+    images, labels = global_batches[0]
+    update = trainer.queue_step(images, labels)
+    assert reads == []  # the step was queued, skipped or not, before anything was read
+    loss, _, _ = trainer.settle(update)
+    assert loss == float("inf") and trainer.bad_steps == 1
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    # Momentum untouched too: zeros, not the uninitialised buffers torch's fused SGD makes at a skipped first step
+    assert all(torch.count_nonzero(state["momentum_buffer"]) == 0 for state in trainer.optimizer.state.values())
+    if scaled:
+        assert trainer.scaler.get_scale() == 2.0 ** 9  # the scaler saw a skipped step
+
+    trainer.criterion = criterion
+    for model in (trainer, plain):
+        model.train_step(images, labels)
+    assert trainer.bad_steps == 0
+    for name, value in plain.model.state_dict().items():
+        assert torch.allclose(value, trainer.model.state_dict()[name], rtol=1e-5, atol=1e-6), name
+    assert not torch.equal(before["fc.weight"], trainer.model.state_dict()["fc.weight"])

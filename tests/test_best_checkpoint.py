@@ -8,10 +8,10 @@ import torch
 from torchvision import models
 
 from ffcv_imagenet.checkpointing import best_checkpoint_path, last_checkpoint_path, load_checkpoint
-from ffcv_imagenet.model import torchvision_state_dict
+from ffcv_imagenet.model import torchvision_state_dict, torchvision_weights
 from ffcv_imagenet.run_log import read_log
 from ffcv_imagenet.trainer import BEST_EMA_WEIGHTS, BEST_WEIGHTS, EXIT_PREEMPTED
-from helpers import epoch_records, explain, interrupt_after_epochs, run, tiny_overrides, train_command
+from helpers import DEMO_RECIPE, epoch_records, explain, interrupt_after_epochs, run, tiny_overrides, train_command
 
 CLASSES = 6  # conftest's demo set
 
@@ -72,3 +72,38 @@ def test_best_checkpoint_survives_sigterm_and_resume(demo_betons: dict, tmp_path
     assert evaluated.returncode == 0, explain(evaluated)
     row = [line.split("|") for line in evaluated.stdout.splitlines() if line.strip().startswith("64 |")]
     assert len(row) == 1 and float(row[0][1].strip(" %")) == pytest.approx(100 * best_top1, abs=0.006)
+
+
+def test_one_checkpoint_job_per_epoch_from_one_host_copy(demo_betons: dict, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26.10: an improving epoch's best.pt, best weights and last.pt are one background job
+    made from one host copy of the state (epoch 0 here: best files only, checkpoint_every 5;
+    epoch 1, the last: last.pt too)."""
+    from ffcv_imagenet import checkpointing
+    from ffcv_imagenet.config import load_config
+    from ffcv_imagenet.distributed import DistContext
+    from ffcv_imagenet.trainer import Trainer, preflight
+
+    config = load_config(DEMO_RECIPE, tiny_overrides(demo_betons, tmp_path, **{
+        "training.epochs": 2, "resolution.fixres_epochs": 0, "ema.decay": 0.9, "logging.checkpoint_every": 5,
+        "validation.resolutions": "[]"}))
+    ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    host_copies = []
+    monkeypatch.setattr(checkpointing, "to_host",
+                        lambda state, copy=checkpointing.to_host: host_copies.append(1) or copy(state))
+    trainer = Trainer(config, ctx, preflight(config, ctx))
+    trainer.run()
+    records = epoch_records(tmp_path)
+    assert [r["epoch"] for r in records] == [0, 1] and trainer.checkpoints.jobs == 2 == len(host_copies)
+    last = load_checkpoint(last_checkpoint_path(tmp_path))
+    best = load_checkpoint(best_checkpoint_path(tmp_path))
+    best_epoch = expected_bests(records, "val_top1")[-1][0]
+    assert last["epoch"] == 2 and best["epoch"] == best_epoch + 1
+    if best_epoch == 1:  # the same state, from the same copy, in both files
+        assert_same_weights(best["model"], last["model"])
+    assert_same_weights(torchvision_weights(best["model"]), torch.load(tmp_path / BEST_WEIGHTS, weights_only=True))
+    ema_epoch = expected_bests(records, "ema_val_top1")[-1][0]
+    ema_weights = torch.load(tmp_path / BEST_EMA_WEIGHTS, weights_only=True)
+    if ema_epoch == 1:
+        assert_same_weights(torchvision_weights(last["ema"]["weights"]), ema_weights)
+    assert ema_weights.keys() == torchvision_weights(best["model"]).keys()

@@ -12,7 +12,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
-from ffcv_imagenet.decoders import FIXRES_CROP_RATIO, FixResCropDecoder, RandomResizedCropDecoder, fixres_crop_window
+from ffcv_imagenet.decoders import (FIXRES_CROP_RATIO, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder,
+                                    fixres_crop_window)
 
 RES = 64
 SOURCE_HW = (150, 200)
@@ -111,3 +112,26 @@ def test_flip_mirrors_about_half_the_images(photo_beton: tuple[Path, np.ndarray]
     assert all(mirrored)
     share = np.mean([not np.array_equal(a, b) for a, b in zip(plain, flipped)])
     assert 0.25 <= share <= 0.75
+
+
+def declared_bytes(decoder, stored_side: int) -> list[int]:
+    """Bytes per image of each host allocation ``decoder`` asks FFCV for, over a dataset whose largest
+    stored image is ``stored_side`` square (FFCV pins every one of them, in 5 slots, on a GPU machine)."""
+    from ffcv.pipeline.state import State
+
+    decoder.metadata = np.zeros(3, dtype=[("height", "<u4"), ("width", "<u4")])
+    decoder.metadata["height"], decoder.metadata["width"] = [stored_side, 300, 200], [stored_side, 375, 500]
+    _, queries = decoder.declare_state_and_memory(State(jit_mode=True, device=torch.device("cpu"), shape=(),
+                                                        dtype=np.uint8))
+    return [int(np.prod(query.shape)) * np.dtype(query.dtype).itemsize for query in queries]
+
+
+@pytest.mark.parametrize("decoder_type", [RandomResizedCropDecoder, FixResCropDecoder, CenterCropDecoder])
+def test_only_the_output_is_declared_to_ffcv(decoder_type: type) -> None:
+    """Issue 26.13: the full-size decode scratch is used on the host only, so it is kept out of FFCV's
+    (pinned, 5-slot) allocations; FFCV's own crop decoder declares it beside the output."""
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+
+    output = 224 * 224 * 3
+    assert declared_bytes(decoder_type((224, 224)), 500) == [output]
+    assert declared_bytes(RandomResizedCropRGBImageDecoder((224, 224)), 500) == [output, 500 * 500 * 3]

@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from ffcv_imagenet.checkpointing import last_checkpoint_path, load_checkpoint
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
 from ffcv_imagenet.run_log import SAMPLE_LOG_ENV
 from ffcv_imagenet.traversal import RandomOrder
-from helpers import REPO, cpu_env, explain, run, tiny_overrides, torchrun_command, train_command
+from helpers import REPO, cpu_env, epoch_records, explain, run, tiny_overrides, torchrun_command, train_command
 
 TRAIN_IMAGES = 144  # conftest's demo train set
 VAL_IMAGES = 6
@@ -108,3 +109,37 @@ def test_stopped_on_two_ranks_resumed_on_three_and_on_one_trains_each_sample_onc
         assert 0 <= left_out < ranks * BATCH  # at most the final remainder, less than one global batch
         if order == "random":  # the epoch's own global order, whatever the rank count
             assert set(trained) == set(RandomOrder(np.arange(TRAIN_IMAGES), seed=SEED).sample_order(0)[:len(trained)])
+
+
+def wait_for_event(folder: Path, launcher: subprocess.Popen, **wanted: object) -> None:
+    deadline = time.monotonic() + 300
+    log = folder / "log.jsonl"
+    while not (log.is_file() and any(all(record.get(key) == value for key, value in wanted.items())
+                                     for record in map(json.loads, log.read_text().splitlines()))):
+        assert launcher.poll() is None and time.monotonic() < deadline, f"no {wanted} before the run ended"
+        time.sleep(0.05)
+
+
+def test_a_rank_killed_under_max_restarts_is_restarted_and_the_run_finishes(demo_betons: dict,
+                                                                           tmp_path: Path) -> None:
+    """torchrun --max-restarts=1, rank 1 SIGKILLed in epoch 1 after a checkpoint inside it: torchrun
+    restarts both ranks, which meet again (a store prefix per attempt), resume inside epoch 1 and
+    finish; every epoch is logged once."""
+    args = tiny_overrides(demo_betons, tmp_path, **{"training.epochs": 2, "resolution.fixres_epochs": 0,
+                                                     "logging.checkpoint_minutes": 0.002, "dist.timeout_s": 60,
+                                                     "validation.resolutions": "[]"})
+    launcher = subprocess.Popen(torchrun_command(args, nproc=2, max_restarts=1), cwd=REPO, env=cpu_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_event(tmp_path, launcher, kind="event", event="checkpoint", epoch=1)
+    ranks = [child for child in psutil.Process(launcher.pid).children(recursive=True)
+             if child.environ().get("RANK") == "1"]
+    assert len(ranks) == 1
+    ranks[0].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    output, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, output[-4000:]
+    assert [record["epoch"] for record in epoch_records(tmp_path)] == [0, 1]
+    event = resumed_event(tmp_path)
+    assert event["attempt"] == 1 and event["epoch"] == 1 and event["samples_in_epoch"] > 0
+    assert "torchrun restart 1" in output
+    assert time.monotonic() - killed < 240

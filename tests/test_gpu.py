@@ -135,7 +135,7 @@ def test_memory_is_flat_after_the_first_pass_at_each_size(case: Case, trainers) 
         (case.sizes[0], RRC), (case.sizes[1], RRC), (case.sizes[2], FIXRES)]
     device = trainer.ctx.device
     peaks: dict[int, list[float]] = {plan.res: [] for plan in trainer.plans}
-    rss: dict[int, list[float]] = {plan.res: [] for plan in trainer.plans}
+    rss: list[float] = []  # host memory after each pass, in order
     for _ in range(CYCLES):
         for plan in trainer.plans:
             if device.type == "cuda":
@@ -143,12 +143,16 @@ def test_memory_is_flat_after_the_first_pass_at_each_size(case: Case, trainers) 
             train_pass(trainer, plan)
             stats = memory_stats(device)
             peaks[plan.res].append(stats["gpu_peak_mib"] or 0.0)
-            rss[plan.res].append(stats["host_rss_mib"])
+            rss.append(stats["host_rss_mib"])
     for res in peaks:
         first, *later = peaks[res]
         assert all(peak <= first * (1 + PEAK_SHARE) + PEAK_SLACK_MIB for peak in later), (res, peaks)
-        settled, *after = rss[res]
-        assert all(value <= settled + RSS_SLACK_MIB for value in after), (res, rss)
+    # Host memory is the process's, not a size's: its baseline is taken after the first full cycle, once
+    # every size has run. Torch's pinned host cache rounds blocks up to powers of two and never frees
+    # them, so the first pass at a larger size may grow it after an earlier size's first reading.
+    cycle = len(trainer.plans)
+    settled, after = rss[cycle - 1], rss[cycle:]
+    assert after and all(value <= settled + RSS_SLACK_MIB for value in after), rss
     if device.type == "cuda":
         assert peaks[case.sizes[0]][0] < peaks[case.sizes[2]][0]  # the bigger batch really was measured
 

@@ -17,9 +17,10 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.state import State
 from ffcv.transforms import ToDevice
 
+from ffcv_imagenet.decoders import _SCRATCH
 from ffcv_imagenet.inspection import open_beton
-from ffcv_imagenet.loaders import (LoaderSettings, TrainLoader, _image_tail, _label_pipeline, in_layout, normalize,
-                                   workers_per_rank)
+from ffcv_imagenet.loaders import (LoaderSettings, TrainLoader, _image_tail, _label_pipeline, arrival_events, in_layout,
+                                   normalize, release_after_use, workers_per_rank)
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan
 from helpers import REPO, cpu_env
 
@@ -123,17 +124,23 @@ def test_nchw_layout_is_made_where_the_batch_is() -> None:
     assert nchw.is_contiguous() and torch.equal(nchw, view) and nchw.device == view.device
 
 
-def test_host_buffers_are_five_slots_of_decode_output_scratch_and_label(train_loader: TrainLoader,
-                                                                       demo_betons: dict) -> None:
+def test_host_buffers_are_five_slots_of_decode_output_and_label(train_loader: TrainLoader,
+                                                               demo_betons: dict) -> None:
     """Issue 17.8: what FFCV allocates on the host (and pins on a GPU machine) per epoch, by hand:
-    (batches_ahead 3 + 2) slots x batch x (output + the decoder's full-size scratch + one int64 label)."""
+    (batches_ahead 3 + 2) slots x batch x (output + one int64 label). The decoder's full-size scratch
+    is not among them (issue 26.13): one batch of it, in plain memory, beside FFCV's slots."""
     reader = open_beton(demo_betons["train"])
     images = reader.metadata["f0"]
     max_pixels = int(images["height"].max()) * int(images["width"].max())
     batch, slots = 16, 3 + 2
     for res in (32, 64):
-        expected = slots * batch * (res * res * 3 + max_pixels * 3 + np.dtype("int64").itemsize)
+        expected = slots * batch * (res * res * 3 + np.dtype("int64").itemsize)
         assert train_loader.host_buffer_bytes(EpochPlan(0, res, RRC)) == expected
+    batches = train_loader.epoch(EpochPlan(0, 32, RRC))
+    next(batches)
+    scratch = _SCRATCH[train_loader._decoder.key]  # filled by the decode of that batch
+    assert scratch.shape == (batch, max_pixels * 3)
+    batches.close()
 
 
 @pytest.mark.parametrize("requested, cores, ranks, expected", [
@@ -155,3 +162,40 @@ def test_workers_count_the_job_cpus_not_the_machine() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     job, workers, machine = map(int, result.stdout.split())
     assert (job, workers) == (1, 1) and machine >= 2
+
+
+class FakeEvent:
+    """Stands in for a CUDA event: notes when it is recorded and waited on, in one shared journal."""
+
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.number = sum(entry.startswith("record") for entry in journal)
+
+    def record(self) -> None:
+        self.journal.append(f"record {self.number}")
+
+    def synchronize(self) -> None:
+        self.journal.append(f"wait {self.number}")
+
+
+def test_each_batch_is_waited_for_before_the_next_is_taken() -> None:
+    """Issue 26.12: an event recorded as each batch arrives, waited on when its use ends, before FFCV
+    is asked for the next batch (which lets it refill an earlier slot); also when the consumer stops early."""
+    journal: list[str] = []
+
+    def source():
+        for number in range(3):
+            journal.append(f"take {number}")
+            yield number
+
+    for batch in release_after_use(source(), lambda: FakeEvent(journal)):
+        journal.append(f"use {batch}")
+    assert journal == ["take 0", "record 0", "use 0", "wait 0", "take 1", "record 1", "use 1", "wait 1",
+                       "take 2", "record 2", "use 2", "wait 2"]
+    journal.clear()
+    batches = release_after_use(source(), lambda: FakeEvent(journal))
+    next(batches)
+    batches.close()  # a stop signal, an error: the batch in use is waited for before its buffers go
+    assert journal == ["take 0", "record 0", "wait 0"]
+    assert list(release_after_use(iter([1, 2]), arrival_events(torch.device("cpu")))) == [1, 2]  # no events
+    assert arrival_events(torch.device("cuda", 0)) is torch.cuda.Event

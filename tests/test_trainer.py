@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from torchvision import models
 
 from ffcv_imagenet.checkpointing import last_checkpoint_path, load_checkpoint
 from ffcv_imagenet.config import load_config
+from ffcv_imagenet.run_log import SAMPLE_LOG_ENV
 from ffcv_imagenet.schedule import full_schedule
 from ffcv_imagenet.tensorboard_log import TENSORBOARD_FOLDER
 from ffcv_imagenet.trainer import EXIT_DIVERGED, EXIT_PREEMPTED, FINAL_WEIGHTS
@@ -87,6 +90,40 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(straight_run: Path,
         assert torch.allclose(value.float(), again[key].float(), rtol=1e-4, atol=1e-5), key
     final_straight, final_again = epoch_records(straight_run)[-1], epoch_records(tmp_path)[-1]
     assert final_again["val_top1"] == pytest.approx(final_straight["val_top1"])
+
+
+def test_sigterm_during_validation_stops_before_the_next_epoch(straight_run: Path, demo_betons: dict,
+                                                                tmp_path: Path) -> None:
+    """Issue 26.14: a stop that arrives after an epoch's last training step (the first val pass
+    compiles its pipeline: seconds) is acted on when validation ends, with a checkpoint at the
+    epoch's end, not at the next epoch's first step; the resumed run equals the uninterrupted one."""
+    args = tiny_overrides(demo_betons, tmp_path)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    process = subprocess.Popen(train_command(args), cwd=REPO, env={**cpu_env(), SAMPLE_LOG_ENV: str(samples)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trained = samples / "rank0.txt"
+    steps = 144 // 8  # epoch 0's steps (conftest's 144 train images, batch 8)
+    deadline = time.monotonic() + 300
+    while not (trained.is_file() and len(trained.read_text().splitlines()) >= steps):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it was signalled"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # epoch 0's training is done: its validation runs now
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == EXIT_PREEMPTED, f"{stdout}\n{stderr}"
+    assert len(stderr.strip().splitlines()) == 1 and "checkpoint saved at the end of epoch 0" in stderr
+    stopped = load_checkpoint(last_checkpoint_path(tmp_path))
+    assert (stopped["epoch"], stopped["samples_in_epoch"]) == (1, 0)
+    assert [line.split()[0] for line in trained.read_text().splitlines()] == ["0"] * steps  # no epoch-1 step
+    records = epoch_records(tmp_path)
+    assert [r["epoch"] for r in records] == [0] and records[0]["checkpoint"] and "val_top1" in records[0]
+
+    resumed = run(train_command(args))
+    assert resumed.returncode == 0, explain(resumed)
+    straight = torch.load(straight_run / FINAL_WEIGHTS, weights_only=True)
+    again = torch.load(tmp_path / FINAL_WEIGHTS, weights_only=True)
+    for key, value in straight.items():
+        assert torch.allclose(value.float(), again[key].float(), rtol=1e-4, atol=1e-5), key
 
 
 def test_checkpoint_of_another_recipe_is_refused(straight_run: Path, demo_betons: dict) -> None:
