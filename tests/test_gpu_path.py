@@ -84,3 +84,33 @@ def test_background_checkpoint_copies_device_tensors(tmp_path: Path) -> None:
     writer.wait()
     saved = load_checkpoint(tmp_path / "last.pt")["model"]["w"]
     assert saved.device.type == "cpu" and torch.equal(saved, torch.zeros(1 << 20))
+
+
+def test_fused_sgd_skips_on_a_device_flag_and_answers_are_read_from_pinned_memory() -> None:
+    """26.9: what the training step relies on, on CUDA: the recipe's SGD is fused there; a skip flag on
+    the device leaves the weights and the (zeroed) momentum as they were; an update's all-reduced
+    answers come back through pinned memory once their event has passed."""
+    from torchvision import models
+
+    from ffcv_imagenet.config import Config
+    from ffcv_imagenet.optimizers import build_optimizer
+    from ffcv_imagenet.trainer import QueuedUpdate
+
+    model = models.resnet18(num_classes=6).to(cuda())
+    optimizer = build_optimizer(Config(), model)
+    assert optimizer.defaults["fused"]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.1
+    model(torch.randn(2, 3, 32, 32, device=cuda())).sum().backward()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    optimizer.found_inf = torch.ones(1, device=cuda())
+    optimizer.step()
+    del optimizer.found_inf
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert all(torch.count_nonzero(state["momentum_buffer"]) == 0 for state in optimizer.state.values())
+    optimizer.step()
+    assert not torch.equal(model.fc.weight, before["fc.weight"]) and torch.isfinite(model.fc.weight).all()
+
+    update = QueuedUpdate(torch.tensor([6.0, 1.0, 0.0], device=cuda()), world_size=2)
+    assert update.values.is_pinned() and update.read() == (3.0, True, False)
