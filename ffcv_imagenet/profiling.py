@@ -14,10 +14,14 @@ resolutions) it times, with the recipe's own parts:
 
 Every figure is the median over ``repeats`` windows of ``steps`` batches, with
 the min-max spread. The first batch of each (res, crop mode) is never timed
-(numba compiles a crop mode's pipeline there), and each window follows
-``warmup_steps`` untimed steps, which drain or refill FFCV's prefetch queue
-(3 batches) after the previous window. Batches flow through consecutive
-epochs, so windows may be longer than an epoch.
+(numba compiles a crop mode's pipeline there, once: one loader per crop mode
+serves every resolution and figure). Each loader window starts on a fresh epoch
+and follows ``warmup_steps`` untimed steps, which absorb the epoch's start
+(FFCV's buffers, its empty prefetch queue of 3 batches); the window ends inside
+that epoch. Unless given, ``steps`` is as many as fit in an epoch after the
+warm-up (at most 50) and ``repeats`` 3, fewer (at least 1) where 3 would read
+more images than the recipe's whole run: the profile of a small recipe does
+not take longer than its training.
 
 The learning rate stays 0 (the optimizer's initial value): every step does the
 same arithmetic as in training, but the weights stay put, so all repeats time
@@ -56,12 +60,12 @@ DEFAULT_STEPS = 50  # at most: a window fits in one epoch
 DEFAULT_REPEATS = 3  # at most: a small recipe gets fewer
 FIGURES_WITHOUT_TRANSFER = ("loader_device", "model", "end_to_end")
 FIGURES_WITH_TRANSFER = (*FIGURES_WITHOUT_TRANSFER, "loader_host")
+SECONDS_PER_HOUR = 3600
 
 
 def figures_on(device: torch.device) -> tuple[str, ...]:
     """What is timed: on a CPU the loader's output is already on the device, one loader figure."""
     return FIGURES_WITHOUT_TRANSFER if device.type == "cpu" else FIGURES_WITH_TRANSFER
-SECONDS_PER_HOUR = 3600
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ class ProfileSettings:
         fit there after the warm-up (at most DEFAULT_STEPS); DEFAULT_REPEATS windows per figure, fewer (at
         least one) where that many would read more images than the whole run does: a small recipe is not
         profiled for longer than it trains."""
-        steps = self.steps if self.steps is not None else max(1, min(DEFAULT_STEPS, epoch_batches - self.warmup_steps))
+        fitting = max(1, min(DEFAULT_STEPS, epoch_batches - self.warmup_steps))
+        steps = self.steps if self.steps is not None else fitting
         if self.warmup_steps + steps > epoch_batches:
             raise ConfigError(f"--warmup-steps {self.warmup_steps} and --steps {steps} do not fit in an epoch of "
                               f"{epoch_batches} batches (each timed window runs inside one epoch)")
@@ -211,7 +216,7 @@ class FreshEpochs:
     when it starts, about 1.1 GB at batch 256, and its prefetch queue starts
     empty: a window that crosses an epoch start loses 20-40%. So each window
     opens the next epoch (``restart``), its untimed warm-up absorbs that start,
-    and the window ends inside the epoch (``window_steps`` keeps it there);
+    and the window ends inside the epoch (``ProfileSettings.sized_for`` keeps it there);
     ``close`` stops the decode thread, so no other window shares the cores with it.
     """
 
