@@ -109,6 +109,7 @@ def their_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
 def measure_with(config: Config, runs: list[tuple[str, int]], settings: ProfileSettings, device: torch.device,
                  in_pipeline: bool) -> list[dict]:
     loader, decoder = build_loader(config, device, in_pipeline)
+    settings.check_fits(len(loader))
     model = build_model(config.model, num_classes=len(load_class_names(config.data.train_dataset))).to(device)
     model = model.to(memory_format=torch.channels_last).train()
     criterion = nn.CrossEntropyLoss(label_smoothing=config.training.label_smoothing)

@@ -95,14 +95,19 @@ class ProfileSettings:
         profiled for longer than it trains."""
         fitting = max(1, min(DEFAULT_STEPS, epoch_batches - self.warmup_steps))
         steps = self.steps if self.steps is not None else fitting
-        if self.warmup_steps + steps > epoch_batches:
-            raise ConfigError(f"--warmup-steps {self.warmup_steps} and --steps {steps} do not fit in an epoch of "
-                              f"{epoch_batches} batches (each timed window runs inside one epoch)")
         repeats = self.repeats
         if repeats is None:
             images_per_repeat = windows_per_repeat * (self.warmup_steps + steps) * batch_size
             repeats = max(1, min(DEFAULT_REPEATS, run_images // images_per_repeat))
-        return dataclasses.replace(self, steps=steps, repeats=repeats)
+        sized = dataclasses.replace(self, steps=steps, repeats=repeats)
+        sized.check_fits(epoch_batches)
+        return sized
+
+    def check_fits(self, epoch_batches: int) -> None:
+        """Each timed window runs inside one epoch, its warm-up included."""
+        if self.warmup_steps + (self.steps or 1) > epoch_batches:
+            raise ConfigError(f"--warmup-steps {self.warmup_steps} and --steps {self.steps or 1} do not fit in an "
+                              f"epoch of {epoch_batches} batches (each timed window runs inside one epoch)")
 
 
 @dataclass(frozen=True)

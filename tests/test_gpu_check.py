@@ -24,11 +24,11 @@ SMOKE_IMAGES = 300  # above the 250 images per task of the generator: its spawn 
 POLL_S = 0.2
 
 
-def watch_reports(command: list[str], report: Path, timeout: float = 900) -> tuple[subprocess.CompletedProcess,
-                                                                                   list[dict]]:
+def watch_reports(command: list[str], report: Path,
+                  timeout: float = 1200) -> tuple[subprocess.CompletedProcess, list[dict]]:
     """Run ``command``, reading ``report`` as it is rewritten: (the finished process, each distinct report)."""
-    with open(report.parent.parent / "stdout.txt", "w+") as stdout, open(report.parent.parent / "stderr.txt",
-                                                                          "w+") as stderr:
+    folder = report.parent.parent
+    with open(folder / "stdout.txt", "w+") as stdout, open(folder / "stderr.txt", "w+") as stderr:
         process = subprocess.Popen(command, cwd=REPO, env=cpu_env(), stdout=stdout, stderr=stderr, text=True)
         seen: list[dict] = []
         deadline = time.monotonic() + timeout
@@ -41,6 +41,8 @@ def watch_reports(command: list[str], report: Path, timeout: float = 900) -> tup
         if process.poll() is None:
             process.kill()
         code = process.wait()
+        if report.is_file() and (not seen or json.loads(report.read_text())["phases"] != seen[-1]["phases"]):
+            seen.append(json.loads(report.read_text()))  # the last one, written just before the end
         stdout.seek(0), stderr.seek(0)
         return subprocess.CompletedProcess(command, code, stdout.read(), stderr.read()), seen
 
