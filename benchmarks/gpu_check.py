@@ -41,6 +41,7 @@ import functools
 import importlib
 import importlib.metadata
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -444,14 +445,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help=f"folder for the photos and the .beton, kept for reruns (default {DEFAULT_DATA})")
     parser.add_argument("--images", type=int, help=f"images to generate (default {GPU.images}; smoke {SMOKE.images})")
-    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
-                        help=f"no phase starts after this many seconds (default {DEFAULT_BUDGET_S}); the report "
-                             "names the phases skipped")
+    parser.add_argument("--budget-s", type=float,
+                        help=f"no phase starts after this many seconds (default {DEFAULT_BUDGET_S}; none with "
+                             "--smoke); the report names the phases skipped")
     parser.add_argument("--skip-tests", action="store_true", help="leave out the gpu tests (e.g. on a rerun)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the script itself")
     parser.add_argument("--run-phase", choices=(PREFLIGHT, DATA), help=argparse.SUPPRESS)  # the child's side
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.budget_s is None:
+        args.budget_s = math.inf if args.smoke else DEFAULT_BUDGET_S  # a smoke run checks every phase
     if args.budget_s < 0 or (args.images is not None and args.images < 1):
         parser.error("--budget-s must be at least 0 and --images at least 1")
     args.out, args.data = args.out.resolve(), args.data.resolve()
@@ -492,8 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     log.write_text(f"gpu_check {datetime.datetime.now().isoformat(timespec='seconds')}: {shlex.join(sys.argv)}\n")
     phases = [phase for phase in plan_phases(sizes) if not (args.skip_tests and phase.kind == TESTS)]
     report: dict[str, Any] = {"date": datetime.date.today().isoformat(), "smoke": args.smoke, "sizes": asdict(sizes),
-                              "budget_s": args.budget_s, "preflight": {}, "data": {}, "phases": [], "skipped": {},
-                              "results": {}, "rows": [], "old_end_to_end_figure": OLD_END_TO_END_FIGURE}
+                              "budget_s": None if math.isinf(args.budget_s) else args.budget_s, "preflight": {},
+                              "data": {}, "phases": [], "skipped": {}, "results": {}, "rows": [],
+                              "old_end_to_end_figure": OLD_END_TO_END_FIGURE}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch_name:
         scratch = Path(scratch_name)

@@ -19,9 +19,10 @@ serves every resolution and figure). Each loader window starts on a fresh epoch
 and follows ``warmup_steps`` untimed steps, which absorb the epoch's start
 (FFCV's buffers, its empty prefetch queue of 3 batches); the window ends inside
 that epoch. Unless given, ``steps`` is as many as fit in an epoch after the
-warm-up (at most 50) and ``repeats`` 3, fewer (at least 1) where 3 would read
-more images than the recipe's whole run: the profile of a small recipe does
-not take longer than its training.
+warm-up (at most 50; fewer, at least 10, where one window per figure would read
+more images than the recipe's whole run) and ``repeats`` 3 (fewer, at least 1,
+where 3 would): the profile of a small recipe does not take longer than its
+training.
 
 The learning rate stays 0 (the optimizer's initial value): every step does the
 same arithmetic as in training, but the weights stay put, so all repeats time
@@ -58,6 +59,7 @@ RATIO_TARGET = 0.95  # issue 5: end to end should reach this share of min(loader
 DEFAULT_WARMUP_STEPS = 5  # more than FFCV's 3 prefetched batches
 DEFAULT_STEPS = 50  # at most: a window fits in one epoch
 DEFAULT_REPEATS = 3  # at most: a small recipe gets fewer
+MIN_STEPS = 10  # per window, unless an epoch holds fewer
 FIGURES_WITHOUT_TRANSFER = ("loader_device", "model", "end_to_end")
 FIGURES_WITH_TRANSFER = (*FIGURES_WITHOUT_TRANSFER, "loader_host")
 SECONDS_PER_HOUR = 3600
@@ -89,11 +91,12 @@ class ProfileSettings:
 
     def sized_for(self, epoch_batches: int, run_images: int, windows_per_repeat: int,
                   batch_size: int) -> ProfileSettings:
-        """Steps and repeats for a recipe: each window inside one epoch (``FreshEpochs``), as many steps as
-        fit there after the warm-up (at most DEFAULT_STEPS); DEFAULT_REPEATS windows per figure, fewer (at
-        least one) where that many would read more images than the whole run does: a small recipe is not
-        profiled for longer than it trains."""
-        fitting = max(1, min(DEFAULT_STEPS, epoch_batches - self.warmup_steps))
+        """Steps and repeats for a recipe, so that a small recipe is not profiled for longer than it trains:
+        each window inside one epoch (``FreshEpochs``) after its warm-up, at most DEFAULT_STEPS steps, and
+        fewer (at least MIN_STEPS) where one window per figure would read more images than the whole run;
+        DEFAULT_REPEATS windows per figure, fewer (at least one) where that many would."""
+        within_run = run_images // (windows_per_repeat * batch_size) - self.warmup_steps
+        fitting = max(1, min(DEFAULT_STEPS, epoch_batches - self.warmup_steps, max(MIN_STEPS, within_run)))
         steps = self.steps if self.steps is not None else fitting
         repeats = self.repeats
         if repeats is None:

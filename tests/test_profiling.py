@@ -178,17 +178,21 @@ def test_profiler_times_each_phase_as_training_runs_it(demo_betons: dict, tmp_pa
 
 
 def test_steps_and_repeats_are_picked_by_the_recipes_size() -> None:
-    """Issue 26: a window fits in one epoch after its warm-up; a small recipe gets fewer repeats, never
-    more timed images than its whole run, and at least one; given values are kept."""
+    """Issue 26: a window fits in one epoch after its warm-up; a small recipe gets shorter windows (at
+    least 10 steps) and fewer repeats (at least one), about as many images as its whole run; given values
+    are kept."""
     demo = ProfileSettings(warmup_steps=5).sized_for(epoch_batches=25, run_images=4800, windows_per_repeat=9,
                                                      batch_size=32)
-    assert (demo.steps, demo.repeats) == (20, 1)
+    assert (demo.steps, demo.repeats) == (4800 // (9 * 32) - 5, 1)  # 11: about the run's own 4800 images
     imagenet = ProfileSettings().sized_for(epoch_batches=2502, run_images=88 * 1281024, windows_per_repeat=16,
                                            batch_size=512)
     assert (imagenet.steps, imagenet.repeats) == (50, 3)
     middle = ProfileSettings(warmup_steps=5).sized_for(epoch_batches=100, run_images=2 * 9 * 55 * 32,
                                                        windows_per_repeat=9, batch_size=32)
     assert (middle.steps, middle.repeats) == (50, 2)
+    tiny = ProfileSettings(warmup_steps=3).sized_for(epoch_batches=100, run_images=800, windows_per_repeat=9,
+                                                     batch_size=8)
+    assert (tiny.steps, tiny.repeats) == (10, 1)
     given = ProfileSettings(warmup_steps=3, steps=8, repeats=5).sized_for(18, 10, 9, 8)
     assert (given.steps, given.repeats) == (8, 5)
     with pytest.raises(ConfigError, match="--steps 16 do not fit in an epoch of 18 batches"):
