@@ -9,23 +9,23 @@ backward, step and update; ``cudnn.benchmark`` on. Model, optimizer and loss com
 set per resolution on one loader, as ffcv-imagenet does between epochs; FFCV has no FixRes decoder,
 so its rows are all RandomResizedCrop.
 
-FFCV's ``NormalizeImage`` runs on a GPU only through CuPy. Without CuPy (and on a CPU, where FFCV's
-own path expects NumPy arrays) the same normalisation to fp16 runs in torch on the device right
-after the loader, inside the loader's figure; the JSON names which one ran.
+FFCV's ``NormalizeImage`` runs on a GPU only through CuPy and pytorch_pfn_extras, which it imports
+when the pipeline compiles. On a GPU (``--normalize auto``) that path is tried first; if it fails
+(either package missing or broken) the same normalisation to fp16 runs in torch on the device right
+after the loader, inside the loader's figure, and the JSON names which one ran and why. On a CPU
+(where FFCV's own path expects NumPy arrays), and with ``--normalize torch``, torch's runs directly.
+Each timed window starts on a fresh epoch after its warm-up (``profiling.FreshEpochs``).
 
 The bare step: forward, backward and optimizer step (plain SGD over every parameter, same loss,
 autocast and scaler) of the same model on one fixed batch, nothing else: what any step must pay.
 
     python benchmarks/ffcv_imagenet_style.py --config rcfg/rn50_88.yaml --runs fp16:160 fp16:192 bf16:160 \\
-        --out theirs.json [--warmup-steps 5 --steps 30 --repeats 3] [--section.key=value ...]
+        --out theirs.json [--normalize auto|torch] [--warmup-steps 5 --steps 30 --repeats 3] [--section.key=value ...]
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import importlib.util
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -49,16 +49,13 @@ from ffcv_imagenet.loaders import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize
 from ffcv_imagenet.model import build_model
 from ffcv_imagenet.optimizers import build_optimizer
 from ffcv_imagenet.profiling import (DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, LOADER, MODEL,
-                                     ProfileSettings, Rate, rates_in_turns)
+                                     FreshEpochs, ProfileSettings, Rate, Window, rates_in_turns)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LR = 0.0  # as in the profile: the same arithmetic as training, weights unchanged, nothing can diverge
 FFCV_GPU_NORMALIZE = "FFCV NormalizeImage on the device (CuPy)"
-TORCH_NORMALIZE = "the same normalisation in torch on the device after the loader (no CuPy for FFCV's)"
-
-
-def ffcv_normalizes_on(device: torch.device) -> bool:
-    return device.type == "cuda" and importlib.util.find_spec("cupy") is not None
+TORCH_NORMALIZE = "torch on the device after the loader"
+AUTO, TORCH = "auto", "torch"
 
 
 def build_loader(config: Config, device: torch.device, in_pipeline_normalize: bool
@@ -74,26 +71,20 @@ def build_loader(config: Config, device: torch.device, in_pipeline_normalize: bo
     return loader, decoder
 
 
-@contextlib.contextmanager
-def batches_at(loader: Loader, decoder: RandomResizedCropRGBImageDecoder, res: int,
-               in_pipeline_normalize: bool) -> Iterator[Iterator[Batch]]:
-    """Normalised fp16 batches at ``res`` through consecutive epochs; the open epoch is closed on exit."""
+def epochs_at(loader: Loader, decoder: RandomResizedCropRGBImageDecoder, res: int,
+              in_pipeline_normalize: bool) -> FreshEpochs:
+    """Normalised fp16 batches at ``res``, an epoch per timed window."""
     decoder.output_size = (res, res)  # what ffcv-imagenet's loop does at each epoch
 
-    def endless() -> Iterator[Batch]:
-        for _ in itertools.count():
-            epoch = iter(loader)
-            try:
-                for images, labels in epoch:
-                    yield (images if in_pipeline_normalize else normalize(images, torch.float16)), labels
-            finally:
-                stop_epoch(epoch)  # teardown only: not part of what is timed
+    def open_epoch(_: int) -> Iterator[Batch]:
+        epoch = iter(loader)
+        try:
+            for images, labels in epoch:
+                yield (images if in_pipeline_normalize else normalize(images, torch.float16)), labels
+        finally:
+            stop_epoch(epoch)  # teardown only: not part of what is timed
 
-    stream = endless()
-    try:
-        yield stream
-    finally:
-        stream.close()
+    return FreshEpochs(open_epoch)
 
 
 def their_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -115,10 +106,10 @@ def their_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     return step
 
 
-def measure(config: Config, runs: list[tuple[str, int]], settings: ProfileSettings, device: torch.device
-            ) -> tuple[list[dict], str]:
-    in_pipeline = ffcv_normalizes_on(device)
+def measure_with(config: Config, runs: list[tuple[str, int]], settings: ProfileSettings, device: torch.device,
+                 in_pipeline: bool) -> list[dict]:
     loader, decoder = build_loader(config, device, in_pipeline)
+    settings.check_fits(len(loader))
     model = build_model(config.model, num_classes=len(load_class_names(config.data.train_dataset))).to(device)
     model = model.to(memory_format=torch.channels_last).train()
     criterion = nn.CrossEntropyLoss(label_smoothing=config.training.label_smoothing)
@@ -130,14 +121,35 @@ def measure(config: Config, runs: list[tuple[str, int]], settings: ProfileSettin
         theirs = their_step(model, build_optimizer(config, model), scaler, criterion, precision)
         bare = their_step(model, bare_optimizer, torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
                           criterion, precision)
-        with batches_at(loader, decoder, res, in_pipeline) as stream:
-            images, labels = next(stream)  # numba compiles on the first batch: never timed
+        batches = epochs_at(loader, decoder, res, in_pipeline)
+        try:
+            batches.restart()
+            images, labels = batches.next()  # numba (and CuPy) compile on the first batch: never timed
             fixed = (images.clone(memory_format=torch.channels_last), labels.clone())  # FFCV reuses its buffers
-            steps = {"loader_device": lambda: next(stream), "model": lambda: theirs(*fixed),
-                     "end_to_end": lambda: theirs(*next(stream)), "bare_step": lambda: bare(*fixed)}
-            rates = rates_in_turns(steps, settings, device, config.training.batch_size)
+            batches.close()
+            windows = {"loader_device": Window(batches.next, batches), "model": Window(lambda: theirs(*fixed)),
+                       "end_to_end": Window(lambda: theirs(*batches.next()), batches),
+                       "bare_step": Window(lambda: bare(*fixed))}
+            rates = rates_in_turns(windows, settings, device, config.training.batch_size)
+        finally:
+            batches.close()
         rows.append(row_dict(precision, res, list(fixed[0].shape), rates))
-    return rows, FFCV_GPU_NORMALIZE if in_pipeline else TORCH_NORMALIZE
+    return rows
+
+
+def measure(config: Config, runs: list[tuple[str, int]], settings: ProfileSettings, device: torch.device,
+            normalize: str = AUTO) -> tuple[list[dict], str]:
+    """The rows, and how the batches were normalised: FFCV's CuPy path on a GPU, unless asked not to
+    or it fails, then torch's (the baseline is never lost to CuPy)."""
+    if normalize == AUTO and device.type == "cuda":
+        try:
+            return measure_with(config, runs, settings, device, in_pipeline=True), FFCV_GPU_NORMALIZE
+        except Exception as err:  # CuPy or pytorch_pfn_extras missing or broken: any of their errors
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            print(f"FFCV's NormalizeImage on the device failed ({reason}); normalising in torch", file=sys.stderr)
+            rows = measure_with(config, runs, settings, device, in_pipeline=False)
+            return rows, f"{TORCH_NORMALIZE} (FFCV's CuPy path failed: {reason})"
+    return measure_with(config, runs, settings, device, in_pipeline=False), TORCH_NORMALIZE
 
 
 def row_dict(precision: str, res: int, shape: list[int], rates: dict[str, Rate]) -> dict:
@@ -162,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=DEFAULT_WARMUP_STEPS)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
+    parser.add_argument("--normalize", choices=(AUTO, TORCH), default=AUTO,
+                        help="auto: FFCV's NormalizeImage (CuPy) on a GPU, torch's if it fails or on a CPU; "
+                             "torch: torch's only")
     parser.add_argument("--out", type=Path, required=True, metavar="PATH.json")
     args, overrides = split_overrides(parser, sys.argv[1:] if argv is None else argv)
     config = load_config(args.config, overrides)
@@ -170,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True  # ffcv-imagenet sets it
     settings = ProfileSettings(args.warmup_steps, args.steps, args.repeats)
     settings.check()
-    rows, normalisation = measure(config, args.runs, settings, device)
+    rows, normalisation = measure(config, args.runs, settings, device, args.normalize)
     setup = {"device": str(device), "arch": config.model.arch, "batch_size": config.training.batch_size,
              "num_workers": workers_per_rank(config.data.num_workers), "normalize": normalisation,
              "pipeline": "RandomResizedCropRGBImageDecoder, RandomHorizontalFlip, ToTensor, ToDevice, "

@@ -1,7 +1,7 @@
 """Command line of the throughput profile: parse, then hand over to ``profiling``.
 
     python -m ffcv_imagenet.profile --config rcfg/rn50_88.yaml [--res 160 192 224 256]
-        [--warmup-steps 10] [--steps 50] [--repeats 3] [--out profile.json] [--section.key=value ...]
+        [--warmup-steps 5] [--steps 50] [--repeats 3] [--out profile.json] [--section.key=value ...]
 """
 from __future__ import annotations
 
@@ -30,9 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="measure these resolutions (crop mode rrc) instead of the recipe's schedule")
     parser.add_argument("--warmup-steps", type=int, default=DEFAULT_WARMUP_STEPS,
                         help="untimed steps before each measurement (numba compiles on the first)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="steps per timed window")
-    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
-                        help="timed windows per figure; the median is shown, with min-max")
+    parser.add_argument("--steps", type=int,
+                        help="steps per timed window (default: as many as fit in one epoch after the warm-up, "
+                             f"at most {DEFAULT_STEPS}: each window starts on a fresh epoch)")
+    parser.add_argument("--repeats", type=int,
+                        help=f"timed windows per figure; the median is shown, with min-max (default {DEFAULT_REPEATS}, "
+                             "fewer, at least 1, where that many would read more images than the recipe's whole run)")
     parser.add_argument("--out", type=Path, metavar="PATH.json", help="also write the figures here as JSON")
     return parser
 

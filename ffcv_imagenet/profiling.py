@@ -14,10 +14,15 @@ resolutions) it times, with the recipe's own parts:
 
 Every figure is the median over ``repeats`` windows of ``steps`` batches, with
 the min-max spread. The first batch of each (res, crop mode) is never timed
-(numba compiles a crop mode's pipeline there), and each window follows
-``warmup_steps`` untimed steps, which drain or refill FFCV's prefetch queue
-(3 batches) after the previous window. Batches flow through consecutive
-epochs, so windows may be longer than an epoch.
+(numba compiles a crop mode's pipeline there, once: one loader per crop mode
+serves every resolution and figure). Each loader window starts on a fresh epoch
+and follows ``warmup_steps`` untimed steps, which absorb the epoch's start
+(FFCV's buffers, its empty prefetch queue of 3 batches); the window ends inside
+that epoch. Unless given, ``steps`` is as many as fit in an epoch after the
+warm-up (at most 50; fewer, at least 10, where one window per figure would read
+more images than the recipe's whole run) and ``repeats`` 3 (fewer, at least 1,
+where 3 would): the profile of a small recipe does not take longer than its
+training.
 
 The learning rate stays 0 (the optimizer's initial value): every step does the
 same arithmetic as in training, but the weights stay put, so all repeats time
@@ -28,7 +33,6 @@ multi-GPU run goes at most the GPU count times as fast.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.metadata
 import itertools
@@ -53,29 +57,60 @@ from .trainer import Trainer
 LOADER, MODEL = "loader", "model"
 RATIO_TARGET = 0.95  # issue 5: end to end should reach this share of min(loader, model)
 DEFAULT_WARMUP_STEPS = 5  # more than FFCV's 3 prefetched batches
-DEFAULT_STEPS = 50
-DEFAULT_REPEATS = 3
+DEFAULT_STEPS = 50  # at most: a window fits in one epoch
+DEFAULT_REPEATS = 3  # at most: a small recipe gets fewer
+MIN_STEPS = 10  # per window, unless an epoch holds fewer
 FIGURES_WITHOUT_TRANSFER = ("loader_device", "model", "end_to_end")
 FIGURES_WITH_TRANSFER = (*FIGURES_WITHOUT_TRANSFER, "loader_host")
 SECONDS_PER_HOUR = 3600
 
 
+def figures_on(device: torch.device) -> tuple[str, ...]:
+    """What is timed: on a CPU the loader's output is already on the device, one loader figure."""
+    return FIGURES_WITHOUT_TRANSFER if device.type == "cpu" else FIGURES_WITH_TRANSFER
+
+
 @dataclass(frozen=True)
 class ProfileSettings:
+    """``steps`` and ``repeats`` None: picked by the recipe's size (``sized_for``)."""
+
     warmup_steps: int = DEFAULT_WARMUP_STEPS
-    steps: int = DEFAULT_STEPS
-    repeats: int = DEFAULT_REPEATS
+    steps: int | None = None
+    repeats: int | None = None
     resolutions: tuple[int, ...] = ()  # empty: every (res, crop mode) of the recipe's schedule
 
     def check(self) -> None:
         """Refuse values that would time nothing, naming the option."""
         for option, value, least in (("--warmup-steps", self.warmup_steps, 0), ("--steps", self.steps, 1),
                                      ("--repeats", self.repeats, 1)):
-            if value < least:
+            if value is not None and value < least:
                 raise ConfigError(f"{option} must be at least {least}: {value}")
         for res in self.resolutions:
             if res <= 0:
                 raise ConfigError(f"--res must be positive: {res}")
+
+    def sized_for(self, epoch_batches: int, run_images: int, windows_per_repeat: int,
+                  batch_size: int) -> ProfileSettings:
+        """Steps and repeats for a recipe, so that a small recipe is not profiled for longer than it trains:
+        each window inside one epoch (``FreshEpochs``) after its warm-up, at most DEFAULT_STEPS steps, and
+        fewer (at least MIN_STEPS) where one window per figure would read more images than the whole run;
+        DEFAULT_REPEATS windows per figure, fewer (at least one) where that many would."""
+        within_run = run_images // (windows_per_repeat * batch_size) - self.warmup_steps
+        fitting = max(1, min(DEFAULT_STEPS, epoch_batches - self.warmup_steps, max(MIN_STEPS, within_run)))
+        steps = self.steps if self.steps is not None else fitting
+        repeats = self.repeats
+        if repeats is None:
+            images_per_repeat = windows_per_repeat * (self.warmup_steps + steps) * batch_size
+            repeats = max(1, min(DEFAULT_REPEATS, run_images // images_per_repeat))
+        sized = dataclasses.replace(self, steps=steps, repeats=repeats)
+        sized.check_fits(epoch_batches)
+        return sized
+
+    def check_fits(self, epoch_batches: int) -> None:
+        """Each timed window runs inside one epoch, its warm-up included."""
+        if self.warmup_steps + (self.steps or 1) > epoch_batches:
+            raise ConfigError(f"--warmup-steps {self.warmup_steps} and --steps {self.steps or 1} do not fit in an "
+                              f"epoch of {epoch_batches} batches (each timed window runs inside one epoch)")
 
 
 @dataclass(frozen=True)
@@ -182,51 +217,89 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_window(step: Callable[[], object], settings: ProfileSettings, device: torch.device) -> float:
-    """Seconds for ``settings.steps`` calls of ``step``, after ``settings.warmup_steps`` untimed ones."""
-    for _ in range(settings.warmup_steps):
-        step()
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(settings.steps):
-        step()
-    synchronize(device)
-    return time.perf_counter() - started
+class FreshEpochs:
+    """Batches for timed windows, each window on an epoch of its own.
+
+    FFCV's ``EpochIterator`` allocates (on a GPU: pins) the epoch's batch buffers
+    when it starts, about 1.1 GB at batch 256, and its prefetch queue starts
+    empty: a window that crosses an epoch start loses 20-40%. So each window
+    opens the next epoch (``restart``), its untimed warm-up absorbs that start,
+    and the window ends inside the epoch (``ProfileSettings.sized_for`` keeps it there);
+    ``close`` stops the decode thread, so no other window shares the cores with it.
+    """
+
+    def __init__(self, open_epoch: Callable[[int], Iterator[Batch]]):
+        self._open_epoch = open_epoch
+        self._epochs = itertools.count()
+        self._batches: Iterator[Batch] | None = None
+
+    def restart(self) -> None:
+        self.close()
+        self._batches = self._open_epoch(next(self._epochs))
+
+    def next(self) -> Batch:
+        assert self._batches is not None, "restart() opens an epoch first"
+        return next(self._batches)
+
+    def close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()  # a generator: its finally stops FFCV's thread
+            self._batches = None
 
 
-def rates_in_turns(steps: dict[str, Callable[[], object]], settings: ProfileSettings, device: torch.device,
-                   images_per_step: int) -> dict[str, Rate]:
-    """Each step's img/s over ``settings.repeats`` windows, the figures taking turns (a busy spell slows
-    them alike); for side-by-side figures outside the profile command (benchmarks/gpu_check.py)."""
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
+@dataclass(frozen=True)
+class Window:
+    """One figure's step, and the batches it draws from (None: a fixed batch, no loader)."""
+
+    step: Callable[[], object]
+    batches: FreshEpochs | None = None
+
+
+def timed_window(window: Window, settings: ProfileSettings, device: torch.device) -> float:
+    """Seconds for ``settings.steps`` calls of the step, after ``settings.warmup_steps`` untimed ones,
+    on a fresh epoch when the step reads batches."""
+    if window.batches is not None:
+        window.batches.restart()
+    try:
+        for _ in range(settings.warmup_steps):
+            window.step()
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(settings.steps):
+            window.step()
+        synchronize(device)
+        return time.perf_counter() - started
+    finally:
+        if window.batches is not None:
+            window.batches.close()
+
+
+def rates_in_turns(windows: dict[str, Window], settings: ProfileSettings, device: torch.device,
+                   images_per_step: int, on_window: Callable[[str], None] = lambda name: None) -> dict[str, Rate]:
+    """Each figure's img/s over ``settings.repeats`` windows, the figures taking turns (a busy spell
+    slows them alike); ``on_window`` is told each window's name before it runs."""
+    seconds: dict[str, list[float]] = {name: [] for name in windows}
     for _ in range(settings.repeats):
-        for name, step in steps.items():
-            seconds[name].append(timed_window(step, settings, device))
+        for name, window in windows.items():
+            on_window(name)
+            seconds[name].append(timed_window(window, settings, device))
     return {name: Rate.from_seconds(runs, settings.steps * images_per_step) for name, runs in seconds.items()}
 
 
-@contextlib.contextmanager
-def batch_stream(loader: TrainLoader, res: int, crop_mode: str) -> Iterator[Iterator[Batch]]:
-    """Batches at (res, crop_mode) through consecutive epochs; the open epoch is closed on exit."""
-    def endless() -> Iterator[Batch]:
-        for epoch in itertools.count():
-            with contextlib.closing(loader.epoch(schedule.EpochPlan(epoch, res, crop_mode))) as batches:
-                yield from batches
-
-    stream = endless()
-    try:
-        yield stream
-    finally:
-        stream.close()
+def train_epochs(loader: TrainLoader, res: int, crop_mode: str) -> FreshEpochs:
+    """The loader's epochs at (res, crop mode), numbered from 0 (each its own random order)."""
+    return FreshEpochs(lambda epoch: loader.epoch(schedule.EpochPlan(epoch, res, crop_mode)))
 
 
 class Profiler:
     """Times one (res, crop mode) after another with one trainer's model, optimizer and loader.
 
     The figures of a (res, crop mode) are measured in turns (loader, model, end
-    to end, loader, ...), so a busy spell of the machine slows them alike; the
-    untimed steps before each window absorb the switch (FFCV's prefetch queue
-    filling or draining, other shapes for the model's kernels).
+    to end, loader, ...), so a busy spell of the machine slows them alike; each
+    loader window starts on a fresh epoch (``FreshEpochs``) and the untimed steps
+    before it absorb the epoch's start (buffers, the empty prefetch queue), the
+    model's before it other shapes for its kernels. One loader per crop mode,
+    compiled once, serves every resolution and figure.
     """
 
     def __init__(self, trainer: Trainer, settings: ProfileSettings, progress: tqdm):
@@ -235,15 +308,13 @@ class Profiler:
         self.progress = progress
         self.device = trainer.ctx.device
         self.transfer_measured = self.device.type != "cpu"  # on a CPU the loader's output is already there
-        self.images_per_window = settings.steps * trainer.loader_settings.batch_size
         self._host_loader: TrainLoader | None = None
 
-    def _window(self, step: Callable[[], object], label: str) -> float:
-        """Seconds for ``steps`` calls of ``step``, after ``warmup_steps`` untimed ones."""
-        self.progress.set_postfix_str(label, refresh=False)
-        seconds = timed_window(step, self.settings, self.device)
-        self.progress.update(self.settings.warmup_steps + self.settings.steps)
-        return seconds
+    def _on_window(self, res: int, crop_mode: str) -> Callable[[str], None]:
+        def show(name: str) -> None:
+            self.progress.set_postfix_str(f"{res} {crop_mode}: {name.replace('_', ' ')}", refresh=False)
+            self.progress.update(self.settings.warmup_steps + self.settings.steps)
+        return show
 
     def _host_loader_for_gpu(self) -> TrainLoader:
         """The trainer's own loader, its batches left on the host (built once: numba compiles it)."""
@@ -254,31 +325,34 @@ class Profiler:
     def measure(self, res: int, crop_mode: str) -> Row:
         train_step = self.trainer.train_step
         self.trainer.enter_phase(schedule.EpochPlan(0, res, crop_mode))  # batch augmentation as training has it
-        with contextlib.ExitStack() as streams:
-            stream = streams.enter_context(batch_stream(self.trainer.train_loader, res, crop_mode))
-            # The model's batch, on the device; numba compiles here. A copy: the loader's buffer slot
-            # it came in is refilled by later batches.
-            fixed = tuple(tensor.clone() for tensor in next(stream))
-            steps: dict[str, Callable[[], object]] = {
-                "loader_device": lambda: next(stream),
-                "model": lambda: train_step(*fixed),
-                "end_to_end": lambda: train_step(*next(stream)),
-            }
+        on_device = train_epochs(self.trainer.train_loader, res, crop_mode)
+        windows = {"loader_device": Window(on_device.next, on_device)}
+        try:
+            # The model's batch, on the device; numba compiles here, untimed. A copy: the loader's
+            # buffer slot it came in is refilled by later batches.
+            on_device.restart()
+            fixed = tuple(tensor.clone() for tensor in on_device.next())
+            on_device.close()
+            windows["model"] = Window(lambda: train_step(*fixed))
+            windows["end_to_end"] = Window(lambda: train_step(*on_device.next()), on_device)
             if self.transfer_measured:
-                host = streams.enter_context(batch_stream(self._host_loader_for_gpu(), res, crop_mode))
-                next(host)  # compiled outside the timed windows too
-                steps["loader_host"] = lambda: next(host)
-            seconds: dict[str, list[float]] = {name: [] for name in steps}
-            for _ in range(self.settings.repeats):
-                for name, step in steps.items():
-                    seconds[name].append(self._window(step, f"{res} {crop_mode}: {name.replace('_', ' ')}"))
-        rates = {name: Rate.from_seconds(runs, self.images_per_window) for name, runs in seconds.items()}
+                on_host = train_epochs(self._host_loader_for_gpu(), res, crop_mode)
+                on_host.restart()
+                on_host.next()  # compiled outside the timed windows too
+                on_host.close()
+                windows["loader_host"] = Window(on_host.next, on_host)
+            rates = rates_in_turns(windows, self.settings, self.device, self.trainer.loader_settings.batch_size,
+                                   self._on_window(res, crop_mode))
+        finally:
+            for window in windows.values():
+                if window.batches is not None:
+                    window.batches.close()
         return Row(res, crop_mode, loader_host=rates.get("loader_host", rates["loader_device"]),
                    loader_device=rates["loader_device"], model=rates["model"], end_to_end=rates["end_to_end"])
 
     def total_steps(self, targets_count: int) -> int:
         """For the progress bar."""
-        figures = len(FIGURES_WITH_TRANSFER) if self.transfer_measured else len(FIGURES_WITHOUT_TRANSFER)
+        figures = len(figures_on(self.device))
         per_window = self.settings.warmup_steps + self.settings.steps
         return targets_count * figures * self.settings.repeats * per_window
 
@@ -309,12 +383,15 @@ def run_profile(config: Config, ctx: DistContext, settings: ProfileSettings, out
     datasets = preflight(config, ctx)
     trainer = Trainer(config, ctx, datasets)
     todo = targets(config, settings.resolutions)
+    epoch_images = images_per_epoch(datasets.train_size, trainer.global_batch)
+    batch = trainer.loader_settings.batch_size
+    settings = settings.sized_for(int(datasets.train_size) // batch, epoch_images * config.training.epochs,
+                                  len(todo) * len(figures_on(ctx.device)), batch)
     with tqdm(unit="step", desc="profile", leave=False, dynamic_ncols=True,
               disable=not (ctx.is_main and config.logging.progress)) as progress:
         profiler = Profiler(trainer, settings, progress)
         progress.reset(total=profiler.total_steps(len(todo)))
         rows = tuple(profiler.measure(res, mode) for res, mode in todo)
-    epoch_images = images_per_epoch(datasets.train_size, trainer.global_batch)
     report = Report(describe_setup(config, trainer), settings, rows, project(config, rows, epoch_images))
     if out is not None:
         atomic_write_text(out, to_json(report))

@@ -6,16 +6,17 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 from tqdm import tqdm
 
-from ffcv_imagenet.config import load_config
+from ffcv_imagenet.config import ConfigError, load_config
 from ffcv_imagenet.distributed import DistContext
 from ffcv_imagenet.inspection import open_beton
 from ffcv_imagenet.profiling import LOADER, MODEL, TABLE_HEADER, Profiler, ProfileSettings, format_duration
-from ffcv_imagenet.schedule import FIXRES, RRC, full_schedule, phases
+from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan, full_schedule, phases
 from ffcv_imagenet.trainer import Trainer, check_datasets
 from helpers import DEMO_RECIPE, explain, run, tiny_overrides
 
@@ -121,6 +122,7 @@ def test_given_resolutions_replace_the_schedule_and_the_projection_says_why_not(
 @pytest.mark.parametrize("extra, names", [
     (["--training.epochz=3"], "training.epochz"),
     (["--steps", "0"], "--steps"),
+    (["--steps", "40"], "--steps"),  # 144 images at batch 8: an epoch of 18 batches, and a window fits in one
     (["--data.train_dataset=/nonexistent/train.beton"], "data.train_dataset"),
     (["--out", "{file}/profile.json"], "--out"),
 ])
@@ -146,12 +148,24 @@ def test_profiler_times_each_phase_as_training_runs_it(demo_betons: dict, tmp_pa
     target_dims, model_inputs = [], []
     trainer.criterion.register_forward_pre_hook(lambda module, args: target_dims.append(args[1].ndim))
     trainer.model.register_forward_pre_hook(lambda module, args: model_inputs.append(args[0].clone()))
+    epochs_opened = []
+    open_epoch = trainer.train_loader.epoch
+
+    def counted_epoch(plan: EpochPlan, start_sample: int = 0) -> Iterator:
+        epochs_opened.append(plan)
+        return open_epoch(plan, start_sample)
+
+    trainer.train_loader.epoch = counted_epoch  # the real loader's epochs, counted
     profiler = Profiler(trainer, ProfileSettings(warmup_steps=0, steps=1, repeats=2), tqdm(disable=True))
     for res, mode in ((32, RRC), (64, FIXRES)):
-        target_dims.clear(), model_inputs.clear()
+        target_dims.clear(), model_inputs.clear(), epochs_opened.clear()
         profiler.measure(res, mode)
         # mixed targets are class distributions (2-d), plain labels 1-d
         assert target_dims == [2 if mode == RRC else 1] * 4, (mode, target_dims)
+        # issue 26: each loader and end-to-end window on an epoch of its own (its start never timed),
+        # after the one that compiles and gives the model its batch
+        assert [plan.epoch for plan in epochs_opened] == [0, 1, 2, 3, 4]
+        assert {(plan.res, plan.crop_mode) for plan in epochs_opened} == {(res, mode)}
     # windows per repeat: loader, model (fixed batch), end to end (the next batch); FixRes has no random draws
     first_model, first_e2e, second_model, _ = model_inputs
     assert torch.equal(first_model, second_model) and not torch.equal(first_model, first_e2e)
@@ -161,3 +175,27 @@ def test_profiler_times_each_phase_as_training_runs_it(demo_betons: dict, tmp_pa
                                             "fixres_crop_ratio")] == \
            [getattr(own, key) for key in ("path", "method", "order", "in_memory", "distributed", "seed",
                                           "fixres_crop_ratio")]
+
+
+def test_steps_and_repeats_are_picked_by_the_recipes_size() -> None:
+    """Issue 26: a window fits in one epoch after its warm-up; a small recipe gets shorter windows (at
+    least 10 steps) and fewer repeats (at least one), about as many images as its whole run; given values
+    are kept."""
+    demo = ProfileSettings(warmup_steps=5).sized_for(epoch_batches=25, run_images=4800, windows_per_repeat=9,
+                                                     batch_size=32)
+    assert (demo.steps, demo.repeats) == (4800 // (9 * 32) - 5, 1)  # 11: about the run's own 4800 images
+    imagenet = ProfileSettings().sized_for(epoch_batches=2502, run_images=88 * 1281024, windows_per_repeat=16,
+                                           batch_size=512)
+    assert (imagenet.steps, imagenet.repeats) == (50, 3)
+    middle = ProfileSettings(warmup_steps=5).sized_for(epoch_batches=100, run_images=2 * 9 * 55 * 32,
+                                                       windows_per_repeat=9, batch_size=32)
+    assert (middle.steps, middle.repeats) == (50, 2)
+    tiny = ProfileSettings(warmup_steps=3).sized_for(epoch_batches=100, run_images=800, windows_per_repeat=9,
+                                                     batch_size=8)
+    assert (tiny.steps, tiny.repeats) == (10, 1)
+    given = ProfileSettings(warmup_steps=3, steps=8, repeats=5).sized_for(18, 10, 9, 8)
+    assert (given.steps, given.repeats) == (8, 5)
+    with pytest.raises(ConfigError, match="--steps 16 do not fit in an epoch of 18 batches"):
+        ProfileSettings(warmup_steps=3, steps=16).sized_for(18, 10**6, 9, 8)
+    with pytest.raises(ConfigError, match="--warmup-steps 20"):
+        ProfileSettings(warmup_steps=20).sized_for(18, 10**6, 9, 8)
