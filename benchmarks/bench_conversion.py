@@ -146,7 +146,7 @@ def ours(root: Path, out: Path, settings: ConversionSettings) -> int:
 
 
 def ours_reencoding(root: Path, out: Path, settings: ConversionSettings) -> int:
-    return ours(root, out, dataclasses.replace(settings, jpeg_passthrough=False))
+    return ours(root, out, dataclasses.replace(settings, jpeg_passthrough="never"))
 
 
 WAYS = {"ffcv-imagenet way": ffcv_imagenet_way, "ours": ours, "ours, no pass-through": ours_reencoding}

@@ -9,7 +9,8 @@ from ffcv.reader import Reader
 
 from .beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, class_names,  # noqa: F401
                            image_metadata, index_path, label_range, labels, load_class_names, loader_pipelines,
-                           open_beton, read_index, record_bytes, stored_bytes)
+                           load_sidecar, open_beton, read_index, record_bytes, sidecar_path, stored_bytes)
+from .jpeg_passthrough import passthrough_mode
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
 FULL_HISTOGRAM_MAX_CLASSES = 20  # above this, the histogram is summarised
@@ -113,8 +114,17 @@ def index_lines(path: Path, label_values: np.ndarray) -> list[str]:
         raise ConversionError(f"{index_path(path)} does not match {path}: its labels differ; they come from "
                               "different conversions")
     kept = sum(kept for _, _, kept in rows)
-    return [f"source JPEGs stored as they are (pass-through): {kept} of {len(rows)} records "
+    return [f"source JPEGs stored as they are (pass-through {passthrough_setting(path)}): {kept} of {len(rows)} records "
             f"({kept / len(rows):.0%}); sources listed in {index_path(path).name}"]
+
+
+def passthrough_setting(path: Path) -> str:
+    """The conversion's --jpeg-passthrough, from the sidecar (an on/off switch in older ones)."""
+    setting = load_sidecar(path).get("settings", {}).get("jpeg_passthrough") if sidecar_path(path).is_file() else None
+    try:
+        return passthrough_mode(setting)
+    except ValueError:  # no sidecar (adopted files have one without settings) or an unknown value
+        return "mode unknown"
 
 
 def report(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> str:
