@@ -194,6 +194,29 @@ def why_slower_than_reencoded(header: JpegHeader, jpeg_quality: int) -> str | No
     return None
 
 
+CHROMA_NAMES = {CHROMA_420: "4:2:0", ((1, 1), (1, 1), (1, 1)): "4:4:4", ((2, 1), (1, 1), (1, 1)): "4:2:2"}
+GREYSCALE, OTHER_SAMPLING = "greyscale", "other"
+QUALITIES = range(1, 101)
+
+
+def chroma_sampling(header: JpegHeader) -> str:
+    """'4:2:0', '4:4:4', '4:2:2', 'greyscale' or 'other', from the frame header's sampling factors."""
+    if header.components == 1:
+        return GREYSCALE
+    return CHROMA_NAMES.get(header.sampling, OTHER_SAMPLING)
+
+
+def estimated_quality(header: JpegHeader) -> int | None:
+    """The libjpeg quality whose luma table is nearest this JPEG's (sum of absolute step differences),
+    or None without a luma table. Files from libjpeg-based encoders (PIL, OpenCV, most cameras' and
+    Flickr's) give back the quality they were saved at."""
+    tables = header.component_tables()
+    if not tables:
+        return None
+    luma = np.array(tables[0])
+    return min(QUALITIES, key=lambda quality: int(np.abs(luma - reencode_tables(quality)[0]).sum()))
+
+
 def decodes_cleanly(source: SourceJpeg) -> bool:
     """Every coefficient of the file decodes, up to its end marker, without a libjpeg warning: what FFCV's
     reader and our decoders need (they refuse such a record). Entropy decoding only, no pixels."""

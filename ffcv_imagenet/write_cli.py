@@ -94,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", root_prog=PROG, help="record count, label histogram, sizes and a few decodes")
     inspect.add_argument("beton", type=Path)
     _field_options(inspect)
+    inspect.add_argument("--decode-rate", action="store_true",
+                         help="also measure the training decode rate per core on a sample of records: the "
+                              "recipe's decoder at its main resolution (resolution.min_res) against FFCV's stock one")
+    inspect.add_argument("--config", type=Path, metavar="RECIPE",
+                         help="--decode-rate: the recipe whose decoder and resolution are measured; default: "
+                              "the built-in defaults")
+    inspect.add_argument("--decode-sample", type=int, default=1000, metavar="N",
+                         help="--decode-rate: records in the sample; default %(default)s")
 
     adopt = commands.add_parser("adopt", root_prog=PROG,
                                 help="write our sidecar for a .beton from FFCV's own writer (ffcv-imagenet), "
@@ -160,7 +168,10 @@ def run(args: argparse.Namespace) -> None:
         convert_pair(args.imagenet_dir / "train", args.imagenet_dir / "val", args.out_dir, _settings(args))
     elif args.command == "inspect":
         from .inspection import report  # imports FFCV's loader: only when needed
-        print(report(args.beton, Fields(args.image_field, args.label_field)), flush=True)
+        if args.decode_sample < 1:
+            raise ValueError(f"--decode-sample must be positive: {args.decode_sample}")
+        print(report(args.beton, Fields(args.image_field, args.label_field), decode_rate=args.decode_rate,
+                     recipe=args.config, decode_sample=args.decode_sample), flush=True)
     elif args.command == "adopt":
         _adopt(args)
     elif args.command == "demo":

@@ -21,11 +21,13 @@ from ffcv_imagenet.beton_format import JPEG_MODE, sidecar_path
 from ffcv_imagenet.conversion import ConversionError, ConversionSettings, convert_imagefolder, read_index
 from ffcv_imagenet.decoders import CenterCropDecoder
 from ffcv_imagenet.image_files import load_rgb, to_rgb_array
-from ffcv_imagenet.inspection import image_metadata, open_beton, read_image, record_bytes
+from ffcv_imagenet.decode_rate import measure_decode_rates
+from ffcv_imagenet.inspection import QUALITY_RANGES, image_metadata, open_beton, read_image, record_bytes, report
 from ffcv_imagenet.jpeg_passthrough import (BASELINE_SOF, passthrough_candidate, read_jpeg_header,
                                             why_not_passed_through, why_slower_than_reencoded)
 from ffcv_imagenet.jpeg_region import entropy_check
 from ffcv_imagenet.write_cli import build_parser
+from ffcv_imagenet.write_cli import main as write_main
 
 MAX_RESOLUTION = 200
 DECODE_TOLERANCE = 2.0  # mean absolute difference: FFCV's fast-DCT decode against PIL's decode of the same bytes
@@ -344,3 +346,37 @@ def test_the_cli_reads_every_spelling_of_the_mode() -> None:
     assert ConversionSettings(jpeg_passthrough=False).jpeg_passthrough == "never"
     with pytest.raises(ConversionError, match="one of auto, always, never"):
         ConversionSettings(jpeg_passthrough="sometimes")
+
+
+# ---------------------------------------------------------------- inspect: what decides decode speed
+def share(count: int, total: int) -> str:
+    return f"{count / total:.0%}"
+
+
+def test_inspect_reports_record_sizes_chroma_and_quality_of_jpeg_records(by_mode: dict[str, Path]) -> None:
+    """Every JPEG record of the ``always`` file is its source: the shares follow from how PIL made them."""
+    text = report(by_mode["always"])
+    rows = read_index(by_mode["always"])
+    names = [Path(path).name for path, _, _ in rows]
+    reader = open_beton(by_mode["always"])
+    mean_kib = np.mean([record_bytes(reader, index).size for index in range(len(rows))]) / 1024
+    assert f"KiB per record: JPEG {mean_kib:.1f} ({len(rows)} records); raw: none" in text
+    samplings = {"4:2:0": sum(name.startswith("420") for name in names),
+                 "4:4:4": sum(name.startswith("444") for name in names),
+                 "4:2:2": sum(name.startswith("422") for name in names)}
+    for sampling, count in samplings.items():
+        assert f"{sampling} {share(count, len(names))}" in text
+    made_at = [QUALITIES["finer"] if "finer_luma" in name else QUALITIES["coarser"] if "finer_chroma" in name
+               else mode_sources()[name]["quality"] for name in names]
+    for label, low, high in QUALITY_RANGES:
+        assert f"{label} {share(sum(low <= q <= high for q in made_at), len(names))}" in text
+    assert f"median {np.median(made_at):.0f}" in text
+    assert f"pass-through always): {len(rows)} of {len(rows)} records" in text
+
+
+def test_inspect_measures_the_decode_rate_on_request(by_mode: dict[str, Path]) -> None:
+    rates = measure_decode_rates(by_mode["never"], sample=12, rounds=1)
+    assert rates.records == 12 and rates.res == 160 and rates.decoder == "fast"
+    assert rates.ours > 0 and rates.stock > 0
+    assert f"{rates.ours:.0f} img/s, FFCV's stock decoder {rates.stock:.0f} img/s" in str(rates)
+    assert write_main(["inspect", str(by_mode["never"]), "--decode-rate", "--decode-sample", "0"]) == 2
