@@ -9,7 +9,8 @@
 int area_resize_strided(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
                         int out_height, int out_width);
 
-// The same area shrink with the same weights, summed rows first in a different order (results differ by
-// rounding): the decoders' resize, about twice INTER_LINEAR's cost. Same arguments and return value.
+// The same area shrink with the same weights in 8-bit fixed point, in passes the compiler vectorises
+// (results differ by rounding): the decoders' resize, about 1.1-1.4x INTER_LINEAR's cost where OpenCV's
+// INTER_AREA at a general ratio is 5-10x. Same arguments and return value.
 int area_shrink_fast(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
                      int out_height, int out_width);

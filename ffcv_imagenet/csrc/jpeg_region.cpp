@@ -65,8 +65,9 @@ thread_local std::vector<JSAMPROW> rows;  // decode_rgb's row pointers into the 
 // Window -> out, an area filter throughout, at a fraction of OpenCV's INTER_AREA cost at general ratios:
 // once the window is twice the output per side or more, first an exact k x k box average (OpenCV's
 // integer INTER_AREA path; the window trimmed by under k pixels to a multiple of k) that leaves it under
-// twice the output; then the rest of the shrink by the same area weights as OpenCV's INTER_AREA, summed
-// rows first (area_shrink_fast; a bilinear step here aliased fine texture: fur, foliage, fabric). A window smaller than the
+// twice the output; then the rest of the shrink by the same area weights as OpenCV's INTER_AREA in
+// vectorised fixed point (area_shrink_fast; a bilinear step here aliased fine texture: fur, foliage,
+// fabric). A window smaller than the
 // output on a side is enlarged by OpenCV's INTER_AREA, as FFCV's path does.
 void resize_fast(const cv::Mat &window, cv::Mat &out) {
     if (window.rows < out.rows || window.cols < out.cols) {
