@@ -194,7 +194,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="0 = all cores")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["proportion", "jpg"], choices=["proportion", "jpg", "raw"])
-    parser.add_argument("--folder", type=Path, help="where to keep (and find) the generated images")
     add_sources_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

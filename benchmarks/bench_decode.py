@@ -34,7 +34,7 @@ from ffcv.transforms import RandomHorizontalFlip
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_conversion import ffcv_imagenet_way  # noqa: E402
-from real_like_sources import add_sources_option, make_sources  # noqa: E402
+from real_like_sources import add_sources_option, prepare_sources  # noqa: E402
 
 from ffcv_imagenet.beton_format import JPEG_MODE, stored_bytes  # noqa: E402
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
@@ -106,12 +106,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--modes", nargs="+", choices=["proportion", "jpg"], default=["proportion", "jpg"])
-    parser.add_argument("--folder", type=Path, help="where to keep (and find) the generated images")
     add_sources_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.folder or Path(tmp) / "images"
-        print(make_sources(args.sources, root, args.images))
+        root = prepare_sources(args, Path(tmp))
         for write_mode in args.modes:
             files = write_files(root, Path(tmp), write_mode)
             print(f"write mode {write_mode}: {describe(files)}; 1 worker, median of {args.rounds} epochs", flush=True)

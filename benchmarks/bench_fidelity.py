@@ -25,7 +25,7 @@ from ffcv.loader import Loader, OrderOption
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from real_like_sources import add_sources_option, make_sources  # noqa: E402
+from real_like_sources import add_sources_option, prepare_sources  # noqa: E402
 
 from ffcv_imagenet.beton_format import JPEG_MODE  # noqa: E402
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
@@ -95,12 +95,10 @@ def describe(mse: np.ndarray) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=800)
-    parser.add_argument("--folder", type=Path, help="where to keep (and find) the generated images")
     add_sources_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.folder or Path(tmp) / "images"
-        print(make_sources(args.sources, root, args.images))
+        root = prepare_sources(args, Path(tmp))
         beton = Path(tmp) / "records.beton"
         convert_imagefolder(root, beton, ConversionSettings(), progress=False)  # rn50 data settings
         modes = image_metadata(open_beton(beton))["mode"]

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_conversion import time_mode  # noqa: E402
 from bench_decode import OURS, THEIRS, time_case  # noqa: E402
-from real_like_sources import add_sources_option, make_sources  # noqa: E402
+from real_like_sources import add_sources_option, prepare_sources  # noqa: E402
 
 from ffcv_imagenet.config import load_config  # noqa: E402
 from ffcv_imagenet.conversion import ConversionSettings  # noqa: E402
@@ -42,14 +42,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--config", type=Path, default=Path(__file__).parents[1] / "rcfg" / "rn50_88.yaml")
-    parser.add_argument("--folder", type=Path, help="where to keep (and find) the generated images")
     add_sources_option(parser)
     args = parser.parse_args()
     config = load_config(args.config)
     epochs_at = Counter((plan.crop_mode, plan.res) for plan in full_schedule(config.resolution, config.training.epochs))
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.folder or Path(tmp) / "images"
-        print(make_sources(args.sources, root, args.images))
+        root = prepare_sources(args, Path(tmp))
         _, cpu_ms = time_mode(root, Path(tmp), ConversionSettings(), repeats=1)
         files = {name: Path(tmp) / f"{WAY_OF[name]}.beton" for name in (THEIRS, OURS)}
         rates = {case: time_case(files, *case, args.rounds) for case in epochs_at}

@@ -161,9 +161,18 @@ DESCRIPTION_FILE = "SOURCES.txt"  # what a generated folder holds, so that --fol
 
 
 def add_sources_option(parser: argparse.ArgumentParser) -> None:
+    """--sources real-like|synthetic and --folder DIR, read by ``prepare_sources``."""
     parser.add_argument("--sources", choices=SOURCES, default=REAL_LIKE,
                         help="real-like (default): ImageNet's mix of chroma sampling, quality and sizes, photo "
                              "texture; synthetic: the earlier generator (quality 95 4:2:0 scenes with grain)")
+    parser.add_argument("--folder", type=Path, help="where to keep (and find) the generated images")
+
+
+def prepare_sources(args: argparse.Namespace, tmp: Path) -> Path:
+    """The source folder the options ask for (``--folder``, else under ``tmp``), made or reused; prints what it holds."""
+    root = args.folder or tmp / "images"
+    print(make_sources(args.sources, root, args.images), flush=True)
+    return root
 
 
 def make_sources(kind: str, root: Path, images: int) -> str:
