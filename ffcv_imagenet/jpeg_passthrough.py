@@ -106,7 +106,7 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
     position, adobe_transform, frame, tables = len(SOI), None, None, {}
     while position + 4 <= len(data):
         if data[position] != MARKER_PREFIX:
-            return None
+            break  # unreadable from here: a frame header already read still stands
         marker = data[position + 1]
         if marker == MARKER_PREFIX:  # fill byte before a marker
             position += 1
