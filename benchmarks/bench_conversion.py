@@ -2,10 +2,11 @@
 
 The ffcv-imagenet way is its write_imagenet.py: FFCV's DatasetWriter over torchvision's
 ImageFolder (PIL loader), with the same RGBImageField settings, worker count and chunk
-size. Ours runs with its defaults (seeded shuffled order, JPEG pass-through) and with
-``--no-jpeg-passthrough``. The source folder mimics ImageNet's originals: photo-like
-baseline JPEGs (the demo data's scenes scaled up, with grain and texture), mostly at or
-under 500 px on the long side, a share of 500-800 px, a tail of large photos (MIX).
+size. Ours runs with its defaults (seeded shuffled order, ``--jpeg-passthrough auto``) and
+with ``--jpeg-passthrough never``. The sources (``--sources``): real-like by default
+(real_like_sources: ImageNet's mix of chroma sampling, quality and sizes, photo texture), or the
+earlier synthetic ones: the demo data's scenes scaled up with grain and texture, all quality 95
+4:2:0, mostly at or under 500 px on the long side, a share of 500-800 px, a tail of large photos (MIX).
 Each write mode (proportion = the rn50 data, jpg) is timed separately; runs rotate in
 order so page-cache warmth favours no side; the ratio of median img/s is the result.
 Records both sides stored raw are compared pixel by pixel (PSNR), so a speed-up cannot
@@ -14,7 +15,7 @@ on a shared machine they vary less than wall time, and with every core busy the 
 second of a dedicated machine are its cores over them.
 
     python benchmarks/bench_conversion.py [--images 600] [--workers 0] [--repeats 3] [--modes proportion jpg]
-                                          [--folder DIR]
+                                          [--folder DIR] [--sources real-like|synthetic]
 
 ``--folder DIR`` keeps the generated images in DIR and reuses them when DIR already holds
 ``--images`` of them (making 4000 takes minutes); the .beton files still go to a temporary folder.
@@ -37,6 +38,8 @@ from ffcv.fields import IntField
 from ffcv.writer import DatasetWriter
 from PIL import Image
 from torchvision.datasets import ImageFolder
+
+from real_like_sources import add_sources_option, make_sources
 
 from ffcv_imagenet.beton_format import RAW_MODE
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder, read_index
@@ -115,19 +118,6 @@ def make_folder(root: Path, images: int, seed: int | Sequence[int] = 0, size: Si
     return total_bytes / total_pixels
 
 
-def reuse_or_make_folder(root: Path, images: int) -> float:
-    """make_folder's ImageNet-like mix in ``root``, unless it already holds exactly that many JPEGs
-    (then their bytes per pixel are measured again)."""
-    existing = sorted(root.glob("*/*.JPEG")) if root.is_dir() else []
-    if len(existing) != images:
-        return make_folder(root, images, size=imagenet_size)
-    pixels = 0
-    for path in existing:
-        with Image.open(path) as image:
-            pixels += image.width * image.height
-    return sum(path.stat().st_size for path in existing) / pixels
-
-
 def uniform_sides(low: int, high: int) -> SizeSampler:
     """Each side uniform in [low, high): photos of a few hundred pixels, as ImageNet's are once stored."""
     return lambda rng: tuple(int(side) for side in rng.integers(low, high, size=2))
@@ -146,10 +136,10 @@ def ours(root: Path, out: Path, settings: ConversionSettings) -> int:
 
 
 def ours_reencoding(root: Path, out: Path, settings: ConversionSettings) -> int:
-    return ours(root, out, dataclasses.replace(settings, jpeg_passthrough=False))
+    return ours(root, out, dataclasses.replace(settings, jpeg_passthrough="never"))
 
 
-WAYS = {"ffcv-imagenet way": ffcv_imagenet_way, "ours": ours, "ours, no pass-through": ours_reencoding}
+WAYS = {"ffcv-imagenet way": ffcv_imagenet_way, "ours": ours, "ours, pass-through never": ours_reencoding}
 
 
 def agreement(root: Path, reference: Path, candidate: Path) -> tuple[int, int, float]:
@@ -204,14 +194,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="0 = all cores")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="+", default=["proportion", "jpg"], choices=["proportion", "jpg", "raw"])
-    parser.add_argument("--folder", type=Path, help="where to keep (and find) the generated images")
+    add_sources_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.folder or Path(tmp) / "images"
-        bytes_per_pixel = reuse_or_make_folder(root, args.images)
-        print(f"\n{args.images} ImageNet-like baseline JPEGs ({bytes_per_pixel:.2f} bytes/pixel; "
-              + ", ".join(f"{share:.0%} {what}" for what, share in MIX.items())
-              + f"), {ConversionSettings(num_workers=args.workers).workers} workers, {os.cpu_count()} cores, "
+        print(f"\n{make_sources(args.sources, root, args.images)}; "
+              f"{ConversionSettings(num_workers=args.workers).workers} workers, {os.cpu_count()} cores, "
               f"{args.repeats} runs each")
         for mode in args.modes:
             settings = ConversionSettings(write_mode=mode, num_workers=args.workers)  # else ffcv-imagenet's RN-50

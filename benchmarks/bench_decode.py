@@ -1,22 +1,25 @@
-"""Decoder speed per core, one run: FFCV 1.0.2's stock decoders vs ours with each decode method.
+"""Training decode per core, one run: our default records with our decoder against ffcv-imagenet-style
+records with FFCV's stock decoder, on real-like sources (or the earlier synthetic ones).
 
-Methods (ffcv_imagenet.decoders): full = FFCV's decode path with our seeded windows; scaled = the
-whole JPEG at the IDCT scale that serves (FFCV's imdecode); region = only the window's iMCU region
-at that scale (our extension) and the cheaper resize (data.decoder: fast).
+Three files from the same source folder, per write mode (proportion = the rn50 data, jpg):
+- theirs: the ffcv-imagenet way (FFCV's DatasetWriter over torchvision's ImageFolder: every JPEG
+  record re-encoded at quality 90), read by FFCV's stock decoder (RandomResizedCropRGBImageDecoder +
+  RandomHorizontalFlip; CenterCropRGBImageDecoder; FFCV has no FixRes decoder, so there its decode
+  path, our FixRes window with ``method=full``);
+- ours: write_datasets' defaults (``--jpeg-passthrough auto``), read by our fast decoder (REGION);
+- ours re-encoded: ``--jpeg-passthrough never``, read by our fast decoder: what pass-through costs or
+  saves per epoch (the target: ours at least 0.98x of it).
+Each reader gets its own FFCV Loader with ONE worker thread (img/s per core), no tensor conversion.
+The first epoch of each loader (numba compile) is excluded; the readers take turns, the order
+rotating every round; the median epoch rate is reported with the ratios.
 
-Data: ImageNet-like photos (the demo scenes with grain and texture, as in bench_conversion.py),
-sides 250-500 px (about 400x350 on average), converted with write_datasets' defaults
-(proportion mode: half the records JPEG quality 90, half raw). Each decoder gets its own FFCV
-Loader with ONE worker thread (img/s per core), image pipeline = decoder (+ FFCV's
-RandomHorizontalFlip for the stock RRC, whose decoder does not flip), no tensor conversion.
-The first epoch of each loader (numba compile) is excluded; then the decoders take turns, the
-order rotating every round, and the median epoch rate is reported with the ratios.
-
-    python benchmarks/bench_decode.py [--images 600] [--rounds 5] [--jpeg-only] [--cases rrc fixres center]
+    python benchmarks/bench_decode.py [--images 1000] [--rounds 5] [--modes proportion jpg]
+                                      [--sources real-like|synthetic] [--folder DIR]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -25,36 +28,36 @@ from pathlib import Path
 
 import numpy as np
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder, get_random_crop
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_conversion import make_folder, uniform_sides  # noqa: E402
+from bench_conversion import ffcv_imagenet_way  # noqa: E402
+from real_like_sources import add_sources_option, prepare_sources  # noqa: E402
 
-from ffcv_imagenet.beton_format import RAW_MODE  # noqa: E402
+from ffcv_imagenet.beton_format import JPEG_MODE, stored_bytes  # noqa: E402
 from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
-from ffcv_imagenet.decoders import (METHODS, REGION, RRC_RATIO, RRC_SCALE, VAL_CROP_RATIO,  # noqa: E402
-                                    CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder,
-                                    dct_denominator)
+from ffcv_imagenet.decoders import (FULL, REGION, VAL_CROP_RATIO, CenterCropDecoder,  # noqa: E402
+                                    FixResCropDecoder, RandomResizedCropDecoder)
 from ffcv_imagenet.inspection import image_metadata, open_beton  # noqa: E402
 
-SIDE_RANGE = (250, 500)  # stored sides: about 400x350 on average, like ImageNet's originals
 BATCH_SIZE = 64
-# (crop mode, output resolutions): the issue's targets
-CASES = {"rrc": (160, 192), "fixres": (224, 288), "center": (224, 256)}
+# (crop mode, output resolution): the issue's targets
+CASES = (("rrc", 160), ("rrc", 192), ("fixres", 224), ("center", 224))
+THEIRS, OURS, OURS_REENCODED = "theirs+stock", "ours+fast", "ours re-encoded+fast"
 
 
-def decoders(mode: str, res: int) -> dict[str, list]:
-    """name -> image pipeline, for one crop mode; 'stock' is FFCV's own where FFCV has one."""
+def pipeline(reader: str, mode: str, res: int) -> list:
     size = (res, res)
-    if mode == "rrc":
-        stock, ours = [RandomResizedCropRGBImageDecoder(size), RandomHorizontalFlip()], RandomResizedCropDecoder
-    elif mode == "fixres":  # FFCV has no FixRes decoder: our FULL method is FFCV's decode path
-        stock, ours = None, FixResCropDecoder
-    else:
-        stock, ours = [CenterCropRGBImageDecoder(size, ratio=VAL_CROP_RATIO)], CenterCropDecoder
-    return {**({"stock": stock} if stock else {}), **{method: [ours(size, method=method)] for method in METHODS}}
+    if reader == THEIRS:
+        if mode == "rrc":
+            return [RandomResizedCropRGBImageDecoder(size), RandomHorizontalFlip()]
+        if mode == "center":
+            return [CenterCropRGBImageDecoder(size, ratio=VAL_CROP_RATIO)]
+        return [FixResCropDecoder(size, method=FULL)]
+    decoder = {"rrc": RandomResizedCropDecoder, "fixres": FixResCropDecoder, "center": CenterCropDecoder}[mode]
+    return [decoder(size, method=REGION)]
 
 
 def epoch_rate(loader: Loader) -> float:
@@ -63,57 +66,58 @@ def epoch_rate(loader: Loader) -> float:
     return count / (time.perf_counter() - started)
 
 
-def scale_shares(path: Path, res: int, indices: np.ndarray) -> str:
-    """How often RRC windows at ``res`` get each IDCT scale, over the JPEG records (a replay of the draws)."""
-    meta = image_metadata(open_beton(path))[indices]
-    meta = meta[meta["mode"] != RAW_MODE]
-    np.random.seed(0)
-    denoms = [dct_denominator.py_func(*get_random_crop(h, w, np.array(RRC_SCALE), np.array(RRC_RATIO))[2:], res, res)
-              for h, w in zip(meta["height"].tolist(), meta["width"].tolist())]
-    return ", ".join(f"1/{d}: {denoms.count(d) / len(denoms):.0%}" for d in sorted(set(denoms)))
+def write_files(root: Path, tmp: Path, write_mode: str) -> dict[str, Path]:
+    settings = ConversionSettings(write_mode=write_mode)
+    files = {name: tmp / f"{write_mode}-{name}.beton" for name in (THEIRS, OURS, OURS_REENCODED)}
+    ffcv_imagenet_way(root, files[THEIRS], settings)
+    convert_imagefolder(root, files[OURS], settings, progress=False)
+    convert_imagefolder(root, files[OURS_REENCODED], dataclasses.replace(settings, jpeg_passthrough="never"),
+                        progress=False)
+    return files
+
+
+def describe(files: dict[str, Path]) -> str:
+    parts = []
+    for name, path in files.items():
+        meta = image_metadata(open_beton(path))
+        parts.append(f"{name.split('+')[0]}: {np.mean(meta['mode'] == JPEG_MODE):.0%} JPEG, "
+                     f"{stored_bytes(path) / len(meta) / 1024:.1f} KiB/record")
+    return "; ".join(parts)
+
+
+def time_case(files: dict[str, Path], mode: str, res: int, rounds: int) -> dict[str, float]:
+    loaders = {name: Loader(str(files[name]), batch_size=BATCH_SIZE, num_workers=1, order=OrderOption.RANDOM,
+                            os_cache=True, seed=0,
+                            pipelines={"image": pipeline(name, mode, res), "label": [IntDecoder()]})
+               for name in files}
+    for loader in loaders.values():
+        epoch_rate(loader)  # warm-up: compile and page cache
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    names = list(loaders)
+    for round_ix in range(rounds):
+        shift = round_ix % len(names)
+        for name in names[shift:] + names[:shift]:
+            rates[name].append(epoch_rate(loaders[name]))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--jpeg-only", action="store_true", help="read only the records stored as JPEG")
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="crop modes to run")
+    parser.add_argument("--modes", nargs="+", choices=["proportion", "jpg"], default=["proportion", "jpg"])
+    add_sources_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root, beton = Path(tmp) / "photos", Path(tmp) / "photos.beton"
-        make_folder(root, args.images, size=uniform_sides(*SIDE_RANGE))
-        convert_imagefolder(root, beton, ConversionSettings(), progress=False)
-        meta = image_metadata(open_beton(beton))
-        keep = meta["mode"] != RAW_MODE if args.jpeg_only else np.ones(len(meta), dtype=bool)
-        indices = np.flatnonzero(keep)
-        print(f"{len(indices)} records ({np.mean(meta['mode'][indices] != RAW_MODE):.0%} JPEG), mean stored "
-              f"{meta['width'][indices].mean():.0f}x{meta['height'][indices].mean():.0f}; 1 worker; "
-              f"median of {args.rounds} epochs")
-        for mode in args.cases:
-            resolutions = CASES[mode]
-            pipelines = decoders(mode, resolutions[0])
-            first_ops = {name: pipeline[0] for name, pipeline in pipelines.items()}  # Loader empties the lists
-            loaders = {name: Loader(str(beton), batch_size=BATCH_SIZE, num_workers=1, order=OrderOption.RANDOM,
-                                    os_cache=True, indices=indices, seed=0,
-                                    pipelines={"image": pipeline, "label": [IntDecoder()]})
-                       for name, pipeline in pipelines.items()}
-            for res in resolutions:
-                for name, loader in loaders.items():
-                    first_ops[name].output_size = (res, res)  # read when an epoch allocates: no recompile
-                    epoch_rate(loader)  # warm-up: compile (first res) and page cache
-                rates: dict[str, list[float]] = {name: [] for name in loaders}
-                names = list(loaders)
-                for round_ix in range(args.rounds):
-                    shift = round_ix % len(names)
-                    for name in names[shift:] + names[:shift]:
-                        rates[name].append(epoch_rate(loaders[name]))
-                median = {name: statistics.median(values) for name, values in rates.items()}
-                cells = "  ".join(f"{name} {rate:7.0f} img/s" for name, rate in median.items())
-                ratios = "  ".join(f"{REGION}/{name} {median[REGION] / median[name]:.2f}x"
-                                   for name in median if name != REGION)
-                extra = f"  [RRC IDCT scales {scale_shares(beton, res, indices)}]" if mode == "rrc" else ""
-                print(f"{mode:6s} {res}: {cells}  |  {ratios}{extra}", flush=True)
+        root = prepare_sources(args, Path(tmp))
+        for write_mode in args.modes:
+            files = write_files(root, Path(tmp), write_mode)
+            print(f"write mode {write_mode}: {describe(files)}; 1 worker, median of {args.rounds} epochs", flush=True)
+            for mode, res in CASES:
+                rate = time_case(files, mode, res, args.rounds)
+                print(f"  {mode:6s} {res}: " + "  ".join(f"{name} {value:6.0f} img/s" for name, value in rate.items())
+                      + f"  |  ours/theirs {rate[OURS] / rate[THEIRS]:.2f}x  "
+                        f"ours/re-encoded {rate[OURS] / rate[OURS_REENCODED]:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from .beton_format import IMAGE_MODES
 from .image_files import Sample, Skipped, load_rgb
-from .jpeg_passthrough import (SourceJpeg, chooses_jpeg, decodes_cleanly, may_store_as_jpeg, passthrough_candidate,
-                               with_passthrough)
+from .jpeg_passthrough import (NEVER, SourceJpeg, chooses_jpeg, decodes_cleanly, may_store_as_jpeg,
+                               passthrough_candidate, passthrough_mode, with_passthrough)
 from .page_writes import PositionalAllocator
 
 POLL_SECONDS = 0.1
@@ -51,18 +51,19 @@ class SourceImages:
     A worker that raises would stop the whole write, so a file that fails to
     decode here (rare: ``probe`` rejected the usual suspects) is recorded in
     ``failure_dir`` and stands in as one pixel; the caller rewrites without it.
-    With ``field`` able to pass JPEGs through, a file that qualifies (see
-    jpeg_passthrough) is handed over as its own bytes and flagged in ``passed_through``,
+    With ``field`` able to pass JPEGs through, a file that qualifies under the
+    ``passthrough`` mode (see jpeg_passthrough) is handed over as its own bytes and flagged in ``passed_through``,
     an array in shared memory that the writer processes fill in.
     """
 
     def __init__(self, samples: list[Sample], field: RGBImageField, seed: int, failure_dir: str,
-                 passthrough: bool):
+                 passthrough: str | bool):
         self.samples = samples
         self.field = field
         self.seed = seed
         self.failure_dir = failure_dir
-        self.passthrough = passthrough and may_store_as_jpeg(field)
+        self.mode = passthrough_mode(passthrough)
+        self.passthrough = self.mode != NEVER and may_store_as_jpeg(field)
         self.passed_through = RawArray(ctypes.c_bool, len(samples))
 
     def __len__(self) -> int:
@@ -80,7 +81,7 @@ class SourceImages:
                 data = handle.read()  # once: the pass-through tests and the decode share it
             if self.passthrough:
                 # the cheap tests first: a record drawn as raw is decoded anyway
-                source = passthrough_candidate(data, self.field.max_resolution)
+                source = passthrough_candidate(data, self.field.max_resolution, self.mode, self.field.jpeg_quality)
                 if (source is not None and chooses_jpeg(self.field, source.width, source.height, draw_seed)
                         and decodes_cleanly(source)):
                     self.passed_through[index] = True
@@ -202,14 +203,14 @@ class Written:
 
 
 def write_records(samples: list[Sample], path: Path, field: RGBImageField, *, workers: int, chunk_size: int,
-                  seed: int, passthrough: bool, progress_label: str | None) -> Written:
+                  seed: int, passthrough: str | bool, progress_label: str | None) -> Written:
     """Write ``samples`` to ``path`` in the given order, redoing the write without any file that failed to decode.
 
     A redo costs a full write but only happens for files that pass ``probe`` yet
     fail to decode, which real folders almost never have.
     """
     failed: list[Skipped] = []
-    if passthrough:
+    if passthrough_mode(passthrough) != NEVER:
         field = with_passthrough(field)
     passed_through = np.zeros(0, dtype=bool)
     while samples:

@@ -9,7 +9,7 @@
    FFCV page holds many classes (a quasi-random batch draws from a few pages);
    a val set (converted with a class map) in folder order;
 5. write: FFCV's DatasetWriter, every core decoding each image once (or, for a
-   JPEG that needs no work, keeping its bytes: jpeg_passthrough), under a
+   JPEG that needs no work and costs no decode time, keeping its bytes: jpeg_passthrough), under a
    temporary name renamed when complete; then the sidecar JSON (class list,
    counts, settings), the ``.index`` (source and label of every record, in
    record order) and the ``.skipped`` report beside it.
@@ -34,6 +34,7 @@ from .beton_format import (DECODED, KEPT, ConversionError, index_path, load_clas
                            read_index, sidecar_path, skipped_report_path)
 from .fileio import atomic_path, atomic_write_text, check_writable_dir
 from .image_files import Sample, Skipped, is_hidden, probe, scan_class
+from .jpeg_passthrough import AUTO, passthrough_mode
 
 if TYPE_CHECKING:
     from ffcv.fields import RGBImageField
@@ -65,9 +66,15 @@ class ConversionSettings:
     seed: int = 0  # of the subset and of proportion mode's JPEG-or-raw choice per image
     smart_threshold: int = 0  # smart mode: store as JPEG when the raw RGB record exceeds this many bytes
     record_order: str = BY_ROLE  # shuffled | folder | auto: shuffled for a train set, folder with a class map
-    jpeg_passthrough: bool = True  # keep a source JPEG's bytes when it needs no work (False: ffcv-imagenet's records)
+    # auto: keep a source JPEG's bytes when it needs no work and decodes no slower than its re-encode;
+    # always: whenever it needs no work; never: ffcv-imagenet's records (True/False: always/never)
+    jpeg_passthrough: str = AUTO
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "jpeg_passthrough", passthrough_mode(self.jpeg_passthrough))
+        except ValueError as err:
+            raise ConversionError(str(err)) from None
         if self.write_mode not in WRITE_MODES:
             raise ConversionError(f"write mode must be one of {', '.join(WRITE_MODES)}: {self.write_mode!r}")
         if not 1 <= self.max_resolution <= MAX_RESOLUTION_LIMIT:

@@ -17,9 +17,10 @@ seeded draws as a full decode would use), then the JPEG is decoded at the larges
 IDCT downscale (1/2, 1/4, 1/8) that still leaves the window at least as large as the output in
 both dimensions, and only the iMCU-aligned region around the window is decoded (libjpeg's
 partial decode, our ``_jpeg_region`` extension); the window, mapped to scaled pixels, is resized
-once, with INTER_LINEAR when it is under twice the output per side (else an exact integer box
-average first; a fraction of the cost of FFCV's INTER_AREA at general ratios). Raw records are
-cropped and resized directly, with the same resize. SCALED decodes the
+once with an area filter, as FFCV's INTER_AREA: an exact integer box average first when it is twice
+the output per side or more, then INTER_AREA's weights summed in cheaper loops (a bilinear step here
+aliased fine texture; OpenCV's own INTER_AREA at general ratios costs about as much as the decode).
+Raw records are cropped and resized directly, with the same resize. SCALED decodes the
 whole image at the IDCT scale through FFCV's ``imdecode``; FULL is FFCV's own path (full-size
 decode, INTER_AREA), the recipe's ``data.decoder: stock``.
 

@@ -9,7 +9,9 @@ from ffcv.reader import Reader
 
 from .beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, class_names,  # noqa: F401
                            image_metadata, index_path, label_range, labels, load_class_names, loader_pipelines,
-                           open_beton, read_index, record_bytes, stored_bytes)
+                           load_sidecar, open_beton, read_index, record_bytes, sidecar_path, stored_bytes)
+from .jpeg_passthrough import chroma_sampling, estimated_quality, passthrough_mode, read_jpeg_header
+
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
 FULL_HISTOGRAM_MAX_CLASSES = 20  # above this, the histogram is summarised
@@ -18,6 +20,9 @@ BAR_WIDTH = 30
 CLASS_WINDOWS = (64, 512, 4096)  # records in a row: a batch drawn from a few pages sees about this many
 SHUFFLE_SEED = 0
 KIB = 1024
+JPEG_PROFILE_SAMPLE = 2000  # JPEG records whose headers are read (a seeded sample of larger files)
+HEADER_BYTES = 4096  # read first: the tables and frame header usually lie within; else the whole record
+QUALITY_RANGES = (("95-100", 95, 100), ("90-94", 90, 94), ("80-89", 80, 89), ("under 80", 1, 79))
 
 
 def read_image(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
@@ -88,6 +93,54 @@ def size_lines(path: Path, meta: np.ndarray) -> list[str]:
             f"{stored_bytes(path) / len(meta) / KIB:.1f} KiB of image data per record"]
 
 
+def record_sizes(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
+    """Every record's image bytes (its allocation at the metadata's data pointer)."""
+    meta = image_metadata(reader, fields)
+    table = reader.alloc_table
+    order = np.argsort(table["ptr"], kind="stable")
+    at = np.searchsorted(table["ptr"][order], meta["data_ptr"])
+    return table["size"][order][np.minimum(at, len(order) - 1)].astype(np.int64)
+
+
+def record_kind_lines(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> list[str]:
+    """KiB per record of each kind; for JPEG records, the shares of chroma samplings and of quality ranges:
+    what decides how fast a record decodes."""
+    meta, sizes = image_metadata(reader, fields), record_sizes(reader, fields)
+    is_jpeg = meta["mode"] == JPEG_MODE
+    lines = ["KiB per record: " + "; ".join(
+        f"{name} {sizes[chosen].mean() / KIB:.1f} ({int(chosen.sum())} records)" if chosen.any() else f"{name}: none"
+        for name, chosen in (("JPEG", is_jpeg), ("raw", ~is_jpeg)))]
+    jpeg_indices = np.flatnonzero(is_jpeg)
+    if not len(jpeg_indices):
+        return lines
+    sampled = len(jpeg_indices) > JPEG_PROFILE_SAMPLE
+    if sampled:
+        jpeg_indices = np.sort(np.random.default_rng(SHUFFLE_SEED).choice(jpeg_indices, JPEG_PROFILE_SAMPLE,
+                                                                         replace=False))
+    headers = [_jpeg_header(reader, int(meta["data_ptr"][i]), int(sizes[i])) for i in jpeg_indices]
+    headers = [header for header in headers if header is not None]
+    what = f"a sample of {len(jpeg_indices)}" if sampled else f"all {len(jpeg_indices)}"
+    if not headers:
+        return lines + [f"JPEG records ({what}): no readable header"]
+    samplings = [chroma_sampling(header) for header in headers]
+    qualities = np.array([estimated_quality(header) or 0 for header in headers])
+    lines.append(f"JPEG records ({what}), chroma: " + ", ".join(
+        f"{name} {samplings.count(name) / len(samplings):.0%}" for name in sorted(set(samplings), key=samplings.count,
+                                                                                reverse=True)))
+    lines.append("  quality (estimated from the luma table): " + ", ".join(
+        f"{name} {np.mean((qualities >= low) & (qualities <= high)):.0%}" for name, low, high in QUALITY_RANGES)
+        + f"; median {np.median(qualities):.0f}")
+    return lines
+
+
+def _jpeg_header(reader: Reader, offset: int, size: int) -> object:
+    head = np.fromfile(reader.file_name, dtype=np.uint8, count=min(size, HEADER_BYTES), offset=offset).tobytes()
+    header = read_jpeg_header(head)
+    if header is None or (size > HEADER_BYTES and not header.component_tables()):
+        header = read_jpeg_header(np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=offset).tobytes())
+    return header
+
+
 def distinct_classes_per_window(label_values: np.ndarray, window: int) -> float:
     """Mean number of classes among ``window`` consecutive records, over the file's whole windows."""
     starts = range(0, len(label_values) - window + 1, window)
@@ -113,12 +166,23 @@ def index_lines(path: Path, label_values: np.ndarray) -> list[str]:
         raise ConversionError(f"{index_path(path)} does not match {path}: its labels differ; they come from "
                               "different conversions")
     kept = sum(kept for _, _, kept in rows)
-    return [f"source JPEGs stored as they are (pass-through): {kept} of {len(rows)} records "
+    return [f"source JPEGs stored as they are (pass-through {passthrough_setting(path)}): {kept} of {len(rows)} records "
             f"({kept / len(rows):.0%}); sources listed in {index_path(path).name}"]
 
 
-def report(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> str:
-    """What ``inspect`` prints; raises ConversionError if the file is not a sound conversion."""
+def passthrough_setting(path: Path) -> str:
+    """The conversion's --jpeg-passthrough, from the sidecar (an on/off switch in older ones)."""
+    setting = load_sidecar(path).get("settings", {}).get("jpeg_passthrough") if sidecar_path(path).is_file() else None
+    try:
+        return passthrough_mode(setting)
+    except ValueError:  # no sidecar (adopted files have one without settings) or an unknown value
+        return "mode unknown"
+
+
+def report(path: str | Path, fields: Fields = DEFAULT_FIELDS, decode_rate: bool = False,
+           recipe: str | Path | None = None, decode_sample: int = 1000) -> str:
+    """What ``inspect`` prints; raises ConversionError if the file is not a sound conversion. With
+    ``decode_rate``, also the measured per-core decode rate (decode_rate: ``recipe``'s decoder against FFCV's)."""
     path = Path(path)
     reader = open_beton(path, fields)
     count = int(reader.num_samples)
@@ -127,7 +191,8 @@ def report(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> str:
     counts = np.bincount(label_values, minlength=len(names))
     lines = [f"{path}: {count} records, fields {reader.field_names}",
              f"classes: {len(names)} ({source})", *histogram_lines(counts, names),
-             *size_lines(path, image_metadata(reader, fields)), *index_lines(path, label_values),
+             *size_lines(path, image_metadata(reader, fields)), *record_kind_lines(reader, fields),
+             *index_lines(path, label_values),
              *class_mix_lines(label_values)]
 
     indices = spread_indices(count)
@@ -140,4 +205,8 @@ def report(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> str:
     lines.append(f"and through FFCV's Loader (centre {DECODE_SIDE} px), record: label, mean pixel:")
     lines.append("  " + "; ".join(f"#{index}: {names[label]}, {image.mean():.0f}"
                                   for index, label, image in zip(indices, decoded_labels, images)))
+    if decode_rate:
+        from .decode_rate import measure_decode_rates
+
+        lines.append(str(measure_decode_rates(path, recipe, decode_sample, fields=fields)))
     return "\n".join(lines)

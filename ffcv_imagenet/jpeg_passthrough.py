@@ -12,6 +12,14 @@ the library our region decoder and FFCV's TurboJPEG use (``jpeg_region.entropy_c
 Huffman decoding is most of a decode's cost and cannot be skipped, but the IDCT and colour
 conversion can. Everything else takes the usual path: decode, resize, re-encode.
 
+Those tests say a file *can* be kept (mode ``always``). The default, ``auto``, keeps it only
+when it also costs no decode time against the re-encode: chroma subsampled 2x2 (4:2:0, as
+OpenCV's re-encode writes; 4:4:4 has twice the chroma to entropy-decode and IDCT) and every
+quantisation step at least the re-encode's at ``--jpeg-quality`` (finer tables keep more
+coefficients, so more bytes to entropy-decode, every epoch). The tables are compared element by
+element, in the file's own (zigzag) order, against those OpenCV writes at that quality.
+``never`` re-encodes every JPEG record, as ffcv-imagenet does.
+
 FFCV records a field by its class, so the field stays an ``RGBImageField``; only
 its ``encode`` is replaced on the instance, to store a ``SourceJpeg`` as it is.
 """
@@ -19,13 +27,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from ffcv.fields import RGBImageField
 
 from .beton_format import JPEG_MODE
 from .jpeg_region import entropy_check
+
+if TYPE_CHECKING:  # conversion imports the modes before FFCV is needed
+    from ffcv.fields import RGBImageField
 
 SOI = b"\xff\xd8"
 MARKER_PREFIX = 0xFF
@@ -34,12 +44,27 @@ BASELINE_SOF = 0xC0  # SOF0: baseline sequential DCT, Huffman coded
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0-7: no length field
 START_OF_SCAN = 0xDA
+DEFINE_QUANTISATION = 0xDB  # DQT: one or more tables, each Pq/Tq then 64 steps of 1 (Pq 0) or 2 bytes
+QUANTISATION_STEPS = 64
 ADOBE_APP14 = 0xEE
 ADOBE_TRANSFORM_OFFSET = 11  # "Adobe" + version (2) + flags0 (2) + flags1 (2), then the transform byte
 ADOBE_NO_TRANSFORM = 0  # three components stored as RGB, not YCbCr
 EIGHT_BIT = 8
 YCBCR_COMPONENTS = 3
 RGB_CHANNELS = 3
+CHROMA_420 = ((2, 2), (1, 1), (1, 1))  # (horizontal, vertical) sampling factors of Y, Cb, Cr
+
+AUTO, ALWAYS, NEVER = "auto", "always", "never"
+PASSTHROUGH_MODES = (AUTO, ALWAYS, NEVER)
+
+
+def passthrough_mode(value: str | bool) -> str:
+    """A pass-through mode from a mode name, or from the on/off switch it was before (on: ``always``)."""
+    if isinstance(value, bool):
+        return ALWAYS if value else NEVER
+    if value not in PASSTHROUGH_MODES:
+        raise ValueError(f"JPEG pass-through must be one of {', '.join(PASSTHROUGH_MODES)}: {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,16 @@ class JpegHeader:
     height: int
     components: int
     adobe_transform: int | None  # None: no Adobe segment (JFIF: YCbCr)
+    sampling: tuple[tuple[int, int], ...] = ()  # (horizontal, vertical) factors per component
+    table_ids: tuple[int, ...] = ()  # quantisation table of each component
+    tables: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (id, 64 steps in zigzag order), as defined (DQT)
+
+    def component_tables(self) -> list[tuple[int, ...]] | None:
+        """Each component's quantisation steps, or None if a component's table is not defined."""
+        defined = dict(self.tables)
+        if any(table_id not in defined for table_id in self.table_ids):
+            return None
+        return [defined[table_id] for table_id in self.table_ids]
 
 
 @dataclass(frozen=True)
@@ -64,13 +99,14 @@ class SourceJpeg:
 
 
 def read_jpeg_header(data: bytes) -> JpegHeader | None:
-    """The frame header of JPEG bytes, or None if they are not a JPEG or it is unreadable."""
+    """The frame header of JPEG bytes (with the quantisation tables defined before the first scan),
+    or None if they are not a JPEG or it is unreadable."""
     if not data.startswith(SOI):
         return None
-    position, adobe_transform = len(SOI), None
+    position, adobe_transform, frame, tables = len(SOI), None, None, {}
     while position + 4 <= len(data):
         if data[position] != MARKER_PREFIX:
-            return None
+            break  # unreadable from here: a frame header already read still stands
         marker = data[position + 1]
         if marker == MARKER_PREFIX:  # fill byte before a marker
             position += 1
@@ -82,14 +118,38 @@ def read_jpeg_header(data: bytes) -> JpegHeader | None:
         segment = data[position + 4:position + 2 + length]
         if marker == ADOBE_APP14 and segment.startswith(b"Adobe") and len(segment) > ADOBE_TRANSFORM_OFFSET:
             adobe_transform = segment[ADOBE_TRANSFORM_OFFSET]
-        if marker in SOF_MARKERS and len(segment) >= 6:
-            return JpegHeader(sof_marker=marker, precision=segment[0], height=int.from_bytes(segment[1:3], "big"),
-                              width=int.from_bytes(segment[3:5], "big"), components=segment[5],
-                              adobe_transform=adobe_transform)
+        if marker == DEFINE_QUANTISATION:
+            tables.update(_quantisation_tables(segment))
+        if marker in SOF_MARKERS and len(segment) >= 6 and frame is None:
+            frame = (marker, segment)
         if marker == START_OF_SCAN:
-            return None  # scan data before any frame header
+            break  # every table a scan uses is defined before it
         position += 2 + length
-    return None
+    return None if frame is None else _header(*frame, adobe_transform, tables)
+
+
+def _quantisation_tables(segment: bytes) -> dict[int, tuple[int, ...]]:
+    tables, at = {}, 0
+    while at < len(segment):
+        step_bytes, table_id = 1 + (segment[at] >> 4), segment[at] & 0x0F
+        steps = segment[at + 1:at + 1 + step_bytes * QUANTISATION_STEPS]
+        if len(steps) < step_bytes * QUANTISATION_STEPS:
+            break  # a cut segment: the table stays undefined
+        tables[table_id] = tuple(int.from_bytes(steps[i:i + step_bytes], "big")
+                                 for i in range(0, len(steps), step_bytes))
+        at += 1 + step_bytes * QUANTISATION_STEPS
+    return tables
+
+
+def _header(marker: int, segment: bytes, adobe_transform: int | None,
+            tables: dict[int, tuple[int, ...]]) -> JpegHeader:
+    components = segment[5]
+    specs = [segment[6 + 3 * i:9 + 3 * i] for i in range(components) if len(segment) >= 9 + 3 * i]
+    return JpegHeader(sof_marker=marker, precision=segment[0], height=int.from_bytes(segment[1:3], "big"),
+                      width=int.from_bytes(segment[3:5], "big"), components=components,
+                      adobe_transform=adobe_transform,
+                      sampling=tuple((spec[1] >> 4, spec[1] & 0x0F) for spec in specs),
+                      table_ids=tuple(spec[2] for spec in specs), tables=tuple(sorted(tables.items())))
 
 
 def why_not_passed_through(header: JpegHeader | None, max_resolution: int) -> str | None:
@@ -109,16 +169,68 @@ def why_not_passed_through(header: JpegHeader | None, max_resolution: int) -> st
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def reencode_tables(jpeg_quality: int) -> tuple[tuple[int, ...], ...]:
+    """The quantisation steps (Y, Cb, Cr; zigzag order) of the re-encode at ``jpeg_quality``: those of
+    the encoder FFCV's field uses (OpenCV's), read from a tiny image it encodes."""
+    import cv2
+
+    encoded = cv2.imencode(".jpg", np.zeros((8, 8, RGB_CHANNELS), dtype=np.uint8),
+                           [int(cv2.IMWRITE_JPEG_QUALITY), jpeg_quality])[1].tobytes()
+    return tuple(read_jpeg_header(encoded).component_tables())
+
+
+def why_slower_than_reencoded(header: JpegHeader, jpeg_quality: int) -> str | None:
+    """Why keeping this JPEG's bytes would cost decode time against re-encoding it at ``jpeg_quality``
+    (``auto``'s extra tests), or None if it would not. ``header`` already passed ``why_not_passed_through``."""
+    if header.sampling != CHROMA_420:
+        return "chroma not subsampled 2x2 (4:2:0)"
+    source = header.component_tables()
+    if source is None:
+        return "a quantisation table is missing"
+    for name, steps, reference in zip(("luma", "chroma", "chroma"), source, reencode_tables(jpeg_quality)):
+        if min(np.subtract(steps, reference)) < 0:
+            return f"{name} quantisation finer than quality {jpeg_quality}'s"
+    return None
+
+
+CHROMA_NAMES = {CHROMA_420: "4:2:0", ((1, 1), (1, 1), (1, 1)): "4:4:4", ((2, 1), (1, 1), (1, 1)): "4:2:2"}
+GREYSCALE, OTHER_SAMPLING = "greyscale", "other"
+QUALITIES = range(1, 101)
+
+
+def chroma_sampling(header: JpegHeader) -> str:
+    """'4:2:0', '4:4:4', '4:2:2', 'greyscale' or 'other', from the frame header's sampling factors."""
+    if header.components == 1:
+        return GREYSCALE
+    return CHROMA_NAMES.get(header.sampling, OTHER_SAMPLING)
+
+
+def estimated_quality(header: JpegHeader) -> int | None:
+    """The libjpeg quality whose luma table is nearest this JPEG's (sum of absolute step differences),
+    or None without a luma table. Files from libjpeg-based encoders (PIL, OpenCV, most cameras' and
+    Flickr's) give back the quality they were saved at."""
+    tables = header.component_tables()
+    if not tables:
+        return None
+    luma = np.array(tables[0])
+    return min(QUALITIES, key=lambda quality: int(np.abs(luma - reencode_tables(quality)[0]).sum()))
+
+
 def decodes_cleanly(source: SourceJpeg) -> bool:
     """Every coefficient of the file decodes, up to its end marker, without a libjpeg warning: what FFCV's
     reader and our decoders need (they refuse such a record). Entropy decoding only, no pixels."""
     return entropy_check(source.data)
 
 
-def passthrough_candidate(data: bytes, max_resolution: int) -> SourceJpeg | None:
-    """A file's bytes as a SourceJpeg if its header qualifies (``decodes_cleanly`` is the costly last test)."""
+def passthrough_candidate(data: bytes, max_resolution: int, mode: str = ALWAYS,
+                          jpeg_quality: int = 90) -> SourceJpeg | None:
+    """A file's bytes as a SourceJpeg if its header qualifies under ``mode`` (``decodes_cleanly`` is
+    the costly last test); ``jpeg_quality``: the re-encode's, which ``auto`` compares tables with."""
     header = read_jpeg_header(data)
-    if why_not_passed_through(header, max_resolution) is not None:
+    if mode == NEVER or why_not_passed_through(header, max_resolution) is not None:
+        return None
+    if mode == AUTO and why_slower_than_reencoded(header, jpeg_quality) is not None:
         return None
     return SourceJpeg(data, header.width, header.height)
 

@@ -2,8 +2,10 @@
 
 ``crop_decode_resize`` decodes only the iMCU-aligned region of a JPEG around a window, at a 1/d
 IDCT scale, and resizes the window once; ``crop_resize`` resizes a window of a raw record. Both
-take an OpenCV interpolation code, or FAST_RESIZE: INTER_LINEAR while the window is under twice
-the output per side, else an exact integer box average first (see csrc/jpeg_region.cpp). The wrappers have FFCV's libffcv shape (arrays in, their
+take an OpenCV interpolation code, or FAST_RESIZE: an area filter throughout, an exact integer box
+average first once the window is twice the output per side, then the rest of the shrink with
+OpenCV's INTER_AREA weights in cheaper loops (see csrc/jpeg_region.cpp and csrc/area_resize.cpp).
+The wrappers have FFCV's libffcv shape (arrays in, their
 ``.ctypes.data`` out) so ``Compiler.compile`` can compile them into the loader's pipeline.
 ``entropy_check`` and ``decode_rgb`` are called from Python, by the conversion: whether a JPEG decodes
 without a warning, and a whole JPEG decoded the way PIL decodes it, without PIL's copies.
@@ -23,7 +25,7 @@ except ImportError as err:  # not built, or the system libjpeg lacks the partial
         "headers: run scripts/setup.sh, then reinstall.") from None
 
 REGION_OK = 0  # crop_decode_resize's return value on success; negative on damaged data or a bad window
-FAST_RESIZE = -1  # in place of an OpenCV interpolation code: the cheaper resize of csrc/jpeg_region.cpp
+FAST_RESIZE = -1  # in place of an OpenCV interpolation code: the cheaper area resize of csrc/jpeg_region.cpp
 
 compiled_library = CDLL(_jpeg_region.__file__)  # also holds area_resize (area_resize.py)
 _crop_decode_resize = compiled_library.crop_decode_resize

@@ -11,6 +11,7 @@ from .conversion import (BY_ROLE, FOLDER, RECORD_ORDERS, WRITE_MODES, Conversion
                          find_class_folders, require_known_classes)
 from .beton_format import Fields
 from .demo_data import make_demo_imagefolder
+from .jpeg_passthrough import ALWAYS, NEVER, PASSTHROUGH_MODES
 
 PROG = "write_datasets.py"
 DEFAULTS = ConversionSettings()
@@ -47,11 +48,15 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
                        help="records in a seeded random order (shuffled: every page holds many classes) or in "
                             "class-folder order; default: shuffled for a train set, folder for val (imagenet's "
                             "val, or convert with --class-map)")
-    group.add_argument("--jpeg-passthrough", action=argparse.BooleanOptionalAction,
-                       default=DEFAULTS.jpeg_passthrough,
-                       help="store a baseline YCbCr JPEG that needs no resize, and that the write mode stores as "
-                            "JPEG, with its own bytes (no decode, no re-encode); --no-jpeg-passthrough re-encodes "
-                            "every JPEG record as ffcv-imagenet does; default on")
+    group.add_argument("--jpeg-passthrough", nargs="?", const=ALWAYS, default=DEFAULTS.jpeg_passthrough,
+                       choices=PASSTHROUGH_MODES,
+                       help="store a source JPEG that the write mode stores as JPEG with its own bytes (no decode, "
+                            "no re-encode) when it is baseline YCbCr and needs no resize: auto, only when it also "
+                            "has 4:2:0 chroma and quantisation no finer than --jpeg-quality's (so it decodes no "
+                            "slower than its re-encode); always (the flag alone), whenever it needs no work; never, "
+                            "re-encode every JPEG record as ffcv-imagenet does; default %(default)s")
+    group.add_argument("--no-jpeg-passthrough", dest="jpeg_passthrough", action="store_const", const=NEVER,
+                       help="same as --jpeg-passthrough never")
 
 
 def _field_options(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", root_prog=PROG, help="record count, label histogram, sizes and a few decodes")
     inspect.add_argument("beton", type=Path)
     _field_options(inspect)
+    inspect.add_argument("--decode-rate", action="store_true",
+                         help="also measure the training decode rate per core on a sample of records: the "
+                              "recipe's decoder at its main resolution (resolution.min_res) against FFCV's stock one")
+    inspect.add_argument("--config", type=Path, metavar="RECIPE",
+                         help="--decode-rate: the recipe whose decoder and resolution are measured; default: "
+                              "the built-in defaults")
+    inspect.add_argument("--decode-sample", type=int, default=1000, metavar="N",
+                         help="--decode-rate: records in the sample; default %(default)s")
 
     adopt = commands.add_parser("adopt", root_prog=PROG,
                                 help="write our sidecar for a .beton from FFCV's own writer (ffcv-imagenet), "
@@ -155,7 +168,10 @@ def run(args: argparse.Namespace) -> None:
         convert_pair(args.imagenet_dir / "train", args.imagenet_dir / "val", args.out_dir, _settings(args))
     elif args.command == "inspect":
         from .inspection import report  # imports FFCV's loader: only when needed
-        print(report(args.beton, Fields(args.image_field, args.label_field)), flush=True)
+        if args.decode_sample < 1:
+            raise ValueError(f"--decode-sample must be positive: {args.decode_sample}")
+        print(report(args.beton, Fields(args.image_field, args.label_field), decode_rate=args.decode_rate,
+                     recipe=args.config, decode_sample=args.decode_sample), flush=True)
     elif args.command == "adopt":
         _adopt(args)
     elif args.command == "demo":

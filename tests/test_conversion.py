@@ -303,7 +303,7 @@ def test_imagenet_command_converts_train_then_val_with_its_class_map(demo_root: 
     train, val = tmp_path / "out" / "train.beton", tmp_path / "out" / "val.beton"
     assert load_class_names(val) == load_class_names(train)
     assert json.loads(sidecar_path(val).read_text())["settings"]["max_per_class"] == 2
-    assert json.loads(sidecar_path(train).read_text())["settings"]["jpeg_passthrough"] is False
+    assert json.loads(sidecar_path(train).read_text())["settings"]["jpeg_passthrough"] == "never"
     # train in a seeded random order, val in folder order (evaluation reads it all) even when shuffled is asked
     assert [json.loads(sidecar_path(path).read_text())["record_order"] for path in (train, val)] == ["shuffled",
                                                                                                     "folder"]

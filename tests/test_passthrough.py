@@ -4,6 +4,8 @@ everything else (progressive, CMYK, greyscale, oversized, damaged, PNG) takes th
 the pass-through check refuses exactly what FFCV's reader warns about."""
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -15,13 +17,17 @@ from ffcv.libffcv import imdecode
 from ffcv.loader import Loader, OrderOption
 from PIL import Image
 
-from ffcv_imagenet.beton_format import JPEG_MODE
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder, read_index
+from ffcv_imagenet.beton_format import JPEG_MODE, sidecar_path
+from ffcv_imagenet.conversion import ConversionError, ConversionSettings, convert_imagefolder, read_index
 from ffcv_imagenet.decoders import CenterCropDecoder
 from ffcv_imagenet.image_files import load_rgb, to_rgb_array
-from ffcv_imagenet.inspection import image_metadata, open_beton, read_image, record_bytes
-from ffcv_imagenet.jpeg_passthrough import BASELINE_SOF, read_jpeg_header, why_not_passed_through
+from ffcv_imagenet.decode_rate import measure_decode_rates
+from ffcv_imagenet.inspection import QUALITY_RANGES, image_metadata, open_beton, read_image, record_bytes, report
+from ffcv_imagenet.jpeg_passthrough import (BASELINE_SOF, passthrough_candidate, read_jpeg_header,
+                                            why_not_passed_through, why_slower_than_reencoded)
 from ffcv_imagenet.jpeg_region import entropy_check
+from ffcv_imagenet.write_cli import build_parser
+from ffcv_imagenet.write_cli import main as write_main
 
 MAX_RESOLUTION = 200
 DECODE_TOLERANCE = 2.0  # mean absolute difference: FFCV's fast-DCT decode against PIL's decode of the same bytes
@@ -237,3 +243,140 @@ def test_entropy_check_agrees_with_ffcvs_reader(tmp_path: Path, damage: Callable
     data = path.read_bytes() if damage is None else damage(path.read_bytes())
     assert entropy_check(data) == CHECKED[damage]
     assert ffcv_decodes_cleanly(data) == CHECKED[damage]
+
+
+# ---------------------------------------------------------------- auto | always | never
+REENCODE_QUALITY = 90  # ConversionSettings' default --jpeg-quality; PIL and OpenCV both scale libjpeg's tables
+SUBSAMPLINGS = {"444": 0, "422": 1, "420": 2}  # PIL's subsampling codes
+QUALITIES = {"coarser": 80, "same": REENCODE_QUALITY, "finer": 96}
+
+
+def tables_at(quality: int) -> list[list[int]]:
+    """libjpeg's luma and chroma tables at ``quality`` as PIL writes them (natural order)."""
+    with Image.open(io.BytesIO(_jpeg_bytes(quality=quality))) as image:
+        return [list(image.quantization[0]), list(image.quantization[1])]
+
+
+def _jpeg_bytes(**options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(photo(64, 64, seed=0)).save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
+def mode_sources() -> dict[str, dict]:
+    """name -> PIL save options: every chroma sampling at tables coarser than, equal to and finer than the
+    re-encode's; and 4:2:0 files whose luma or chroma alone is finer."""
+    sources = {f"{sampling}_{table}.jpg": dict(quality=quality, subsampling=code)
+               for sampling, code in SUBSAMPLINGS.items() for table, quality in QUALITIES.items()}
+    coarse, fine = tables_at(QUALITIES["coarser"]), tables_at(QUALITIES["finer"])
+    sources["420_finer_luma.jpg"] = dict(qtables=[fine[0], coarse[1]], subsampling=2)
+    sources["420_finer_chroma.jpg"] = dict(qtables=[coarse[0], fine[1]], subsampling=2)
+    return sources
+
+
+KEPT_BY_AUTO = {"420_coarser.jpg", "420_same.jpg"}  # equal tables are no finer
+
+
+@pytest.fixture(scope="module")
+def by_mode(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("modes")
+    for label in range(2):
+        for k, (name, options) in enumerate(mode_sources().items()):
+            path = base / "tree" / f"class_{label}" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(photo(120 + 2 * k, 150 - 3 * k, seed=100 * label + k)).save(path, **options)
+    betons = {}
+    for mode in ("auto", "always", "never"):
+        betons[mode] = base / f"{mode}.beton"
+        settings = ConversionSettings(write_mode="jpg", max_resolution=MAX_RESOLUTION, num_workers=2,
+                                      jpeg_passthrough=mode, jpeg_quality=REENCODE_QUALITY)
+        convert_imagefolder(base / "tree", betons[mode], settings, progress=False)
+    return betons
+
+
+def test_sources_have_the_sampling_and_tables_they_were_made_with(by_mode: dict[str, Path]) -> None:
+    for path, _, _ in read_index(by_mode["never"]):
+        header, name = read_jpeg_header(Path(path).read_bytes()), Path(path).name
+        luma_sampling = {"444": (1, 1), "422": (2, 1), "420": (2, 2)}[name[:3]]
+        assert header.sampling == (luma_sampling, (1, 1), (1, 1)), name
+        reason = why_slower_than_reencoded(header, REENCODE_QUALITY)
+        assert (reason is None) == (name in KEPT_BY_AUTO), (name, reason)
+        if name.startswith(("444", "422")):
+            assert "4:2:0" in reason
+        elif name not in KEPT_BY_AUTO:
+            assert f"finer than quality {REENCODE_QUALITY}" in reason
+            assert reason.startswith("chroma" if "chroma" in name else "luma")
+
+
+@pytest.mark.parametrize("mode", ["auto", "always", "never"])
+def test_each_mode_keeps_exactly_its_share(by_mode: dict[str, Path], mode: str) -> None:
+    """auto: only 4:2:0 files with tables no finer than the re-encode's; always: every clean baseline
+    file; never: none. Kept records are the source bytes, the rest the usual re-encode (what never stores)."""
+    reader, never = open_beton(by_mode[mode]), open_beton(by_mode["never"])
+    rows = read_index(by_mode[mode])
+    assert [row[:2] for row in rows] == [row[:2] for row in read_index(by_mode["never"])]
+    expected = {"auto": lambda name: name in KEPT_BY_AUTO, "always": lambda name: True,
+                "never": lambda name: False}[mode]
+    for index, (path, _, kept) in enumerate(rows):
+        assert kept == expected(Path(path).name), (mode, path)
+        stored = record_bytes(reader, index).tobytes()
+        assert stored == (Path(path).read_bytes() if kept else record_bytes(never, index).tobytes()), path
+    sidecar = json.loads(sidecar_path(by_mode[mode]).read_text())
+    assert sidecar["settings"]["jpeg_passthrough"] == mode
+    assert sidecar["num_passed_through"] == sum(kept for _, _, kept in rows)
+
+
+def test_auto_keeps_coarser_420_files_and_re_encodes_finer_ones(tmp_path: Path) -> None:
+    """A source made at the re-encode's own quality but finer than a lower --jpeg-quality is re-encoded."""
+    path = tmp_path / "x.jpg"
+    Image.fromarray(photo(64, 64, seed=1)).save(path, quality=REENCODE_QUALITY, subsampling=2)
+    data = path.read_bytes()
+    assert passthrough_candidate(data, MAX_RESOLUTION, "auto", REENCODE_QUALITY) is not None
+    assert passthrough_candidate(data, MAX_RESOLUTION, "auto", REENCODE_QUALITY - 5) is None
+    assert passthrough_candidate(data, MAX_RESOLUTION, "always", REENCODE_QUALITY - 5) is not None
+    assert passthrough_candidate(data, MAX_RESOLUTION, "never", REENCODE_QUALITY) is None
+
+
+def test_the_cli_reads_every_spelling_of_the_mode() -> None:
+    spellings = {(): "auto", ("--jpeg-passthrough",): "always", ("--no-jpeg-passthrough",): "never",
+                 **{("--jpeg-passthrough", mode): mode for mode in ("auto", "always", "never")}}
+    for flags, mode in spellings.items():
+        assert build_parser().parse_args(["convert", "root", "out.beton", *flags]).jpeg_passthrough == mode
+    assert ConversionSettings(jpeg_passthrough=True).jpeg_passthrough == "always"  # the former switch
+    assert ConversionSettings(jpeg_passthrough=False).jpeg_passthrough == "never"
+    with pytest.raises(ConversionError, match="one of auto, always, never"):
+        ConversionSettings(jpeg_passthrough="sometimes")
+
+
+# ---------------------------------------------------------------- inspect: what decides decode speed
+def share(count: int, total: int) -> str:
+    return f"{count / total:.0%}"
+
+
+def test_inspect_reports_record_sizes_chroma_and_quality_of_jpeg_records(by_mode: dict[str, Path]) -> None:
+    """Every JPEG record of the ``always`` file is its source: the shares follow from how PIL made them."""
+    text = report(by_mode["always"])
+    rows = read_index(by_mode["always"])
+    names = [Path(path).name for path, _, _ in rows]
+    reader = open_beton(by_mode["always"])
+    mean_kib = np.mean([record_bytes(reader, index).size for index in range(len(rows))]) / 1024
+    assert f"KiB per record: JPEG {mean_kib:.1f} ({len(rows)} records); raw: none" in text
+    samplings = {"4:2:0": sum(name.startswith("420") for name in names),
+                 "4:4:4": sum(name.startswith("444") for name in names),
+                 "4:2:2": sum(name.startswith("422") for name in names)}
+    for sampling, count in samplings.items():
+        assert f"{sampling} {share(count, len(names))}" in text
+    made_at = [QUALITIES["finer"] if "finer_luma" in name else QUALITIES["coarser"] if "finer_chroma" in name
+               else mode_sources()[name]["quality"] for name in names]
+    for label, low, high in QUALITY_RANGES:
+        assert f"{label} {share(sum(low <= q <= high for q in made_at), len(names))}" in text
+    assert f"median {np.median(made_at):.0f}" in text
+    assert f"pass-through always): {len(rows)} of {len(rows)} records" in text
+
+
+def test_inspect_measures_the_decode_rate_on_request(by_mode: dict[str, Path]) -> None:
+    rates = measure_decode_rates(by_mode["never"], sample=12, rounds=1)
+    assert rates.records == 12 and rates.res == 160 and rates.decoder == "fast"
+    assert rates.ours > 0 and rates.stock > 0
+    assert f"{rates.ours:.0f} img/s, FFCV's stock decoder {rates.stock:.0f} img/s" in str(rates)
+    assert write_main(["inspect", str(by_mode["never"]), "--decode-rate", "--decode-sample", "0"]) == 2

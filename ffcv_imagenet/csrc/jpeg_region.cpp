@@ -15,6 +15,8 @@
 #include <jpeglib.h>
 #include <opencv2/imgproc.hpp>
 
+#include "area_resize.h"
+
 #if !defined(LIBJPEG_TURBO_VERSION_NUMBER) || LIBJPEG_TURBO_VERSION_NUMBER < 1005000
 #error "ffcv_imagenet needs libjpeg-turbo 1.5 or newer (jpeg_crop_scanline, jpeg_skip_scanlines)"
 #endif
@@ -27,8 +29,8 @@ constexpr int kBadWindow = -2;   // window outside the scaled image
 constexpr int kNoRoom = -3;      // scratch buffer too small for the region
 constexpr size_t kChannels = 3;
 constexpr int kFastResize = -1;  // "interpolation" asking for resize_fast instead of one OpenCV mode
-constexpr int kLinearBelow = 2;
-constexpr unsigned kSmallestScale = 8;  // libjpeg's smallest IDCT scale, 1/8  // INTER_LINEAR alone while the window is under this many times the output
+constexpr int kBoxFrom = 2;  // an integer box average first once the window is this many times the output
+constexpr unsigned kSmallestScale = 8;  // libjpeg's smallest IDCT scale, 1/8
 
 struct ErrorManager {
     jpeg_error_mgr pub;
@@ -60,20 +62,33 @@ thread_local cv::Mat boxed;  // resize_fast's intermediate, reused across images
 thread_local std::vector<JSAMPLE> check_row;  // entropy_check's one decoded row
 thread_local std::vector<JSAMPROW> rows;  // decode_rgb's row pointers into the caller's array
 
-// Window -> out at a fraction of INTER_AREA's cost at general ratios: INTER_LINEAR while the window is
-// under twice the output per side; beyond, first an exact k x k box average (OpenCV's integer
-// INTER_AREA path; the window trimmed by under k pixels to a multiple of k) that brings it under
-// 1.5x, then INTER_LINEAR.
+// Window -> out, an area filter throughout, at a fraction of OpenCV's INTER_AREA cost at general ratios:
+// once the window is twice the output per side or more, first an exact k x k box average (OpenCV's
+// integer INTER_AREA path; the window trimmed by under k pixels to a multiple of k) that leaves it under
+// twice the output; then the rest of the shrink by the same area weights as OpenCV's INTER_AREA in
+// vectorised fixed point (area_shrink_fast; a bilinear step here aliased fine texture: fur, foliage,
+// fabric). A window smaller than the
+// output on a side is enlarged by OpenCV's INTER_AREA, as FFCV's path does.
 void resize_fast(const cv::Mat &window, cv::Mat &out) {
-    const int k = std::min(window.rows / out.rows, window.cols / out.cols);
-    if (k < kLinearBelow) {
-        cv::resize(window, out, out.size(), 0, 0, cv::INTER_LINEAR);
+    if (window.rows < out.rows || window.cols < out.cols) {
+        cv::resize(window, out, out.size(), 0, 0, cv::INTER_AREA);
         return;
     }
-    const int height = window.rows / k * k, width = window.cols / k * k;
-    const cv::Rect trimmed((window.cols - width) / 2, (window.rows - height) / 2, width, height);
-    cv::resize(window(trimmed), boxed, cv::Size(width / k, height / k), 0, 0, cv::INTER_AREA);
-    cv::resize(boxed, out, out.size(), 0, 0, cv::INTER_LINEAR);
+    const int k = std::min(window.rows / out.rows, window.cols / out.cols);
+    cv::Mat shrunk = window;
+    if (k >= kBoxFrom) {
+        const int height = window.rows / k * k, width = window.cols / k * k;
+        const cv::Rect trimmed((window.cols - width) / 2, (window.rows - height) / 2, width, height);
+        cv::resize(window(trimmed), boxed, cv::Size(width / k, height / k), 0, 0, cv::INTER_AREA);
+        shrunk = boxed;
+    }
+    if (shrunk.size() == out.size()) {
+        shrunk.copyTo(out);
+        return;
+    }
+    if (area_shrink_fast(shrunk.data, shrunk.rows, shrunk.cols, shrunk.step, out.data, out.rows, out.cols) != kOk) {
+        cv::resize(shrunk, out, out.size(), 0, 0, cv::INTER_AREA);  // a cell too long for its taps: not after the box
+    }
 }
 
 void resize_window(const cv::Mat &window, cv::Mat &out, int interpolation) {

@@ -1,0 +1,83 @@
+"""``inspect --decode-rate``: how fast a .beton's records decode for training, per core.
+
+The recipe's training decoder (data.decoder; augment's RandomResizedCrop ranges) at its main resolution
+(resolution.min_res, where most epochs run) against FFCV's stock RandomResizedCropRGBImageDecoder plus
+RandomHorizontalFlip (ffcv-imagenet's pipeline), on the same sample of records: each reader gets an
+FFCV Loader with one worker thread; its first epoch (numba compile, page cache) is not timed; then they
+take turns and the median epoch rate is reported.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .beton_format import DEFAULT_FIELDS, Fields, loader_pipelines
+
+BATCH_SIZE = 64
+SAMPLE_SEED = 0
+
+
+@dataclass(frozen=True)
+class DecodeRates:
+    records: int
+    res: int
+    decoder: str  # the recipe's data.decoder
+    ours: float  # img/s, one worker
+    stock: float
+
+    def __str__(self) -> str:
+        return (f"training decode per core, {self.records} records, RandomResizedCrop {self.res} px: recipe's "
+                f"decoder ({self.decoder}) {self.ours:.0f} img/s, FFCV's stock decoder {self.stock:.0f} img/s "
+                f"({self.ours / self.stock:.2f}x)")
+
+
+def sample_indices(count: int, sample: int) -> np.ndarray:
+    """``sample`` record indices drawn without replacement (all when the file has no more)."""
+    if count <= sample:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(SAMPLE_SEED).choice(count, sample, replace=False))
+
+
+def _epoch_rate(loader: object) -> float:
+    started = time.perf_counter()
+    count = sum(len(labels) for _, labels in loader)
+    return count / (time.perf_counter() - started)
+
+
+def measure_decode_rates(path: str | Path, recipe: str | Path | None = None, sample: int = 1000,
+                         rounds: int = 3, fields: Fields = DEFAULT_FIELDS) -> DecodeRates:
+    """The recipe's decoder (defaults when ``recipe`` is None) against FFCV's stock one, per core."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.reader import Reader
+    from ffcv.transforms import RandomHorizontalFlip
+
+    from .config import load_config
+    from .decoders import RandomResizedCropDecoder
+    from .loaders import DECODE_METHODS, CropSettings
+
+    config = load_config(recipe)
+    crop = CropSettings.from_recipe(config.augment)
+    res = config.resolution.min_res
+    indices = sample_indices(int(Reader(str(path)).num_samples), sample)
+    images = {"ours": [RandomResizedCropDecoder((res, res), crop.flip, DECODE_METHODS[config.data.decoder],
+                                                crop.rrc_scale, crop.rrc_ratio)],
+              "stock": [RandomResizedCropRGBImageDecoder((res, res), crop.rrc_scale, crop.rrc_ratio),
+                        RandomHorizontalFlip()]}
+    loaders = {name: Loader(str(path), batch_size=BATCH_SIZE, num_workers=1, order=OrderOption.RANDOM,
+                            seed=SAMPLE_SEED, indices=indices, drop_last=False,
+                            pipelines=loader_pipelines(path, fields, pipeline, [IntDecoder()]))
+               for name, pipeline in images.items()}
+    for loader in loaders.values():
+        _epoch_rate(loader)  # compile and page cache: not timed
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    for round_ix in range(rounds):
+        for name in (list(loaders) if round_ix % 2 == 0 else list(loaders)[::-1]):
+            rates[name].append(_epoch_rate(loaders[name]))
+    return DecodeRates(len(indices), res, config.data.decoder, statistics.median(rates["ours"]),
+                       statistics.median(rates["stock"]))
