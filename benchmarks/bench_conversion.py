@@ -39,9 +39,9 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from ffcv_imagenet.beton_format import RAW_MODE
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder, read_index
-from ffcv_imagenet.demo_data import make_image
-from ffcv_imagenet.inspection import image_metadata, open_beton, read_image
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder, read_index
+from ffcv_imagenet.convert.demo_data import make_image
+from ffcv_imagenet.convert.inspection import image_metadata, open_beton, read_image
 
 CLASSES = 10
 TYPICAL_SIDE = (400, 800)  # make_folder's default sizes: each side in this range

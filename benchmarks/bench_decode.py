@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_conversion import make_folder, uniform_sides  # noqa: E402
 
 from ffcv_imagenet.beton_format import RAW_MODE  # noqa: E402
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
 from ffcv_imagenet.decoders import (METHODS, REGION, RRC_RATIO, RRC_SCALE, VAL_CROP_RATIO,  # noqa: E402
                                     CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder,
                                     dct_denominator)
-from ffcv_imagenet.inspection import image_metadata, open_beton  # noqa: E402
+from ffcv_imagenet.convert.inspection import image_metadata, open_beton  # noqa: E402
 
 SIDE_RANGE = (250, 500)  # stored sides: about 400x350 on average, like ImageNet's originals
 BATCH_SIZE = 64

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ffcv_imagenet.config import load_config
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
 from ffcv_imagenet.loaders import CropSettings, LoaderSettings, TrainLoader
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan
 

@@ -192,7 +192,7 @@ def test_after_an_interrupt_half_built_objects_stay_quiet() -> None:
 @pytest.fixture(scope="module")
 def three_class_val(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real .beton with other classes: three of the demo's six."""
-    from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+    from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
 
     root = tmp_path_factory.mktemp("three_classes")
     for folder in sorted((demo_root / "val").iterdir())[:3]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ffcv_imagenet.beton_format import Fields, field_names, labels, open_beton, sidecar_path
-from ffcv_imagenet.inspection import read_image
+from ffcv_imagenet.convert.inspection import read_image
 from ffcv_imagenet.loaders import LoaderSettings, TrainLoader, build_val_loader
 from ffcv_imagenet.schedule import RRC, EpochPlan
 from ffcv_writer import write_like_ffcv_imagenet
@@ -120,7 +120,7 @@ CLOSE_LEVELS = 12  # mean |difference| in 8-bit levels between two decodes of th
 
 @pytest.fixture(scope="module")
 def mode_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ffcv_imagenet.demo_data import make_demo_imagefolder
+    from ffcv_imagenet.convert.demo_data import make_demo_imagefolder
 
     root = make_demo_imagefolder(tmp_path_factory.mktemp("mode_images"), num_classes=MODE_CLASSES,
                                  train_per_class=MODE_PER_CLASS, val_per_class=1, seed=3)

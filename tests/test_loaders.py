@@ -17,7 +17,7 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.state import State
 from ffcv.transforms import ToDevice
 
-from ffcv_imagenet.inspection import open_beton
+from ffcv_imagenet.convert.inspection import open_beton
 from ffcv_imagenet.loaders import (LoaderSettings, TrainLoader, _image_tail, _label_pipeline, in_layout, normalize,
                                    workers_per_rank)
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan

@@ -16,11 +16,11 @@ from ffcv.loader import Loader, OrderOption
 from PIL import Image
 
 from ffcv_imagenet.beton_format import JPEG_MODE
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder, read_index
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder, read_index
 from ffcv_imagenet.decoders import CenterCropDecoder
-from ffcv_imagenet.image_files import load_rgb, to_rgb_array
-from ffcv_imagenet.inspection import image_metadata, open_beton, read_image, record_bytes
-from ffcv_imagenet.jpeg_passthrough import BASELINE_SOF, read_jpeg_header, why_not_passed_through
+from ffcv_imagenet.convert.image_files import load_rgb, to_rgb_array
+from ffcv_imagenet.convert.inspection import image_metadata, open_beton, read_image, record_bytes
+from ffcv_imagenet.convert.jpeg_passthrough import BASELINE_SOF, read_jpeg_header, why_not_passed_through
 from ffcv_imagenet.jpeg_region import entropy_check
 
 MAX_RESOLUTION = 200

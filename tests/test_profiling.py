@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ffcv_imagenet.config import load_config
 from ffcv_imagenet.distributed import DistContext
-from ffcv_imagenet.inspection import open_beton
+from ffcv_imagenet.convert.inspection import open_beton
 from ffcv_imagenet.profiling import LOADER, MODEL, TABLE_HEADER, Profiler, ProfileSettings, format_duration
 from ffcv_imagenet.schedule import FIXRES, RRC, full_schedule, phases
 from ffcv_imagenet.trainer import Trainer, check_datasets

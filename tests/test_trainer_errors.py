@@ -58,8 +58,8 @@ def test_missing_recipe_and_stray_argument(tmp_path: Path) -> None:
 
 
 def test_val_with_other_classes_is_refused(demo_betons: dict, tmp_path: Path) -> None:
-    from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
-    from ffcv_imagenet.demo_data import make_demo_imagefolder
+    from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
+    from ffcv_imagenet.convert.demo_data import make_demo_imagefolder
 
     other = make_demo_imagefolder(tmp_path / "other", num_classes=3, train_per_class=2, val_per_class=2, seed=1)
     val = tmp_path / "val.beton"

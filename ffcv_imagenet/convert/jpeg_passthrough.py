@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 from ffcv.fields import RGBImageField
 
-from .beton_format import JPEG_MODE
-from .jpeg_region import entropy_check
+from ..beton_format import JPEG_MODE
+from ..jpeg_region import entropy_check
 
 SOI = b"\xff\xd8"
 MARKER_PREFIX = 0xFF

@@ -7,7 +7,7 @@ import numpy as np
 from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 
-from .beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, class_names,  # noqa: F401
+from ..beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, class_names,  # noqa: F401
                            image_metadata, index_path, label_range, labels, load_class_names, loader_pipelines,
                            open_beton, read_index, record_bytes, stored_bytes)
 SAMPLES_TO_DECODE = 8
