@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, add_recipe_options, answer_recipe_questions, fail,
-                  interrupt_outside_native_callbacks, interrupted, os_error_message, split_overrides,
-                  world_from_env)
-from .config import Config, ConfigError, load_config, to_dict
+from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, fail, interrupt_outside_native_callbacks, interrupted,
+                  os_error_message, world_from_env)
+from .config import Config, ConfigError, to_dict
+from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
+from .recipes import load_config
 
 if TYPE_CHECKING:
     import torch

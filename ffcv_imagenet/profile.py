@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli import (EXIT_IO_ERROR, OneLineParser, add_recipe_options, answer_recipe_questions, fail, os_error_message,
-                  split_overrides)
-from .config import ConfigError, load_config
+from .cli import EXIT_IO_ERROR, OneLineParser, fail, os_error_message
+from .config import ConfigError
+from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
+from .recipes import load_config
 from .distributed import init_distributed, shutdown
 from .profiling import (DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, ProfileSettings, format_report,
                         run_profile)

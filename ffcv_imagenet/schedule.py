@@ -18,8 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli import OneLineParser, add_recipe_options, answer_recipe_questions, fail, split_overrides
-from .config import ConfigError, ResolutionConfig, check_section, check_value, load_config
+from .cli import OneLineParser, fail
+from .config import ConfigError, ResolutionConfig, check_section, check_value
+from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
+from .recipes import load_config
 
 PROG = "python -m ffcv_imagenet.schedule"
 RES_MULTIPLE = 32  # ffcv-imagenet rounds ramp resolutions to a multiple of 32

@@ -10,9 +10,10 @@ import sys
 from typing import Sequence
 
 from . import schedule
-from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, add_recipe_options, answer_recipe_questions, fail,
-                  os_error_message, recipe_text, split_overrides, translation_notes, world_from_env)
-from .config import ConfigError, load_config
+from .cli import EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, fail, os_error_message, world_from_env
+from .config import ConfigError
+from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
+from .recipes import load_config, recipe_text, translation_notes
 
 PROG = "train_imagenet.py"
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_imagenet.config import ConfigError, describe, load_config, to_yaml
+from ffcv_imagenet.config import ConfigError, describe, to_yaml
+from ffcv_imagenet.recipes import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from ffcv_imagenet.config import load_config
+from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.distributed import DistContext
 from ffcv_imagenet.convert.inspection import open_beton
 from ffcv_imagenet.profiling import LOADER, MODEL, TABLE_HEADER, Profiler, ProfileSettings, format_duration

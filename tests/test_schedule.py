@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_imagenet.config import ConfigError, ResolutionConfig, load_config
+from ffcv_imagenet.config import ConfigError, ResolutionConfig
+from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.schedule import FIXRES, RRC, fixres_epochs, format_table, full_schedule, phases, validate
 
 REPO = Path(__file__).resolve().parents[1]

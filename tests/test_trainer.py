@@ -11,7 +11,7 @@ import torch
 from torchvision import models
 
 from ffcv_imagenet.checkpointing import last_checkpoint_path, load_checkpoint
-from ffcv_imagenet.config import load_config
+from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.schedule import full_schedule
 from ffcv_imagenet.tensorboard_log import TENSORBOARD_FOLDER
 from ffcv_imagenet.trainer import EXIT_DIVERGED, EXIT_PREEMPTED, FINAL_WEIGHTS

@@ -88,7 +88,7 @@ def test_a_dead_rank_ends_the_run_instead_of_hanging(demo_betons: dict, tmp_path
 
 
 def test_print_schedule_prints_the_table_alone() -> None:
-    from ffcv_imagenet.config import load_config
+    from ffcv_imagenet.recipes import load_config
     from ffcv_imagenet.schedule import format_table, full_schedule
 
     result = run([*train_command([])[:2], "--config", str(REPO / "rcfg" / "rn50_88.yaml"), "--print-schedule"])
