@@ -80,7 +80,8 @@ def test_table_merges_equal_epochs() -> None:
 
 
 def test_schedule_command_prints_table_and_refuses_bad_overrides() -> None:
-    run = [sys.executable, "-m", "ffcv_imagenet.schedule", "--config", str(REPO / "rcfg" / "rn50_88.yaml")]
+    run = [sys.executable, str(REPO / "train_imagenet.py"), "--config", str(REPO / "rcfg" / "rn50_88.yaml"),
+           "--print-schedule"]
     good = subprocess.run(run, capture_output=True, text=True)
     assert good.returncode == 0 and "79-87     | 224 | fixres" in good.stdout
     bad = subprocess.run(run + ["--resolution.fixres_epochs=88"], capture_output=True, text=True)
