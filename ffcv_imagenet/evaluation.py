@@ -1,7 +1,6 @@
 """Top-1 / top-5 over the whole validation set, every image counted exactly once across ranks."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -10,9 +9,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import schedule
 from .beton_format import Fields
+from .checkpointing import load_trained_weights
+from .config import ConfigError
 from .distributed import DistContext, all_reduce_sum
 from .loaders import LoaderSettings, PinnedBufferGuard, ValLoader, build_val_loader, normalize, workers_per_rank
+from .model import autocast_for, prepare_model
+from .preflight import preflight
 
 if TYPE_CHECKING:
     from .config import Config
@@ -26,14 +30,6 @@ class EvalResult:
     top5: float
     loss: float
     count: int  # images evaluated over all ranks
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision as the recipe asks: fp16 or bf16 autocast, or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def sync_buffers(ctx: DistContext, model: nn.Module) -> None:
@@ -121,3 +117,21 @@ class Evaluator:
             result = self.evaluate(model, res)
             rows.append({"res": res, "top1": result.top1, "top5": result.top5, "count": result.count})
         return rows
+
+
+def evaluate_saved(config: Config, ctx: DistContext, path: str | Path, resolutions: Sequence[int]) -> list[dict]:
+    """The separate evaluation command: saved weights at each test resolution, printed as a table.
+
+    Only the model and the val loaders are built: no optimizer, scaler or train loader.
+    """
+    datasets = preflight(config, ctx)
+    for res in resolutions:
+        if res <= 0:
+            raise ConfigError(f"--eval-res: resolutions must be positive, got {res}")
+    model = prepare_model(config, ctx, len(datasets.classes))
+    load_trained_weights(model, path, config.model.arch)
+    rows = Evaluator(config, ctx, datasets.val_path, datasets.val_size).resolution_rows(model, resolutions)
+    if ctx.is_main:
+        print(resolution_table(rows, schedule.full_schedule(config.resolution, config.training.epochs)[-1].res),
+              flush=True)
+    return rows

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .beton_format import ConversionError, load_class_names, open_beton
+from .checkpointing import load_trained_weights, read_trained_weights
 from .config import Config, ConfigError, to_dict
 from .decoders import CorruptRecordError
 from .distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
@@ -34,8 +35,8 @@ from .evaluation import Evaluator, view_logits
 from .export_files import MANIFEST, check_resolutions, partial_path, resolution_folder
 from .fileio import atomic_write_text, check_writable_dir
 from .loaders import val_indices
+from .model import prepare_model
 from .preflight import check_precision
-from .trainer import load_trained_weights, prepare_model, read_trained_weights
 
 
 @dataclass(frozen=True)

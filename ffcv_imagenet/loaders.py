@@ -33,7 +33,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from .beton_format import DEFAULT_FIELDS, Fields, loader_pipelines
-from .config import AugmentConfig
+from .config import AugmentConfig, Config
 from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, FixResCropDecoder,
                        RandomResizedCropDecoder, SeededCropDecoder)
 from .distributed import job_cores, ranks_on_node
@@ -333,6 +333,17 @@ class TrainLoader:
             # An epoch left early (a stop signal, the profiler's timed windows) must stop FFCV's
             # decode thread: its thread object is never collected, so it would keep its batch buffers.
             stop_epoch(batches)
+
+
+def build_train_loader(config: Config, settings: LoaderSettings, *, distributed: bool,
+                       fields: Fields = DEFAULT_FIELDS) -> TrainLoader:
+    """The recipe's training loader (``config.data.train_dataset``; ``fields`` as preflight found them),
+    delivering to ``settings.device``: the trainer's, or the profiler's second one on the host."""
+    data = config.data
+    return TrainLoader(data.train_dataset, settings, order=data.order, in_memory=data.in_memory,
+                       distributed=distributed, seed=config.training.seed, cache_mib=data.cache_mib,
+                       fixres_crop_ratio=config.resolution.fixres_crop_ratio, decoder=data.decoder, fields=fields,
+                       crop=CropSettings.from_recipe(config.augment))
 
 
 def stop_epoch(batches: EpochIterator) -> None:

@@ -18,6 +18,8 @@ from .config import SECTIONS, Config, ConfigError, check_section
 from .distributed import DistContext
 from .tensorboard_log import check_tensorboard
 
+CLASS_NAMES_SHOWN = 10  # in the run's opening lines (dataset_line); log.jsonl's start record has them all
+
 
 @dataclass(frozen=True)
 class Datasets:
@@ -124,3 +126,11 @@ def preflight(config: Config, ctx: DistContext) -> Datasets:
     datasets = check_datasets(config)
     check_run_settings(config, datasets, ctx.world_size, ctx.device)
     return datasets
+
+
+def dataset_line(datasets: Datasets) -> str:
+    """Which files, how many images, and the classes (the first few names, and where they come from)."""
+    hidden = len(datasets.classes) - CLASS_NAMES_SHOWN
+    shown = ", ".join(datasets.classes[:CLASS_NAMES_SHOWN]) + (f", ... ({hidden} more)" if hidden > 0 else "")
+    return (f"data: train {datasets.train_path} ({datasets.train_size} images), val {datasets.val_path} "
+            f"({datasets.val_size} images); {len(datasets.classes)} classes: {shown} ({datasets.names_from})")

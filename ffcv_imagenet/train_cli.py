@@ -71,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # seconds that loading torch and FFCV (which compiles numba code at import) take.
     from .distributed import init_distributed, shutdown
     from .decoders import CorruptRecordError
-    from .trainer import TrainingStopped, evaluate_saved, train
+    from .evaluation import evaluate_saved
+    from .trainer import TrainingStopped, train
 
     try:
         ctx = init_distributed(config.dist)

@@ -167,7 +167,8 @@ def test_evaluate_command_reproduces_the_runs_own_numbers(straight_run: Path, de
 
 def test_bn_fc_fixres_phase_trains_only_batchnorm_and_classifier(demo_betons: dict, tmp_path: Path) -> None:
     from ffcv_imagenet.distributed import DistContext
-    from ffcv_imagenet.trainer import Trainer, check_datasets
+    from ffcv_imagenet.preflight import check_datasets
+    from ffcv_imagenet.trainer import Trainer
 
     config = load_config(DEMO_RECIPE, tiny_overrides(demo_betons, tmp_path, **{
         "training.epochs": 2, "resolution.fixres_train": "bn_fc", "validation.every": 2}))
