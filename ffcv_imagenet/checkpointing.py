@@ -11,6 +11,10 @@ background thread, so training goes on during the write.
 Resuming with a recipe that would train a different run (another model, LR,
 schedule, epoch count...) is refused; what only changes where data comes from
 or how the run is launched (paths, workers, logging, ranks) may differ.
+
+Saved weights are read back here too (``load_trained_weights``): a checkpoint (our keys) or an
+exported ``final_weights.pt`` (torchvision's), with one error line naming the option that gave the
+path; ``find_resume_point`` picks the checkpoint a run continues from.
 """
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Top-1 / top-5 over the whole validation set, every image counted exactly once across ranks."""
+"""Top-1 / top-5 over the whole validation set, every image counted exactly once across ranks.
+
+``Evaluator`` serves training (after each epoch, at several test resolutions at the end) and
+``evaluate_saved`` (``train_imagenet.py --evaluate WEIGHTS``: saved weights, no optimizer or train
+loader); ``view_logits`` is the one forward pass, shared with the export."""
 from __future__ import annotations
 
 from dataclasses import dataclass
