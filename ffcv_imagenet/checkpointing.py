@@ -160,6 +160,18 @@ def check_resumable(state: dict[str, Any], current: Config, path: str | Path) ->
     if differences:
         raise ConfigError(f"checkpoint {path} is from a different run ({'; '.join(differences)}); "
                           "use another logging.folder or the recipe it was made with")
+    check_same_window(state, current, path)
+
+
+def check_same_window(state: dict[str, Any], current: Config, path: str | Path) -> None:
+    """A quasi_random epoch's order depends on its window, half of ``data.cache_mib``: resumed inside
+    the epoch with another one, the rest of the epoch would repeat some images and skip others."""
+    saved = state["recipe"].get("data", {}).get("cache_mib", SECTIONS["data"]["cache_mib"].default)
+    inside_epoch = state.get("samples_in_epoch", 0) > 0
+    if inside_epoch and current.data.order == "quasi_random" and saved != current.data.cache_mib:
+        raise ConfigError(f"data.cache_mib: {saved} -> {current.data.cache_mib}: checkpoint {path} stopped inside "
+                          f"epoch {state['epoch']}, whose quasi_random order the window (cache_mib / 2) sets; "
+                          f"resume with data.cache_mib={saved}")
 
 
 def read_trained_weights(path: str | Path, option: str = "--evaluate") -> tuple[dict[str, torch.Tensor], bool]:
