@@ -33,7 +33,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from .beton_format import DEFAULT_FIELDS, Fields, loader_pipelines
-from .config import AugmentConfig, Config
+from .config import AugmentConfig, Config, ConfigError
 from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, FixResCropDecoder,
                        RandomResizedCropDecoder, SeededCropDecoder)
 from .distributed import job_cores, ranks_on_node
@@ -277,8 +277,12 @@ class TrainLoader:
         # (each rank its band of both): the order must not depend on the rank count, so neither may the window.
         # int(): the header's page size is a numpy uint32, and 4096 MiB does not fit one.
         window_pages = max(1, self.cache_mib * MIB // int(loader.reader.page_size) // 2)
-        return PageShuffleOrder(samples_by_page(loader.memory_manager.page_to_samples, loader.indices),
-                                seed=self.seed, window_pages=window_pages)
+        try:
+            pages = samples_by_page(loader.memory_manager.page_to_samples, loader.indices)
+        except ValueError as err:  # a page-ordered visit would train that record twice an epoch
+            raise ConfigError(f"data.order: quasi_random reads {self.path} page by page, but {err}; "
+                              "use data.order=random") from None
+        return PageShuffleOrder(pages, seed=self.seed, window_pages=window_pages)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the last partial global batch is dropped)."""
