@@ -159,6 +159,7 @@ def range_pair(item: Checker) -> Checker:
 # ---------------------------------------------------------------- declarations
 RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults (augment.rrc_scale, rrc_ratio)
 RRC_RATIO = (3 / 4, 4 / 3)
+STANDARD_CROP_RATIO = 224 / 256  # the standard ImageNet val transform: a 224 crop of the image resized to 256
 LR_REFERENCE_BATCH = 256  # lr.lr_per_256 is the peak LR per this many images of global batch
 
 
@@ -216,7 +217,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
                             "last epochs in the FixRes phase; -1 = max(1, round(epochs/10)), 0 = none", default=0),
         fixres_res=Param(POSITIVE_INT, "FixRes phase resolution (at least the main phase's largest)", default=224),
         fixres_crop_ratio=Param(typed(float, Interval(0.0, 1.0, "(]")),
-                                "FixRes: crop side / resized shorter side (resize to res/ratio)", default=224 / 256),
+                                "FixRes: crop side / resized shorter side (resize to res/ratio)",
+                                default=STANDARD_CROP_RATIO),
         fixres_train=Param(choice("all", "bn_fc"), "FixRes phase trains: all | bn_fc (BatchNorm and classifier "
                            "only, the FixRes paper's fine-tuning)", default="all"),
     )
@@ -297,7 +299,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         batch_size=Param(POSITIVE_INT, "images per rank per validation step", default=256),
         resolution=Param(POSITIVE_INT, "center-crop side at evaluation", default=256),
         crop_ratio=Param(typed(float, Interval(0.0, 1.0, "(]")),
-                         "center crop covers this fraction of the shorter side", default=224 / 256),
+                         "center crop covers this fraction of the shorter side",
+                         default=STANDARD_CROP_RATIO),
         flip_tta=Param(BOOL, "average logits over the image and its mirror", default=True),
         every=Param(POSITIVE_INT, "evaluate every N epochs (the last epoch always)", default=1),
         resolutions=Param(ListOf(POSITIVE_INT), "after training, also evaluate at each of these test "
