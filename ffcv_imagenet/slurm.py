@@ -32,11 +32,10 @@ import subprocess
 import sys
 from typing import Mapping, NoReturn, Sequence
 
-from .train_cli import EXIT_ERROR, OneLineParser
+from .cli import EXIT_ERROR, EXIT_PREEMPTED, OneLineParser
 
 PROG = "python -m ffcv_imagenet.slurm"
 DEFAULT_PORT = 29500
-EXIT_PREEMPTED = 143  # what the trainer returns after a stop signal's checkpoint (trainer.EXIT_PREEMPTED)
 WAITED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # torchrun gets these itself and stops its workers
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # torchrun of this Python's environment
 

@@ -14,7 +14,8 @@ from ffcv_imagenet.checkpointing import last_checkpoint_path, load_checkpoint
 from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.schedule import full_schedule
 from ffcv_imagenet.tensorboard_log import TENSORBOARD_FOLDER
-from ffcv_imagenet.trainer import EXIT_DIVERGED, EXIT_PREEMPTED, FINAL_WEIGHTS
+from ffcv_imagenet.cli import EXIT_DIVERGED, EXIT_ERROR, EXIT_PREEMPTED
+from ffcv_imagenet.trainer import FINAL_WEIGHTS
 from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, free_port, interrupt_after_epochs, run,
                      tiny_overrides, torchrun_command, train_command)
 
@@ -91,7 +92,7 @@ def test_sigterm_checkpoints_and_resume_equals_uninterrupted(straight_run: Path,
 
 def test_checkpoint_of_another_recipe_is_refused(straight_run: Path, demo_betons: dict) -> None:
     result = run(train_command(tiny_overrides(demo_betons, straight_run, **{"lr.lr_per_256": 0.2})))
-    assert result.returncode == 2
+    assert result.returncode == EXIT_ERROR
     assert result.stderr.count("\n") == 1 and "lr.lr_per_256: 0.4 -> 0.2" in result.stderr, explain(result)
 
 
