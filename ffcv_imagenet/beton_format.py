@@ -195,6 +195,18 @@ def label_range(path: str | Path, reader: Reader, fields: Fields = DEFAULT_FIELD
     return values
 
 
+def recorded_fields(beton: str | Path) -> Fields | None:
+    """The image and label field names the sidecar records (``convert`` and ``adopt`` write them);
+    None without a sidecar, or with one that does not name exactly one of each."""
+    path = sidecar_path(beton)
+    if not path.is_file():
+        return None
+    kinds = load_sidecar(path).get("fields", {})
+    images = [name for name, kind in kinds.items() if kind == "RGBImageField"]
+    labels = [name for name, kind in kinds.items() if kind == "IntField"]
+    return Fields(images[0], labels[0]) if len(images) == len(labels) == 1 else None
+
+
 def class_names(path: str | Path, label_values: np.ndarray) -> tuple[list[str], str]:
     """(index -> name, where the names come from): the sidecar's list, or the label numbers without one."""
     path = Path(path)

@@ -92,9 +92,9 @@ class Evaluator:
     """The recipe's evaluation of any model: val loaders built on first use at each resolution and kept
     (numba compiles a pipeline once), rank 0's BatchNorm statistics, flip TTA as the recipe says."""
 
-    def __init__(self, config: Config, ctx: DistContext, val_path: Path, val_size: int):
+    def __init__(self, config: Config, ctx: DistContext, val_path: Path, val_size: int, fields: Fields):
         self.config, self.ctx = config, ctx
-        self.val_path, self.val_size = val_path, val_size
+        self.val_path, self.val_size, self.fields = val_path, val_size, fields
         self.loaders: dict[int, ValLoader] = {}
 
     def loader(self, res: int) -> ValLoader:
@@ -106,7 +106,7 @@ class Evaluator:
             self.loaders[res] = build_val_loader(
                 self.val_path, settings, res=res, crop_ratio=config.validation.crop_ratio,
                 num_samples=self.val_size, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                decoder=config.data.decoder, fields=Fields.of(config.data))
+                decoder=config.data.decoder, fields=self.fields)
         return self.loaders[res]
 
     def evaluate(self, model: nn.Module, res: int | None = None) -> EvalResult:
@@ -134,7 +134,8 @@ def evaluate_saved(config: Config, ctx: DistContext, path: str | Path, resolutio
             raise ConfigError(f"--eval-res: resolutions must be positive, got {res}")
     model = prepare_model(config, ctx, len(datasets.classes))
     load_trained_weights(model, path, config.model.arch)
-    rows = Evaluator(config, ctx, datasets.val_path, datasets.val_size).resolution_rows(model, resolutions)
+    evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)
+    rows = evaluator.resolution_rows(model, resolutions)
     if ctx.is_main:
         print(resolution_table(rows, schedule.full_schedule(config.resolution, config.training.epochs)[-1].res),
               flush=True)

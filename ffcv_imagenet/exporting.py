@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .beton_format import ConversionError, load_class_names, open_beton
+from .beton_format import ConversionError, Fields, load_class_names, open_beton
 from .checkpointing import load_trained_weights, read_trained_weights
-from .config import Config, ConfigError, to_dict
+from .config import Config, ConfigError, DataConfig, to_dict
 from .decoders import CorruptRecordError
 from .distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
 from .evaluation import Evaluator, view_logits
@@ -36,7 +36,7 @@ from .export_files import MANIFEST, check_resolutions, partial_path, resolution_
 from .fileio import atomic_write_text, check_writable_dir
 from .loaders import val_indices
 from .model import prepare_model
-from .preflight import check_precision
+from .preflight import check_precision, dataset_fields
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,10 @@ class ExportPlan:
 
 
 # ---------------------------------------------------------------- checks before any work
-def dataset_classes(dataset: Path) -> tuple[list[str], int]:
-    """(class list, record count) of the .beton to export."""
+def dataset_classes(dataset: Path, data: DataConfig) -> tuple[list[str], int, Fields]:
+    """(class list, record count, image/label fields) of the .beton to export."""
     try:
-        return load_class_names(dataset), int(open_beton(dataset).num_samples)
+        return load_class_names(dataset), int(open_beton(dataset).num_samples), dataset_fields(data, dataset)
     except ConversionError as err:
         raise ConfigError(f"--dataset: {err}") from None
 
@@ -192,7 +192,7 @@ def export(config: Config, weights: Path, dataset: Path, resolutions: Sequence[i
            logits: bool, float16: bool) -> list[Path]:
     """The whole command on this rank: checks, model, one folder per resolution."""
     check_resolutions(resolutions)
-    classes, count = dataset_classes(dataset)
+    classes, count, fields = dataset_classes(dataset, config.data)
     check_class_count(weights, dataset, classes, config)
     ctx = init_distributed(config.dist)
     try:
@@ -212,7 +212,7 @@ def export(config: Config, weights: Path, dataset: Path, resolutions: Sequence[i
         plan = ExportPlan(weights=weights, dataset=dataset, classes=classes, count=count,
                           embedding_size=model.fc.in_features, logits=logits,
                           dtype="float16" if float16 else "float32")
-        evaluator = Evaluator(config, ctx, dataset, count)
+        evaluator = Evaluator(config, ctx, dataset, count, fields)
         try:
             folders = [export_resolution(model, evaluator, plan, res, out, ctx) for res in resolutions]
         except CorruptRecordError as err:  # the dataset: bad input, said in one line

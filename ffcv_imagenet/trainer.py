@@ -120,7 +120,7 @@ class Trainer:
                                                fields=datasets.fields)
         self.checkpoints = checkpointing.CheckpointWriter()
         self.last_save = time.monotonic()
-        self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size)
+        self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)
         if resume_from is not None:
             self._resume(resume_from)
 

@@ -13,12 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from ffcv_imagenet.beton_format import Fields, field_names, labels, open_beton, sidecar_path
+from ffcv_imagenet.beton_format import Fields, field_names, labels, open_beton, recorded_fields, sidecar_path
 from ffcv_imagenet.convert.inspection import read_image
+from ffcv_imagenet.distributed import DistContext
+from ffcv_imagenet.evaluation import Evaluator
 from ffcv_imagenet.loaders import LoaderSettings, TrainLoader, build_val_loader
+from ffcv_imagenet.preflight import check_datasets
+from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.schedule import RRC, EpochPlan
 from ffcv_writer import write_like_ffcv_imagenet
-from helpers import REPO, epoch_records, explain, run, tiny_overrides, train_command
+from helpers import DEMO_RECIPE, REPO, epoch_records, explain, run, tiny_overrides, train_command
 
 STORED_SIDE = 64  # ffcv-imagenet writes 500 px (train_500_0.50_90.ffcv); tiny here
 TWO_EPOCHS = {"training.epochs": 2, "validation.resolutions": "[]"}  # one 32 px rrc epoch, one 64 px FixRes epoch
@@ -208,6 +212,24 @@ def test_fields_named_in_the_recipe_are_read_in_any_order(other_fields: Path, tm
     assert all(images.shape == (BATCH, 3, OUT_SIDE, OUT_SIDE) for images, _ in batches)  # images first
     assert torch.cat([got.view(-1) for _, got in batches]).tolist() == labels(open_beton(other_fields, fields),
                                                                               fields).tolist()
+
+
+def test_an_adopted_file_is_read_with_the_fields_its_sidecar_records(other_fields: Path, mode_root: Path,
+                                                                     tmp_path: Path) -> None:
+    copy = tmp_path / "triples.beton"
+    shutil.copy(other_fields, copy)
+    adopted = run_write_datasets("adopt", str(copy), "--classes-from", str(mode_root), "--image-field", "img",
+                                 "--label-field", "target")
+    assert adopted.returncode == 0, explain(adopted)
+    recorded = Fields(image="img", label="target")
+    assert recorded_fields(copy) == recorded
+    config = load_config(DEMO_RECIPE, tiny_overrides({"train": copy, "val": copy}, tmp_path / "run"))
+    datasets = check_datasets(config)  # the recipe leaves data.image_field and data.label_field at their defaults
+    assert datasets.fields == datasets.val_fields == recorded
+    ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)
+    seen = torch.cat([got.view(-1).clone() for _, got in evaluator.loader(OUT_SIDE)])
+    assert seen.tolist() == labels(open_beton(copy, recorded), recorded).tolist()
 
 
 @pytest.fixture(scope="module")
