@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ffcv_imagenet import slurm
+from ffcv_imagenet import slurm_launch as slurm
 from ffcv_imagenet.cli import EXIT_PREEMPTED
 from ffcv_imagenet.checkpointing import last_checkpoint_path, load_checkpoint
 from helpers import DEMO_RECIPE, REPO, TRAIN, cpu_env, epoch_records, free_port, tiny_overrides
