@@ -150,6 +150,25 @@ def stored_bytes(path: str | Path) -> int:
     return int(table["size"].sum())
 
 
+POINTER_COLUMNS = ("data_ptr", "ptr")  # where FFCV's fields keep the address of data stored outside the metadata
+
+
+def stored_bytes_by_field(reader: Reader) -> dict[str, int]:
+    """Bytes of record data per field, for the fields that store it outside the metadata table
+    (images, byte strings, arrays: each record's allocation is found by the address its metadata
+    holds); fields held whole in the metadata (labels) are absent."""
+    table = reader.alloc_table
+    order = np.argsort(table["ptr"], kind="stable")
+    addresses, sizes = table["ptr"][order], table["size"][order].astype(np.int64)
+    stored = {}
+    for index, name in enumerate(reader.field_names):
+        column = reader.metadata[f"f{index}"]
+        pointer = next((key for key in POINTER_COLUMNS if key in (column.dtype.names or ())), None)
+        if pointer is not None:
+            stored[name] = int(sizes[np.searchsorted(addresses, column[pointer])].sum())
+    return stored
+
+
 def open_beton(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> Reader:
     """FFCV's reader, with one-line errors for a missing, corrupt or foreign file, or one whose
     ``fields`` are absent or of the wrong kind (labels must be integers)."""

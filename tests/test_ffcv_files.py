@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from ffcv_imagenet.beton_format import Fields, field_names, labels, open_beton, recorded_fields, sidecar_path
-from ffcv_imagenet.convert.inspection import read_image
+from ffcv_imagenet.beton_format import (Fields, field_names, labels, open_beton, recorded_fields, sidecar_path,
+                                        stored_bytes, stored_bytes_by_field)
+from ffcv_imagenet.convert.inspection import read_image, report
 from ffcv_imagenet.distributed import DistContext
 from ffcv_imagenet.evaluation import Evaluator
 from ffcv_imagenet.loaders import LoaderSettings, TrainLoader, build_val_loader
@@ -230,6 +231,35 @@ def test_an_adopted_file_is_read_with_the_fields_its_sidecar_records(other_field
     evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)
     seen = torch.cat([got.view(-1).clone() for _, got in evaluator.loader(OUT_SIDE)])
     assert seen.tolist() == labels(open_beton(copy, recorded), recorded).tolist()
+
+
+class WithNotes(Triples):
+    """(image, label, note): a second field stored outside the metadata, as the image is."""
+
+    def __getitem__(self, index: int) -> tuple:
+        image, label = self.folder[index]
+        return image, label, np.full(NOTE_BYTES * (index % 3 + 1), index, dtype=np.uint8)
+
+
+NOTE_BYTES = 700
+
+
+def test_stored_bytes_are_counted_per_field(mode_root: Path, tmp_path: Path) -> None:
+    from ffcv.fields import BytesField, IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    path = tmp_path / "notes.beton"
+    fields = {"image": RGBImageField(max_resolution=32), "label": IntField(), "note": BytesField()}
+    DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(WithNotes(mode_root))
+    reader = open_beton(path)
+    stored = stored_bytes_by_field(reader)
+    count = int(reader.num_samples)
+    assert set(stored) == {"image", "note"}  # the label lives in the metadata table
+    assert stored["note"] == sum(NOTE_BYTES * (index % 3 + 1) for index in range(count))
+    assert stored["image"] + stored["note"] == stored_bytes(path) and stored["image"] > 0
+    per_record = f"{stored['image'] / count / 1024:.1f} KiB of image data per record, note " \
+                 f"{stored['note'] / count / 1024:.1f} KiB"
+    assert per_record in report(path)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from ffcv.reader import Reader
 
 from ..beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, class_names,  # noqa: F401
                            image_metadata, index_path, label_range, labels, load_class_names, loader_pipelines,
-                           open_beton, read_index, record_bytes, stored_bytes)
+                           open_beton, read_index, record_bytes, stored_bytes_by_field)
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
 FULL_HISTOGRAM_MAX_CLASSES = 20  # above this, the histogram is summarised
@@ -79,13 +79,17 @@ def histogram_lines(counts: np.ndarray, names: list[str]) -> list[str]:
     return lines
 
 
-def size_lines(path: Path, meta: np.ndarray) -> list[str]:
+def size_lines(reader: Reader, fields: Fields) -> list[str]:
+    meta = image_metadata(reader, fields)
     heights, widths = meta["height"].astype(int), meta["width"].astype(int)
+    stored = stored_bytes_by_field(reader)
+    others = "".join(f", {name} {size / len(meta) / KIB:.1f} KiB" for name, size in stored.items()
+                     if name != fields.image)
     return [f"stored height: min {heights.min()} / mean {heights.mean():.0f} / max {heights.max()}; "
             f"width: min {widths.min()} / mean {widths.mean():.0f} / max {widths.max()}; "
             f"longest side at most {int(np.maximum(heights, widths).max())}",
             f"stored as JPEG: {np.mean(meta['mode'] == JPEG_MODE):.0%}, raw: {np.mean(meta['mode'] != JPEG_MODE):.0%}; "
-            f"{stored_bytes(path) / len(meta) / KIB:.1f} KiB of image data per record"]
+            f"{stored[fields.image] / len(meta) / KIB:.1f} KiB of image data per record{others}"]
 
 
 def distinct_classes_per_window(label_values: np.ndarray, window: int) -> float:
@@ -127,7 +131,7 @@ def report(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> str:
     counts = np.bincount(label_values, minlength=len(names))
     lines = [f"{path}: {count} records, fields {reader.field_names}",
              f"classes: {len(names)} ({source})", *histogram_lines(counts, names),
-             *size_lines(path, image_metadata(reader, fields)), *index_lines(path, label_values),
+             *size_lines(reader, fields), *index_lines(path, label_values),
              *class_mix_lines(label_values)]
 
     indices = spread_indices(count)
