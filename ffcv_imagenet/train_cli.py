@@ -2,6 +2,8 @@
 
     python train_imagenet.py --config rcfg/demo.yaml [--section.key=value ...]
     torchrun --nproc_per_node=8 train_imagenet.py --config rcfg/rn50_88.yaml
+
+A mistake is one line and exit code 2 before torch loads; Ctrl-C one line and 130 (rank 0 speaks).
 """
 from __future__ import annotations
 
