@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
-from ffcv_imagenet.inspection import labels, open_beton
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
+from ffcv_imagenet.convert.inspection import labels, open_beton
 from ffcv_imagenet.loaders import LoaderSettings, TrainLoader
 from ffcv_imagenet.schedule import RRC, EpochPlan
 from ffcv_imagenet.traversal import PageShuffleOrder

@@ -42,9 +42,9 @@ from torchvision.datasets import ImageFolder
 from real_like_sources import add_sources_option, make_sources
 
 from ffcv_imagenet.beton_format import RAW_MODE
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder, read_index
-from ffcv_imagenet.demo_data import make_image
-from ffcv_imagenet.inspection import image_metadata, open_beton, read_image
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder, read_index
+from ffcv_imagenet.convert.demo_data import make_image
+from ffcv_imagenet.convert.inspection import image_metadata, open_beton, read_image
 
 CLASSES = 10
 TYPICAL_SIDE = (400, 800)  # make_folder's default sizes: each side in this range

@@ -37,10 +37,10 @@ from bench_conversion import ffcv_imagenet_way  # noqa: E402
 from real_like_sources import add_sources_option, prepare_sources  # noqa: E402
 
 from ffcv_imagenet.beton_format import JPEG_MODE, stored_bytes  # noqa: E402
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
 from ffcv_imagenet.decoders import (FULL, REGION, VAL_CROP_RATIO, CenterCropDecoder,  # noqa: E402
                                     FixResCropDecoder, RandomResizedCropDecoder)
-from ffcv_imagenet.inspection import image_metadata, open_beton  # noqa: E402
+from ffcv_imagenet.convert.inspection import image_metadata, open_beton  # noqa: E402
 
 BATCH_SIZE = 64
 # (crop mode, output resolution): the targets

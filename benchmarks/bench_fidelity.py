@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from real_like_sources import add_sources_option, prepare_sources  # noqa: E402
 
 from ffcv_imagenet.beton_format import JPEG_MODE  # noqa: E402
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
 from ffcv_imagenet.decoders import (FIXRES_CROP_RATIO, FULL, REGION, RRC_RATIO, RRC_SCALE,  # noqa: E402
                                     VAL_CROP_RATIO, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder,
                                     epoch_seed, fixres_crop_window, sample_seed)
-from ffcv_imagenet.inspection import image_metadata, open_beton, read_image, record_bytes  # noqa: E402
+from ffcv_imagenet.convert.inspection import image_metadata, open_beton, read_image, record_bytes  # noqa: E402
 
 RUN_SEED, EPOCH = 0, 0
 LOW_PSNR_DB = 30.0

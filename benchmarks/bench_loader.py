@@ -42,8 +42,8 @@ from torchvision.datasets import ImageFolder
 
 from ffcv_imagenet.beton_format import RAW_MODE
 from ffcv_imagenet.config import ValidationConfig
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
-from ffcv_imagenet.inspection import image_metadata, open_beton
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
+from ffcv_imagenet.convert.inspection import image_metadata, open_beton
 from ffcv_imagenet.loaders import LoaderSettings, TrainLoader, _image_tail, _label_pipeline, build_val_loader
 from ffcv_imagenet.profiling import Rate
 from ffcv_imagenet.schedule import RRC, EpochPlan

@@ -40,10 +40,11 @@ from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, Squeeze, ToDev
 from torch import nn
 
 from ffcv_imagenet.beton_format import load_class_names
-from ffcv_imagenet.cli import split_overrides
-from ffcv_imagenet.config import Config, load_config
+from ffcv_imagenet.config import Config
+from ffcv_imagenet.recipe_options import split_overrides
+from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.distributed import resolve_device
-from ffcv_imagenet.evaluation import autocast_for
+from ffcv_imagenet.model import autocast_for
 from ffcv_imagenet.fileio import atomic_write_text
 from ffcv_imagenet.loaders import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize, stop_epoch, workers_per_rank
 from ffcv_imagenet.model import build_model

@@ -205,7 +205,7 @@ def make_photos(root: Path, images: int, long_side: int, workers: int) -> int:
 
 def prepare_data(data: Path, sizes: Sizes, workers: int) -> dict:
     """The .beton (made once per set of parameters, then reused), and how long each part took."""
-    from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+    from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
 
     wanted = {"images": sizes.images, "stored_side": sizes.stored_side, "seed": GENERATION_SEED}
     beton, stamp = data / "train.beton", data / "made_with.json"

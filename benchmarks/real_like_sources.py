@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ffcv_imagenet.demo_data import make_image
+from ffcv_imagenet.convert.demo_data import make_image
 
 CLASSES = 10
 # chroma sampling: (share, PIL subsampling code or "L" for greyscale)

@@ -150,6 +150,25 @@ def stored_bytes(path: str | Path) -> int:
     return int(table["size"].sum())
 
 
+POINTER_COLUMNS = ("data_ptr", "ptr")  # where FFCV's fields keep the address of data stored outside the metadata
+
+
+def stored_bytes_by_field(reader: Reader) -> dict[str, int]:
+    """Bytes of record data per field, for the fields that store it outside the metadata table
+    (images, byte strings, arrays: each record's allocation is found by the address its metadata
+    holds); fields held whole in the metadata (labels) are absent."""
+    table = reader.alloc_table
+    order = np.argsort(table["ptr"], kind="stable")
+    addresses, sizes = table["ptr"][order], table["size"][order].astype(np.int64)
+    stored = {}
+    for index, name in enumerate(reader.field_names):
+        column = reader.metadata[f"f{index}"]
+        pointer = next((key for key in POINTER_COLUMNS if key in (column.dtype.names or ())), None)
+        if pointer is not None:
+            stored[name] = int(sizes[np.searchsorted(addresses, column[pointer])].sum())
+    return stored
+
+
 def open_beton(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> Reader:
     """FFCV's reader, with one-line errors for a missing, corrupt or foreign file, or one whose
     ``fields`` are absent or of the wrong kind (labels must be integers)."""
@@ -193,6 +212,18 @@ def label_range(path: str | Path, reader: Reader, fields: Fields = DEFAULT_FIELD
         raise ConversionError(f"{path}: field {fields.label!r} holds negative labels (down to {values.min()}): "
                               "not class indices")
     return values
+
+
+def recorded_fields(beton: str | Path) -> Fields | None:
+    """The image and label field names the sidecar records (``convert`` and ``adopt`` write them);
+    None without a sidecar, or with one that does not name exactly one of each."""
+    path = sidecar_path(beton)
+    if not path.is_file():
+        return None
+    kinds = load_sidecar(path).get("fields", {})
+    images = [name for name, kind in kinds.items() if kind == "RGBImageField"]
+    labels = [name for name, kind in kinds.items() if kind == "IntField"]
+    return Fields(images[0], labels[0]) if len(images) == len(labels) == 1 else None
 
 
 def class_names(path: str | Path, label_values: np.ndarray) -> tuple[list[str], str]:

@@ -12,6 +12,10 @@ job: best.pt, the best weights and last.pt, all from one host copy of the state.
 Resuming with a recipe that would train a different run (another model, LR,
 schedule, epoch count...) is refused; what only changes where data comes from
 or how the run is launched (paths, workers, logging, ranks) may differ.
+
+Saved weights are read back here too (``load_trained_weights``): a checkpoint (our keys) or an
+exported ``final_weights.pt`` (torchvision's), with one error line naming the option that gave the
+path; ``find_resume_point`` picks the checkpoint a run continues from.
 """
 from __future__ import annotations
 
@@ -22,9 +26,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from .config import SECTIONS, Config, ConfigError, to_dict
-from .fileio import atomic_path
+from .fileio import atomic_path, check_writable_dir
+from .model import load_torchvision_weights
 
 CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -175,3 +181,72 @@ def check_resumable(state: dict[str, Any], current: Config, path: str | Path) ->
     if differences:
         raise ConfigError(f"checkpoint {path} is from a different run ({'; '.join(differences)}); "
                           "use another logging.folder or the recipe it was made with")
+    check_same_window(state, current, path)
+
+
+def check_same_window(state: dict[str, Any], current: Config, path: str | Path) -> None:
+    """A quasi_random epoch's order depends on its window, half of ``data.cache_mib``: resumed inside
+    the epoch with another one, the rest of the epoch would repeat some images and skip others."""
+    saved = state["recipe"].get("data", {}).get("cache_mib", SECTIONS["data"]["cache_mib"].default)
+    inside_epoch = state.get("samples_in_epoch", 0) > 0
+    if inside_epoch and current.data.order == "quasi_random" and saved != current.data.cache_mib:
+        raise ConfigError(f"data.cache_mib: {saved} -> {current.data.cache_mib}: checkpoint {path} stopped inside "
+                          f"epoch {state['epoch']}, whose quasi_random order the window (cache_mib / 2) sets; "
+                          f"resume with data.cache_mib={saved}")
+
+
+def read_trained_weights(path: str | Path, option: str = "--evaluate") -> tuple[dict[str, torch.Tensor], bool]:
+    """(state_dict, is a checkpoint) of a run's checkpoint (last.pt, best.pt: our keys) or an exported
+    final_weights.pt (torchvision's keys); ``option`` names where the path came from, in the error line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{option}: {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises assorted types on a truncated or foreign file
+        raise ConfigError(f"{option}: {path} is not readable: {type(err).__name__}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # last.pt, best.pt: a checkpoint dict
+        return state["model"], True
+    if not isinstance(state, dict):
+        raise ConfigError(f"{option}: {path} holds no state_dict ({type(state).__name__})")
+    return state, False
+
+
+def load_trained_weights(model: nn.Module, path: str | Path, arch: str, option: str = "--evaluate") -> None:
+    """A run's checkpoint (last.pt, best.pt) or its exported final_weights.pt, into ``model``."""
+    weights, is_checkpoint = read_trained_weights(path, option)
+    try:
+        if is_checkpoint:
+            model.load_state_dict(weights)
+        else:
+            load_torchvision_weights(model, weights)
+    except (RuntimeError, ValueError, TypeError) as err:
+        classes = model.fc.out_features
+        raise ConfigError(f"{option}: {path} does not fit model.arch={arch} with {classes} classes: "
+                          f"{str(err).splitlines()[0]}") from None
+
+
+def find_resume_point(config: Config, explicit: str | None) -> Path | None:
+    """The checkpoint to continue from: ``--resume PATH`` (file or run folder), else the run folder's own."""
+    if explicit:
+        path = Path(explicit)
+        path = last_checkpoint_path(path) if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"--resume: {path} does not exist")
+        return path
+    own = last_checkpoint_path(config.logging.folder)
+    if not own.is_file():
+        return None
+    if not config.logging.resume:
+        raise ConfigError(f"logging.folder: {config.logging.folder} already holds a run's checkpoint and "
+                          "logging.resume is false; choose another folder (or resume it)")
+    return own
+
+
+def prepare_run_folder(config: Config, explicit_resume: str | None) -> Path | None:
+    """Rank 0's part: a writable run folder and the checkpoint to resume from, if any."""
+    try:
+        check_writable_dir(config.logging.folder)
+    except OSError as err:
+        raise ConfigError(f"logging.folder: {err}") from None
+    return find_resume_point(config, explicit_resume)

@@ -1,8 +1,9 @@
-"""What every command of the package shares: the parser, the error line, the exit codes, recipe options.
+"""What every command of the package shares: the parser, the error line, the exit codes, Ctrl-C.
 
 A mistake is one line on stderr, ``PROG: error: <key or path>: ...``, and exit
 code 2, before any work; no usage dump, no table. This module imports neither
-torch nor FFCV, so a wrong argument is answered at once.
+torch, FFCV nor the recipe machinery (the conversion's command uses it too), so a
+wrong argument is answered at once. Recipe options are ``recipe_options``'.
 """
 from __future__ import annotations
 
@@ -11,13 +12,8 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, Sequence
-
-import yaml
-
-from .config import Config, ConfigError, delta, describe, load_config, read_yaml_mapping, to_yaml
+from typing import Any, NoReturn
 
 # Exit codes, for every command.
 EXIT_OK = 0
@@ -99,52 +95,3 @@ def _inside_native_callback(frame: FrameType | None) -> bool:
 def os_error_message(err: OSError) -> str:
     where = f"{err.filename}: " if err.filename else ""
     return f"{where}{err.strerror or err}"
-
-
-# ---------------------------------------------------------------- recipes on the command line
-def add_recipe_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--config", metavar="RECIPE", required=required,
-                        help="YAML recipe: one of rcfg/ (only what differs from the base recipe), or an "
-                             "ffcv-imagenet config (rn50_88_epochs.yaml, ...), translated")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the fully resolved recipe (base < --config < overrides) and exit")
-    parser.add_argument("--help-config", action="store_true",
-                        help="list every recipe key with its type, default, allowed values and help, and exit")
-
-
-def split_overrides(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Known options, and the ``--section.key=value`` recipe overrides among the rest."""
-    args, rest = parser.parse_known_args(argv)
-    for arg in rest:
-        if not arg.startswith("--") or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r} (recipe overrides look like --training.epochs=16)")
-    return args, rest
-
-
-def translation_notes(recipe: str | Path | None) -> list[str]:
-    """What translating an ffcv-imagenet config assumed; nothing for one of ours."""
-    if recipe is None:
-        return []
-    from .ffcv_recipes import is_ffcv_imagenet, translate
-
-    content = read_yaml_mapping(recipe)
-    return translate(content, Path(recipe)).notes if is_ffcv_imagenet(content) else []
-
-
-def recipe_text(config: Config, notes: Sequence[str], full: bool) -> str:
-    """The recipe as YAML (loadable again), the notes as comments above it."""
-    body = to_yaml(config) if full else yaml.safe_dump(delta(config), sort_keys=False)
-    return "".join(f"# {note}\n" for note in notes) + body.rstrip()
-
-
-def answer_recipe_questions(args: argparse.Namespace, overrides: Sequence[str]) -> bool:
-    """--help-config and --print-config: print the answer and say so (the command then exits 0).
-    Raises ConfigError for a bad recipe."""
-    if args.help_config:
-        print(describe())
-        return True
-    if args.print_config:
-        config = load_config(args.config, overrides)
-        print(recipe_text(config, translation_notes(args.config), full=True))
-        return True
-    return False

@@ -6,7 +6,8 @@ the same dotted names (``--training.epochs=16``). An unknown key, a wrong type
 or a value outside its range or choices fails at load time with one line
 naming the key, before any work. Rules between keys live in ``preflight``.
 
-fastargs collects the layers; the result is turned into a plain tree of
+Reading a recipe file and the overrides is ``recipes``'; this module declares
+the keys and checks values. fastargs collects the layers; the result is turned into a plain tree of
 dataclasses (generated from the same declarations) and passed explicitly into
 functions, so every module can be tested without parsing a command line.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from pathlib import Path
 from typing import Any, Sequence
 
 import fastargs
@@ -159,6 +159,8 @@ def range_pair(item: Checker) -> Checker:
 # ---------------------------------------------------------------- declarations
 RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults (augment.rrc_scale, rrc_ratio)
 RRC_RATIO = (3 / 4, 4 / 3)
+STANDARD_CROP_RATIO = 224 / 256  # the standard ImageNet val transform: a 224 crop of the image resized to 256
+LR_REFERENCE_BATCH = 256  # lr.lr_per_256 is the peak LR per this many images of global batch
 
 
 def declare(target: fastargs.Config) -> fastargs.Config:
@@ -215,7 +217,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
                             "last epochs in the FixRes phase; -1 = max(1, round(epochs/10)), 0 = none", default=0),
         fixres_res=Param(POSITIVE_INT, "FixRes phase resolution (at least the main phase's largest)", default=224),
         fixres_crop_ratio=Param(typed(float, Interval(0.0, 1.0, "(]")),
-                                "FixRes: crop side / resized shorter side (resize to res/ratio)", default=224 / 256),
+                                "FixRes: crop side / resized shorter side (resize to res/ratio)",
+                                default=STANDARD_CROP_RATIO),
         fixres_train=Param(choice("all", "bn_fc"), "FixRes phase trains: all | bn_fc (BatchNorm and classifier "
                            "only, the FixRes paper's fine-tuning)", default="all"),
     )
@@ -296,7 +299,8 @@ def declare(target: fastargs.Config) -> fastargs.Config:
         batch_size=Param(POSITIVE_INT, "images per rank per validation step", default=256),
         resolution=Param(POSITIVE_INT, "center-crop side at evaluation", default=256),
         crop_ratio=Param(typed(float, Interval(0.0, 1.0, "(]")),
-                         "center crop covers this fraction of the shorter side", default=224 / 256),
+                         "center crop covers this fraction of the shorter side",
+                         default=STANDARD_CROP_RATIO),
         flip_tta=Param(BOOL, "average logits over the image and its mirror", default=True),
         every=Param(POSITIVE_INT, "evaluate every N epochs (the last epoch always)", default=1),
         resolutions=Param(ListOf(POSITIVE_INT), "after training, also evaluate at each of these test "
@@ -331,10 +335,10 @@ SECTIONS: dict[str, dict[str, Param]] = {
 
 
 # ---------------------------------------------------------------- the typed tree, generated from the declarations
-def _base_type(checker: Checker) -> type:
+def base_type(checker: Checker) -> type:
     """The Python type a checker admits (for the generated dataclass' annotation)."""
     if isinstance(checker, And):
-        return _base_type(checker.checkers[0])
+        return base_type(checker.checkers[0])
     if isinstance(checker, ListOf):
         return list
     return checker.kind
@@ -348,7 +352,7 @@ def _default_field(param: Param) -> Any:
 
 
 def _section_class(name: str, params: dict[str, Param]) -> type:
-    fields = [(key, _base_type(param.checker), _default_field(param)) for key, param in params.items()]
+    fields = [(key, base_type(param.checker), _default_field(param)) for key, param in params.items()]
     cls = dataclasses.make_dataclass(f"{name.title().replace('_', '')}Config", fields)
     cls.__module__ = __name__
     cls.__doc__ = DECLARED.sections[(name,)].desc
@@ -418,43 +422,10 @@ def check_known(dotted: str) -> None:
         raise _unknown("key", dotted, key, list(SECTIONS[section]), prefix=f"{section}.")
 
 
-# ---------------------------------------------------------------- loading
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """A recipe file's sections; one-line errors for a missing, unparsable or mis-shaped file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist")
-    try:
-        content = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from err
-    if not isinstance(content, dict):
-        raise ConfigError(f"recipe {path} must be a mapping of sections")
-    for section, body in content.items():
-        if not isinstance(body, dict):
-            raise ConfigError(f"{section}: recipe {path} must give this section as a mapping of keys")
-    return content
-
-
+# ---------------------------------------------------------------- dotted values -> the typed tree
 def flatten(recipe: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """{"training": {"epochs": 3}} -> {"training.epochs": 3}."""
     return {f"{section}.{key}": value for section, body in recipe.items() for key, value in body.items()}
-
-
-def parse_override(arg: str) -> tuple[str, Any]:
-    """``--training.epochs=16`` -> ("training.epochs", 16): YAML values, so lists and booleans work."""
-    body = arg[2:] if arg.startswith("--") else arg
-    dotted, sep, text = body.partition("=")
-    if not sep or "." not in dotted or not arg.startswith("--"):
-        raise ConfigError(f"override {arg!r} is not of the form --section.key=value")
-    check_known(dotted)
-    section, key = dotted.split(".")
-    if _base_type(SECTIONS[section][key].checker) is str:
-        return dotted, text  # a path or a name, taken as written (a folder named 2024 stays a string)
-    try:
-        return dotted, yaml.safe_load(text)
-    except yaml.YAMLError:
-        return dotted, text  # not YAML: the declared type refuses it below, naming the key
 
 
 def collect(values: dict[str, Any]) -> Config:
@@ -470,22 +441,6 @@ def collect(values: dict[str, Any]) -> Config:
     sections = {name: cls(**{key: collected[(name, key)] for key in SECTIONS[name]})
                 for name, cls in SECTION_CLASSES.items()}
     return Config(**sections)
-
-
-def recipe_values(recipe: str | Path) -> dict[str, Any]:
-    """A recipe file as dotted values: ours as written, ffcv-imagenet's translated (``ffcv_recipes``)."""
-    content = read_yaml_mapping(recipe)
-    from .ffcv_recipes import is_ffcv_imagenet, translate  # it imports this module
-    if is_ffcv_imagenet(content):
-        return translate(content, Path(recipe)).values
-    return flatten(content)
-
-
-def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Base recipe < recipe YAML < overrides; raises ConfigError naming the bad key."""
-    values = recipe_values(recipe) if recipe is not None else {}
-    values.update(parse_override(arg) for arg in overrides)
-    return collect(values)
 
 
 # ---------------------------------------------------------------- writing and describing

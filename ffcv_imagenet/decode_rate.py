@@ -57,7 +57,7 @@ def measure_decode_rates(path: str | Path, recipe: str | Path | None = None, sam
     from ffcv.reader import Reader
     from ffcv.transforms import RandomHorizontalFlip
 
-    from .config import load_config
+    from .recipes import load_config
     from .decoders import RandomResizedCropDecoder
     from .loaders import DECODE_METHODS, CropSettings
 

@@ -50,12 +50,12 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.state import State
 
 from .beton_format import JPEG_MODE
-from .config import RRC_RATIO, RRC_SCALE  # noqa: F401 - the recipe's defaults, re-exported
+from .config import RRC_RATIO, RRC_SCALE, STANDARD_CROP_RATIO  # noqa: F401 - the recipe's defaults, re-exported
 from .jpeg_region import FAST_RESIZE, REGION_OK, crop_decode_resize, crop_resize
 
-FIXRES_CROP_RATIO = 224 / 256  # crop side / resized shorter side, as in the standard val transform
+FIXRES_CROP_RATIO = STANDARD_CROP_RATIO  # crop side / resized shorter side, as in the standard val transform
 FLIP_PROBABILITY = 0.5
-VAL_CROP_RATIO = 224 / 256  # the standard val transform: center crop side / resized shorter side
+VAL_CROP_RATIO = STANDARD_CROP_RATIO  # the standard val transform: center crop side / resized shorter side
 DCT_DENOMINATORS = (8, 4, 2)  # TurboJPEG's power-of-two IDCT downscales, the largest first
 FULL_SCALE = 1
 # How JPEG records are decoded (the decoders' ``method``):

@@ -1,7 +1,10 @@
-"""Top-1 / top-5 over the whole validation set, every image counted exactly once across ranks."""
+"""Top-1 / top-5 over the whole validation set, every image counted exactly once across ranks.
+
+``Evaluator`` serves training (after each epoch, at several test resolutions at the end) and
+``evaluate_saved`` (``train_imagenet.py --evaluate WEIGHTS``: saved weights, no optimizer or train
+loader); ``view_logits`` is the one forward pass, shared with the export."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -10,9 +13,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import schedule
 from .beton_format import Fields
+from .checkpointing import load_trained_weights
+from .config import ConfigError
 from .distributed import DistContext, all_reduce_sum
 from .loaders import LoaderSettings, ValLoader, build_val_loader, normalize, workers_per_rank
+from .model import autocast_for, prepare_model
+from .preflight import preflight
 
 if TYPE_CHECKING:
     from .config import Config
@@ -26,14 +34,6 @@ class EvalResult:
     top5: float
     loss: float
     count: int  # images evaluated over all ranks
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision as the recipe asks: fp16 or bf16 autocast, or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def sync_buffers(ctx: DistContext, model: nn.Module) -> None:
@@ -90,9 +90,9 @@ class Evaluator:
     """The recipe's evaluation of any model: val loaders built on first use at each resolution and kept
     (numba compiles a pipeline once), rank 0's BatchNorm statistics, flip TTA as the recipe says."""
 
-    def __init__(self, config: Config, ctx: DistContext, val_path: Path, val_size: int):
+    def __init__(self, config: Config, ctx: DistContext, val_path: Path, val_size: int, fields: Fields):
         self.config, self.ctx = config, ctx
-        self.val_path, self.val_size = val_path, val_size
+        self.val_path, self.val_size, self.fields = val_path, val_size, fields
         self.loaders: dict[int, ValLoader] = {}
 
     def loader(self, res: int) -> ValLoader:
@@ -104,7 +104,7 @@ class Evaluator:
             self.loaders[res] = build_val_loader(
                 self.val_path, settings, res=res, crop_ratio=config.validation.crop_ratio,
                 num_samples=self.val_size, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                decoder=config.data.decoder, fields=Fields.of(config.data))
+                decoder=config.data.decoder, fields=self.fields)
         return self.loaders[res]
 
     def evaluate(self, model: nn.Module, res: int | None = None) -> EvalResult:
@@ -119,3 +119,22 @@ class Evaluator:
             result = self.evaluate(model, res)
             rows.append({"res": res, "top1": result.top1, "top5": result.top5, "count": result.count})
         return rows
+
+
+def evaluate_saved(config: Config, ctx: DistContext, path: str | Path, resolutions: Sequence[int]) -> list[dict]:
+    """The separate evaluation command: saved weights at each test resolution, printed as a table.
+
+    Only the model and the val loaders are built: no optimizer, scaler or train loader.
+    """
+    datasets = preflight(config, ctx)
+    for res in resolutions:
+        if res <= 0:
+            raise ConfigError(f"--eval-res: resolutions must be positive, got {res}")
+    model = prepare_model(config, ctx, len(datasets.classes))
+    load_trained_weights(model, path, config.model.arch)
+    evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)
+    rows = evaluator.resolution_rows(model, resolutions)
+    if ctx.is_main:
+        print(resolution_table(rows, schedule.full_schedule(config.resolution, config.training.epochs)[-1].res),
+              flush=True)
+    return rows

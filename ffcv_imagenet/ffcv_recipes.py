@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS, ConfigError, flatten
-from .lr_schedule import LR_REFERENCE_BATCH
+from .config import LR_REFERENCE_BATCH, SECTIONS, ConfigError, flatten
 
 # Their sections, and keys that only they have: either appears -> the file is theirs.
 THEIR_MARKERS = ("lr.lr", "lr.lr_schedule_type", "lr.lr_peak_epoch", "training.bn_wd", "training.use_blurpool",

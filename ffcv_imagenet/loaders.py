@@ -32,7 +32,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
 
 from .beton_format import DEFAULT_FIELDS, Fields, loader_pipelines
-from .config import AugmentConfig
+from .config import AugmentConfig, Config, ConfigError
 from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, FixResCropDecoder,
                        RandomResizedCropDecoder, SeededCropDecoder)
 from .distributed import job_cores, ranks_on_node
@@ -283,8 +283,12 @@ class TrainLoader:
         # (each rank its band of both): the order must not depend on the rank count, so neither may the window.
         # int(): the header's page size is a numpy uint32, and 4096 MiB does not fit one.
         window_pages = max(1, self.cache_mib * MIB // int(loader.reader.page_size) // 2)
-        return PageShuffleOrder(samples_by_page(loader.memory_manager.page_to_samples, loader.indices),
-                                seed=self.seed, window_pages=window_pages)
+        try:
+            pages = samples_by_page(loader.memory_manager.page_to_samples, loader.indices)
+        except ValueError as err:  # a page-ordered visit would train that record twice an epoch
+            raise ConfigError(f"data.order: quasi_random reads {self.path} page by page, but {err}; "
+                              "use data.order=random") from None
+        return PageShuffleOrder(pages, seed=self.seed, window_pages=window_pages)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the last partial global batch is dropped)."""
@@ -339,6 +343,17 @@ class TrainLoader:
             # An epoch left early (a stop signal, the profiler's timed windows) must stop FFCV's
             # decode thread: its thread object is never collected, so it would keep its batch buffers.
             stop_epoch(batches)
+
+
+def build_train_loader(config: Config, settings: LoaderSettings, *, distributed: bool,
+                       fields: Fields = DEFAULT_FIELDS) -> TrainLoader:
+    """The recipe's training loader (``config.data.train_dataset``; ``fields`` as preflight found them),
+    delivering to ``settings.device``: the trainer's, or the profiler's second one on the host."""
+    data = config.data
+    return TrainLoader(data.train_dataset, settings, order=data.order, in_memory=data.in_memory,
+                       distributed=distributed, seed=config.training.seed, cache_mib=data.cache_mib,
+                       fixres_crop_ratio=config.resolution.fixres_crop_ratio, decoder=data.decoder, fields=fields,
+                       crop=CropSettings.from_recipe(config.augment))
 
 
 def stop_epoch(batches: EpochIterator) -> None:

@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, ConfigError, LRRangeConfig, to_dict
+from .config import LR_REFERENCE_BATCH, Config, ConfigError, LRRangeConfig, to_dict
 from .distributed import DistContext, barrier, broadcast_object
 from .fileio import atomic_path, atomic_write_text, check_writable_dir
-from .lr_schedule import LR_REFERENCE_BATCH
 
 PNG_NAME = "lr_range.png"
 JSON_NAME = "lr_range.json"

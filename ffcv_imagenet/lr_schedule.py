@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .config import LRConfig
-
-LR_REFERENCE_BATCH = 256
+from .config import LR_REFERENCE_BATCH, LRConfig
 
 
 def peak_lr(cfg: LRConfig, global_batch: int) -> float:

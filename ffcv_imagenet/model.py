@@ -1,12 +1,18 @@
-"""torchvision ResNets, optionally with BlurPool, and their export as plain torchvision weights."""
+"""torchvision ResNets, optionally with BlurPool, and their export as plain torchvision weights; the
+recipe's network on a rank's device (``prepare_model``) and the precision it runs in (``autocast_for``),
+for training, evaluation and export alike."""
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
-from .config import ModelConfig
+from .config import Config, ModelConfig
+from .distributed import DistContext
+from .regularizers import apply_model_regularizers
 
 BLUR_KERNEL_1D = (1.0, 2.0, 1.0)  # binomial filter of Zhang, "Making CNNs shift-invariant again" (2019)
 BLUR_MIN_IN_CHANNELS = 16  # ffcv-imagenet leaves the 3-channel stem convolution alone
@@ -81,3 +87,24 @@ def load_torchvision_weights(model: nn.Module, weights: dict[str, torch.Tensor])
     if missing or extra:
         raise ValueError(f"weights do not fit {type(model).__name__}: missing {missing[:3]}, unexpected {extra[:3]}")
     model.load_state_dict({**ours, **mapped})
+
+
+def prepare_model(config: Config, ctx: DistContext, num_classes: int) -> nn.Module:
+    """The recipe's network on this rank's device, regularizers and memory format applied (not DDP-wrapped)."""
+    if ctx.device.type == "cuda":
+        # Shapes stay fixed for an epoch (full batches), so cuDNN times its algorithms once per
+        # shape and keeps the fastest, as ffcv-imagenet does (GPU runs are not bit-reproducible anyway).
+        torch.backends.cudnn.benchmark = True
+    model = build_model(config.model, num_classes=num_classes).to(ctx.device)
+    apply_model_regularizers(model, config.model)
+    if config.training.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision as the recipe asks: fp16 or bf16 autocast, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)

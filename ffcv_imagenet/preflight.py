@@ -13,10 +13,12 @@ import torch
 
 from . import schedule
 from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, class_names, label_range, open_beton,
-                           sidecar_path)
-from .config import SECTIONS, Config, ConfigError, check_section
+                           recorded_fields, sidecar_path)
+from .config import SECTIONS, Config, ConfigError, DataConfig, check_section
 from .distributed import DistContext
 from .tensorboard_log import check_tensorboard
+
+CLASS_NAMES_SHOWN = 10  # in the run's opening lines (dataset_line); log.jsonl's start record has them all
 
 
 @dataclass(frozen=True)
@@ -28,31 +30,34 @@ class Datasets:
     classes: list[str]
     fields: Fields = DEFAULT_FIELDS
     names_from: str = ""  # where the class names come from (a sidecar, or the label numbers)
+    val_fields: Fields = DEFAULT_FIELDS
 
 
 @dataclass(frozen=True)
 class DatasetFile:
-    """One dataset as preflight sees it: size, class names (sidecar or numbers), labels' top."""
+    """One dataset as preflight sees it: size, class names (sidecar or numbers), labels' top, fields."""
 
     size: int
     classes: list[str]
     names_from: str
     has_sidecar: bool
     top_label: int
+    fields: Fields = DEFAULT_FIELDS
 
 
-def read_dataset(key: str, value: str, fields: Fields) -> DatasetFile:
-    """One recipe dataset key, opened with the recipe's fields; errors name the key."""
+def read_dataset(key: str, value: str, data: DataConfig) -> DatasetFile:
+    """One recipe dataset key, opened with its fields (``dataset_fields``); errors name the key."""
     if not value:
         raise ConfigError(f"{key}: no dataset given (a .beton from write_datasets.py or FFCV's DatasetWriter)")
     try:
+        fields = dataset_fields(data, value)
         reader = open_beton(value, fields)
         label_values = label_range(value, reader, fields)
         names, names_from = class_names(value, label_values)
     except ConversionError as err:
         raise ConfigError(f"{key}: {err}") from None
     return DatasetFile(int(reader.num_samples), names, names_from, sidecar_path(value).is_file(),
-                       int(label_values.max()))
+                       int(label_values.max()), fields)
 
 
 def check_class_agreement(train: DatasetFile, val: DatasetFile) -> None:
@@ -70,15 +75,24 @@ def check_class_agreement(train: DatasetFile, val: DatasetFile) -> None:
                           f"has {len(train.classes)}; the class counts must agree")
 
 
+def dataset_fields(data: DataConfig, path: str | Path) -> Fields:
+    """The recipe's image/label field names; where it leaves both at their defaults, those the file's
+    sidecar records (a file adopted with --image-field/--label-field names them otherwise)."""
+    asked = Fields.of(data)
+    if asked != DEFAULT_FIELDS:
+        return asked
+    return recorded_fields(path) or asked
+
+
 def check_datasets(config: Config) -> Datasets:
-    """Both .beton files readable, with the recipe's image/label fields, and classes that agree."""
-    fields = Fields.of(config.data)
-    train = read_dataset("data.train_dataset", config.data.train_dataset, fields)
-    val = read_dataset("data.val_dataset", config.data.val_dataset, fields)
+    """Both .beton files readable, with their image/label fields (``dataset_fields``), and classes that agree."""
+    data = config.data
+    train = read_dataset("data.train_dataset", data.train_dataset, data)
+    val = read_dataset("data.val_dataset", data.val_dataset, data)
     check_class_agreement(train, val)
     named = train if train.has_sidecar or not val.has_sidecar else val  # names from a sidecar where there is one
-    return Datasets(Path(config.data.train_dataset), Path(config.data.val_dataset), train.size, val.size,
-                    named.classes, fields, named.names_from)
+    return Datasets(Path(data.train_dataset), Path(data.val_dataset), train.size, val.size,
+                    named.classes, train.fields, named.names_from, val.fields)
 
 
 def check_precision(config: Config, device: torch.device) -> None:
@@ -124,3 +138,11 @@ def preflight(config: Config, ctx: DistContext) -> Datasets:
     datasets = check_datasets(config)
     check_run_settings(config, datasets, ctx.world_size, ctx.device)
     return datasets
+
+
+def dataset_line(datasets: Datasets) -> str:
+    """Which files, how many images, and the classes (the first few names, and where they come from)."""
+    hidden = len(datasets.classes) - CLASS_NAMES_SHOWN
+    shown = ", ".join(datasets.classes[:CLASS_NAMES_SHOWN]) + (f", ... ({hidden} more)" if hidden > 0 else "")
+    return (f"data: train {datasets.train_path} ({datasets.train_size} images), val {datasets.val_path} "
+            f"({datasets.val_size} images); {len(datasets.classes)} classes: {shown} ({datasets.names_from})")

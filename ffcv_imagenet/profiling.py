@@ -50,7 +50,7 @@ from . import schedule
 from .config import Config, ConfigError
 from .distributed import DistContext, job_cores
 from .fileio import atomic_write_text, check_writable_dir
-from .loaders import Batch, TrainLoader
+from .loaders import Batch, TrainLoader, build_train_loader
 from .preflight import preflight
 from .trainer import Trainer
 
@@ -319,7 +319,10 @@ class Profiler:
     def _host_loader_for_gpu(self) -> TrainLoader:
         """The trainer's own loader, its batches left on the host (built once: numba compiles it)."""
         if self._host_loader is None:
-            self._host_loader = self.trainer.build_train_loader(torch.device("cpu"))
+            host = dataclasses.replace(self.trainer.loader_settings, device=torch.device("cpu"))
+            trainer = self.trainer
+            self._host_loader = build_train_loader(trainer.config, host, distributed=trainer.ctx.distributed,
+                                                   fields=trainer.datasets.fields)
         return self._host_loader
 
     def measure(self, res: int, crop_mode: str) -> Row:

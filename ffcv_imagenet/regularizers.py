@@ -20,7 +20,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import StochasticDepth
 from torchvision.transforms import v2
 
-from .config import AugmentConfig, EMAConfig, ModelConfig
+from . import schedule
+from .config import AugmentConfig, Config, EMAConfig, ModelConfig
 
 
 # ---------------------------------------------------------------- batch level, on the device
@@ -161,3 +162,21 @@ class WeightAverage:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ema.module.load_state_dict(state["weights"])
         self.steps, self.updates = state["steps"], state["updates"]
+
+
+def regularizer_summary(config: Config) -> dict[str, Any]:
+    """The options that are on, as the start of the run prints and logs them."""
+    augment, training = config.augment, config.training
+    candidates = {
+        "optimizer": training.optimizer, "lr schedule": config.lr.schedule,
+        "mixup alpha": augment.mixup_alpha, "cutmix alpha": augment.cutmix_alpha,
+        "randaugment": f"{augment.randaugment_ops} ops x M{augment.randaugment_magnitude}"
+        if augment.randaugment_ops else 0,
+        "ema decay": config.ema.decay, "drop path": config.model.drop_path_rate, "dropout": config.model.dropout,
+        "grad clip": training.grad_clip_norm, "label smoothing": training.label_smoothing,
+        "fixres trains": config.resolution.fixres_train if schedule.fixres_epochs(
+            config.resolution, training.epochs) else 0,
+        "loss": training.loss, "flip": "on" if augment.flip else "off",
+        "rrc scale": augment.rrc_scale, "rrc ratio": [round(end, 4) for end in augment.rrc_ratio],
+    }
+    return {name: value for name, value in candidates.items() if value}

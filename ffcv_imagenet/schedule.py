@@ -8,20 +8,17 @@ Each epoch gets a training resolution and a crop mode:
   augmentation at a higher resolution closes the train/test resolution gap
   (Touvron et al., "Fixing the train-test resolution discrepancy", 2019).
 
-``python -m ffcv_imagenet.schedule --config rcfg/rn50_88.yaml`` prints the table.
+``python train_imagenet.py --config rcfg/rn50_88.yaml --print-schedule`` prints the table.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from .cli import OneLineParser, add_recipe_options, answer_recipe_questions, fail, split_overrides
-from .config import ConfigError, ResolutionConfig, check_section, check_value, load_config
+from .config import ConfigError, ResolutionConfig, check_section, check_value
 
-PROG = "python -m ffcv_imagenet.schedule"
 RES_MULTIPLE = 32  # ffcv-imagenet rounds ramp resolutions to a multiple of 32
 FIXRES_AUTO = -1
 FIXRES_AUTO_SHARE = 0.1  # auto FixRes phase: about the last tenth of training
@@ -122,22 +119,3 @@ def format_table(plans: Sequence[EpochPlan]) -> str:
         span = f"{first}-{last}" if last > first else f"{first}"
         lines.append(f"{span:<9} | {res:>3} | {mode}")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineParser(prog=PROG, description="print a recipe's resolution schedule")
-    add_recipe_options(parser, required=True)
-    args, overrides = split_overrides(parser, sys.argv[1:] if argv is None else argv)
-    try:
-        if answer_recipe_questions(args, overrides):
-            return 0
-        config = load_config(args.config, overrides)
-        validate(config.resolution, config.training.epochs)
-    except ConfigError as err:
-        return fail(PROG, str(err))
-    print(format_table(full_schedule(config.resolution, config.training.epochs)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,6 +2,8 @@
 
     python train_imagenet.py --config rcfg/demo.yaml [--section.key=value ...]
     torchrun --nproc_per_node=8 train_imagenet.py --config rcfg/rn50_88.yaml
+
+A mistake is one line and exit code 2 before torch loads; Ctrl-C one line and 130 (rank 0 speaks).
 """
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import sys
 from typing import Sequence
 
 from . import schedule
-from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, add_recipe_options, answer_recipe_questions, fail,
-                  os_error_message, recipe_text, split_overrides, translation_notes, world_from_env)
-from .config import ConfigError, load_config
+from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, fail, interrupt_outside_native_callbacks, interrupted,
+                  os_error_message, world_from_env)
+from .config import Config, ConfigError
+from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
+from .recipes import load_config, recipe_text, translation_notes
 
 PROG = "train_imagenet.py"
 
@@ -66,11 +70,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         return fail(PROG, str(err), EXIT_ERROR, speaks or world_size == 1)
 
+    interrupt_outside_native_callbacks()
+    try:
+        return run(args, config, speaks, world_size)
+    except KeyboardInterrupt:  # also during numba's compile (cli.interrupt_outside_native_callbacks)
+        kept = "" if args.evaluate or args.lr_range_test else (
+            f"; {config.logging.folder} keeps its last checkpoint, if one was written (the same command resumes)")
+        return interrupted(PROG, f"interrupted{kept}", speaks)
+
+
+def run(args: argparse.Namespace, config: Config, speaks: bool, world_size: int) -> int:
+    """Training, --evaluate or --lr-range-test on this rank; the exit code."""
     # Imported only now: --help and recipe mistakes answer in a fraction of a second, without the
     # seconds that loading torch and FFCV (which compiles numba code at import) take.
     from .distributed import init_distributed, shutdown
     from .decoders import CorruptRecordError
-    from .trainer import TrainingStopped, evaluate_saved, train
+    from .evaluation import evaluate_saved
+    from .trainer import TrainingStopped, train
 
     try:
         ctx = init_distributed(config.dist)

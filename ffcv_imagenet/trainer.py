@@ -18,7 +18,6 @@ stops the run at the epoch's end, after its checkpoint.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import signal
 import time
@@ -35,15 +34,14 @@ from . import checkpointing, schedule
 from .cli import EXIT_DIVERGED, EXIT_PREEMPTED
 from .config import Config, ConfigError, to_dict
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
-from .evaluation import EvalResult, Evaluator, autocast_for, resolution_table
-from .fileio import check_writable_dir
-from .loaders import CropSettings, LoaderSettings, TrainLoader, host_buffer_bytes, normalize, workers_per_rank
+from .evaluation import EvalResult, Evaluator, resolution_table
+from .loaders import LoaderSettings, build_train_loader, host_buffer_bytes, normalize, workers_per_rank
 from .losses import build_criterion
 from .lr_schedule import lr_at, peak_lr
-from .model import build_model, load_torchvision_weights, torchvision_state_dict, torchvision_weights
+from .model import autocast_for, prepare_model, torchvision_state_dict, torchvision_weights
 from .optimizers import backbone_frozen, build_optimizer
-from .preflight import Datasets, check_datasets, preflight  # noqa: F401 - check_datasets: Trainer's callers
-from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, apply_model_regularizers, seed_step_draws
+from .preflight import Datasets, dataset_line, preflight
+from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, regularizer_summary, seed_step_draws
 from .run_log import RunLog, SampleLog
 from .tensorboard_log import TensorBoardLog
 
@@ -53,7 +51,6 @@ BEST_WEIGHTS = "best_weights.pt"  # the model of checkpoints/best.pt, as a torch
 BEST_EMA_WEIGHTS = "best_weights_ema.pt"  # the EMA weights at their own best val top-1
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: what SLURM's --signal sends before preemption
 MIB = 2 ** 20
-CLASS_NAMES_SHOWN = 10  # in the run's opening lines; log.jsonl's start record has them all
 
 
 class TrainingStopped(Exception):
@@ -64,31 +61,10 @@ class TrainingStopped(Exception):
         self.exit_code = exit_code
 
 
-# ---------------------------------------------------------------- model and optimizer
-def prepare_model(config: Config, ctx: DistContext, num_classes: int) -> nn.Module:
-    """The recipe's network on this rank's device, regularizers and memory format applied (not DDP-wrapped)."""
-    if ctx.device.type == "cuda":
-        # Shapes stay fixed for an epoch (full batches), so cuDNN times its algorithms once per
-        # shape and keeps the fastest, as ffcv-imagenet does (GPU runs are not bit-reproducible anyway).
-        torch.backends.cudnn.benchmark = True
-    model = build_model(config.model, num_classes=num_classes).to(ctx.device)
-    apply_model_regularizers(model, config.model)
-    if config.training.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
+# ---------------------------------------------------------------- what the run reports
 def memory_stats(device: torch.device) -> dict[str, float | None]:
     gpu_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
     return {"gpu_peak_mib": gpu_peak, "host_rss_mib": psutil.Process().memory_info().rss / MIB}
-
-
-def dataset_line(datasets: Datasets) -> str:
-    """Which files, how many images, and the classes (the first few names, and where they come from)."""
-    hidden = len(datasets.classes) - CLASS_NAMES_SHOWN
-    shown = ", ".join(datasets.classes[:CLASS_NAMES_SHOWN]) + (f", ... ({hidden} more)" if hidden > 0 else "")
-    return (f"data: train {datasets.train_path} ({datasets.train_size} images), val {datasets.val_path} "
-            f"({datasets.val_size} images); {len(datasets.classes)} classes: {shown} ({datasets.names_from})")
 
 
 class QueuedUpdate:
@@ -136,24 +112,6 @@ class StopRequest:
         self.requested = True
 
 
-def regularizer_summary(config: Config) -> dict[str, Any]:
-    """The options that are on, as the start of the run prints and logs them."""
-    augment, training = config.augment, config.training
-    candidates = {
-        "optimizer": training.optimizer, "lr schedule": config.lr.schedule,
-        "mixup alpha": augment.mixup_alpha, "cutmix alpha": augment.cutmix_alpha,
-        "randaugment": f"{augment.randaugment_ops} ops x M{augment.randaugment_magnitude}"
-        if augment.randaugment_ops else 0,
-        "ema decay": config.ema.decay, "drop path": config.model.drop_path_rate, "dropout": config.model.dropout,
-        "grad clip": training.grad_clip_norm, "label smoothing": training.label_smoothing,
-        "fixres trains": config.resolution.fixres_train if schedule.fixres_epochs(
-            config.resolution, training.epochs) else 0,
-        "loss": training.loss, "flip": "on" if augment.flip else "off",
-        "rrc scale": augment.rrc_scale, "rrc ratio": [round(end, 4) for end in augment.rrc_ratio],
-    }
-    return {name: value for name, value in candidates.items() if value}
-
-
 # ---------------------------------------------------------------- the run
 class Trainer:
     def __init__(self, config: Config, ctx: DistContext, datasets: Datasets, resume_from: Path | None = None):
@@ -190,22 +148,13 @@ class Trainer:
         self.loader_settings = LoaderSettings(batch_size=config.training.batch_size,
                                               num_workers=workers_per_rank(config.data.num_workers),
                                               device=ctx.device, channels_last=config.training.channels_last)
-        self.train_loader = self.build_train_loader(ctx.device)
+        self.train_loader = build_train_loader(config, self.loader_settings, distributed=ctx.distributed,
+                                               fields=datasets.fields)
         self.checkpoints = checkpointing.CheckpointWriter()
         self.last_save = time.monotonic()
-        self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size)
+        self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)
         if resume_from is not None:
             self._resume(resume_from)
-
-    def build_train_loader(self, device: torch.device) -> TrainLoader:
-        """The recipe's training loader delivering to ``device`` (the profiler asks for one on the host)."""
-        config = self.config
-        settings = dataclasses.replace(self.loader_settings, device=device)
-        return TrainLoader(self.datasets.train_path, settings, order=config.data.order,
-                           in_memory=config.data.in_memory, distributed=self.ctx.distributed,
-                           seed=config.training.seed, cache_mib=config.data.cache_mib,
-                           fixres_crop_ratio=config.resolution.fixres_crop_ratio, decoder=config.data.decoder,
-                           fields=self.datasets.fields, crop=CropSettings.from_recipe(config.augment))
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         wrapped = model
@@ -592,32 +541,6 @@ class Trainer:
         barrier(self.ctx)
 
 
-def find_resume_point(config: Config, explicit: str | None) -> Path | None:
-    """The checkpoint to continue from: ``--resume PATH`` (file or run folder), else the run folder's own."""
-    if explicit:
-        path = Path(explicit)
-        path = checkpointing.last_checkpoint_path(path) if path.is_dir() else path
-        if not path.is_file():
-            raise ConfigError(f"--resume: {path} does not exist")
-        return path
-    own = checkpointing.last_checkpoint_path(config.logging.folder)
-    if not own.is_file():
-        return None
-    if not config.logging.resume:
-        raise ConfigError(f"logging.folder: {config.logging.folder} already holds a run's checkpoint and "
-                          "logging.resume is false; choose another folder (or resume it)")
-    return own
-
-
-def prepare_run_folder(config: Config, explicit_resume: str | None) -> Path | None:
-    """Rank 0's part: a writable run folder and the checkpoint to resume from, if any."""
-    try:
-        check_writable_dir(config.logging.folder)
-    except OSError as err:
-        raise ConfigError(f"logging.folder: {err}") from None
-    return find_resume_point(config, explicit_resume)
-
-
 def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
     """Check everything, then train (resuming if there is a checkpoint) and save the final weights."""
     datasets = preflight(config, ctx)
@@ -625,7 +548,7 @@ def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
     outcome: tuple[Path | None, str | None] = (None, None)
     if ctx.is_main:
         try:
-            outcome = (prepare_run_folder(config, resume), None)
+            outcome = (checkpointing.prepare_run_folder(config, resume), None)
         except ConfigError as err:
             outcome = (None, str(err))
     resume_from, refusal = broadcast_object(ctx, outcome)
@@ -636,52 +559,3 @@ def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
         trainer.log.say(f"{config.logging.folder} already finished its {trainer.epochs} epochs; nothing to do")
         return
     trainer.run()
-
-
-def read_trained_weights(path: str | Path, option: str = "--evaluate") -> tuple[dict[str, torch.Tensor], bool]:
-    """(state_dict, is a checkpoint) of a run's checkpoint (last.pt, best.pt: our keys) or an exported
-    final_weights.pt (torchvision's keys); ``option`` names where the path came from, in the error line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{option}: {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises assorted types on a truncated or foreign file
-        raise ConfigError(f"{option}: {path} is not readable: {type(err).__name__}") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # last.pt, best.pt: a checkpoint dict
-        return state["model"], True
-    if not isinstance(state, dict):
-        raise ConfigError(f"{option}: {path} holds no state_dict ({type(state).__name__})")
-    return state, False
-
-
-def load_trained_weights(model: nn.Module, path: str | Path, arch: str, option: str = "--evaluate") -> None:
-    """A run's checkpoint (last.pt, best.pt) or its exported final_weights.pt, into ``model``."""
-    weights, is_checkpoint = read_trained_weights(path, option)
-    try:
-        if is_checkpoint:
-            model.load_state_dict(weights)
-        else:
-            load_torchvision_weights(model, weights)
-    except (RuntimeError, ValueError, TypeError) as err:
-        classes = model.fc.out_features
-        raise ConfigError(f"{option}: {path} does not fit model.arch={arch} with {classes} classes: "
-                          f"{str(err).splitlines()[0]}") from None
-
-
-def evaluate_saved(config: Config, ctx: DistContext, path: str | Path, resolutions: Sequence[int]) -> list[dict]:
-    """The separate evaluation command: saved weights at each test resolution, printed as a table.
-
-    Only the model and the val loaders are built: no optimizer, scaler or train loader.
-    """
-    datasets = preflight(config, ctx)
-    for res in resolutions:
-        if res <= 0:
-            raise ConfigError(f"--eval-res: resolutions must be positive, got {res}")
-    model = prepare_model(config, ctx, len(datasets.classes))
-    load_trained_weights(model, path, config.model.arch)
-    rows = Evaluator(config, ctx, datasets.val_path, datasets.val_size).resolution_rows(model, resolutions)
-    if ctx.is_main:
-        print(resolution_table(rows, schedule.full_schedule(config.resolution, config.training.epochs)[-1].res),
-              flush=True)
-    return rows

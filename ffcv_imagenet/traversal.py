@@ -47,14 +47,27 @@ class Order(Protocol):
 
 
 def samples_by_page(page_to_samples: dict[int, set[int]], indices: np.ndarray) -> list[np.ndarray]:
-    """Each page's samples that are in ``indices``, sorted, pages in file order (empty pages left out)."""
+    """Each page's samples that are in ``indices``, sorted, pages in file order (empty pages left out).
+
+    ValueError for a record with data in two pages (FFCV allocates each field of a record on its
+    own, so two variable-size fields may land in two pages): it would be visited once per page."""
     wanted = set(int(i) for i in indices)
-    pages = []
+    numbers, pages = [], []
     for page in sorted(page_to_samples):
         members = np.array(sorted(wanted.intersection(int(s) for s in page_to_samples[page])), dtype=np.int64)
         if members.size:
+            numbers.append(page)
             pages.append(members)
+    _refuse_spanning_records(numbers, pages)
     return pages
+
+
+def _refuse_spanning_records(numbers: list[int], pages: list[np.ndarray]) -> None:
+    samples, counts = np.unique(np.concatenate(pages) if pages else np.empty(0, np.int64), return_counts=True)
+    if (counts > 1).any():
+        record = int(samples[counts > 1][0])
+        spanned = [number for number, members in zip(numbers, pages) if record in members]
+        raise ValueError(f"record {record} has data in pages {spanned[0]} and {spanned[1]}")
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:

@@ -7,7 +7,7 @@ from pathlib import Path
 import helpers  # noqa: F401  first: it sets the tests' numba optimisation level before numba loads
 import pytest
 
-from ffcv_imagenet.demo_data import make_demo_imagefolder
+from ffcv_imagenet.convert.demo_data import make_demo_imagefolder
 
 DEMO_CLASSES = 6
 DEMO_TRAIN_PER_CLASS = 24
@@ -24,7 +24,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_betons(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{'train': Path, 'val': Path}: the demo ImageFolder converted the way users convert."""
-    from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+    from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
 
     out = tmp_path_factory.mktemp("demo_betons")
     settings = ConversionSettings(max_resolution=256, num_workers=2)

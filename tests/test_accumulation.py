@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ffcv_imagenet.config import load_config
+from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.distributed import DistContext
 from ffcv_imagenet.preflight import preflight
 from ffcv_imagenet.schedule import RRC, EpochPlan

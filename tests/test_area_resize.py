@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffcv_imagenet.area_resize import integer_ratio, shrink_area
-from ffcv_imagenet.image_files import draft_size, load_rgb, stored_size
+from ffcv_imagenet.convert.area_resize import integer_ratio, shrink_area
+from ffcv_imagenet.convert.image_files import draft_size, load_rgb, stored_size
 
 PHOTO_SIZES = [(700, 525), (501, 380), (799, 612), (1283, 961), (2500, 1700), (333, 500), (640, 480)]
 STORED_SIDES = [500, 256, 160, 64]

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_imagenet.config import ConfigError, describe, load_config, to_yaml
+from ffcv_imagenet.config import STANDARD_CROP_RATIO, Config, ConfigError, describe, to_yaml
+from ffcv_imagenet.recipes import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,3 +145,12 @@ def test_print_config_prints_the_resolved_recipe_and_help_config_every_key() -> 
         for key, param in params.items():
             assert any(line.strip().startswith(f"{key} (") and repr(param.default) in line
                        for line in listed.splitlines()), f"{section}.{key}"
+
+
+def test_one_standard_crop_ratio_for_validation_fixres_and_the_decoders() -> None:
+    from ffcv_imagenet.decoders import FIXRES_CROP_RATIO, VAL_CROP_RATIO
+
+    base = Config()
+    assert STANDARD_CROP_RATIO == 224 / 256
+    assert base.validation.crop_ratio == base.resolution.fixres_crop_ratio == STANDARD_CROP_RATIO
+    assert VAL_CROP_RATIO == FIXRES_CROP_RATIO == STANDARD_CROP_RATIO

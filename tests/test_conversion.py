@@ -22,9 +22,9 @@ from ffcv.fields.rgb_image import SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from PIL import Image
 
-from ffcv_imagenet.conversion import (ConversionError, ConversionSettings, convert_imagefolder, load_class_names,
+from ffcv_imagenet.convert.conversion import (ConversionError, ConversionSettings, convert_imagefolder, load_class_names,
                                       sidecar_path, skipped_report_path)
-from ffcv_imagenet.inspection import image_metadata, labels, open_beton
+from ffcv_imagenet.convert.inspection import image_metadata, labels, open_beton
 
 from helpers import sigint_not_ignored
 

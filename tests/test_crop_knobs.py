@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ffcv_imagenet.config import load_config
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+from ffcv_imagenet.recipes import load_config
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
 from ffcv_imagenet.loaders import CropSettings, LoaderSettings, TrainLoader
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan
 

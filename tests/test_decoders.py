@@ -11,7 +11,7 @@ from ffcv.loader import Loader, OrderOption
 from PIL import Image
 from torchvision.transforms import v2
 
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
 from ffcv_imagenet.decoders import (FIXRES_CROP_RATIO, CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder,
                                     fixres_crop_window)
 

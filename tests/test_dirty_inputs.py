@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from ffcv_imagenet.beton_format import JPEG_MODE
-from ffcv_imagenet.conversion import (ConversionSettings, convert_imagefolder, read_index, sidecar_path,
+from ffcv_imagenet.convert.conversion import (ConversionSettings, convert_imagefolder, read_index, sidecar_path,
                                       skipped_report_path)
-from ffcv_imagenet.image_files import load_rgb, probe
-from ffcv_imagenet.inspection import image_metadata, labels, open_beton, read_image
+from ffcv_imagenet.convert.image_files import load_rgb, probe
+from ffcv_imagenet.convert.inspection import image_metadata, labels, open_beton, read_image
 
 MAX_RESOLUTION = 500
 LOSSY_TOLERANCE = 4.0  # mean absolute difference allowed after a JPEG/WEBP round trip

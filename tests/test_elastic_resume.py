@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from ffcv_imagenet.checkpointing import last_checkpoint_path, load_checkpoint
-from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
 from ffcv_imagenet.run_log import SAMPLE_LOG_ENV
 from ffcv_imagenet.traversal import RandomOrder
 from helpers import REPO, cpu_env, epoch_records, explain, run, tiny_overrides, torchrun_command, train_command

@@ -17,7 +17,7 @@ from torchvision import models
 from ffcv_imagenet.beton_format import labels as beton_labels
 from ffcv_imagenet.beton_format import load_class_names, open_beton
 from ffcv_imagenet.cli import EXIT_ERROR, EXIT_INTERRUPTED
-from ffcv_imagenet.export import MANIFEST, PARTIAL_SUFFIX
+from ffcv_imagenet.export_files import MANIFEST, PARTIAL_SUFFIX
 from ffcv_imagenet.trainer import FINAL_WEIGHTS
 from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, export_command, run, sigint_not_ignored,
                      torchrun_command)
@@ -192,7 +192,7 @@ def test_after_an_interrupt_half_built_objects_stay_quiet() -> None:
 @pytest.fixture(scope="module")
 def three_class_val(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real .beton with other classes: three of the demo's six."""
-    from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
+    from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
 
     root = tmp_path_factory.mktemp("three_classes")
     for folder in sorted((demo_root / "val").iterdir())[:3]:

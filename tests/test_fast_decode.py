@@ -23,7 +23,7 @@ from PIL import Image
 from ffcv_imagenet.decoders import (DCT_DENOMINATORS, FULL, METHODS, REGION, RRC_RATIO, RRC_SCALE, SCALED,
                                     CenterCropDecoder, CorruptRecordError, RandomResizedCropDecoder,
                                     dct_denominator, epoch_seed, sample_seed, scaled_down, scaled_span)
-from ffcv_imagenet.demo_data import make_image
+from ffcv_imagenet.convert.demo_data import make_image
 from ffcv_imagenet.loaders import LoaderSettings, TrainLoader, build_val_loader
 from ffcv_imagenet.schedule import RRC, EpochPlan
 

@@ -13,12 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from ffcv_imagenet.beton_format import Fields, field_names, labels, open_beton, sidecar_path
-from ffcv_imagenet.inspection import read_image
+from ffcv_imagenet.beton_format import (Fields, field_names, labels, open_beton, recorded_fields, sidecar_path,
+                                        stored_bytes, stored_bytes_by_field)
+from ffcv_imagenet.convert.inspection import read_image, report
+from ffcv_imagenet.distributed import DistContext
+from ffcv_imagenet.evaluation import Evaluator
 from ffcv_imagenet.loaders import LoaderSettings, TrainLoader, build_val_loader
+from ffcv_imagenet.preflight import check_datasets
+from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.schedule import RRC, EpochPlan
 from ffcv_writer import write_like_ffcv_imagenet
-from helpers import REPO, epoch_records, explain, run, tiny_overrides, train_command
+from helpers import DEMO_RECIPE, REPO, epoch_records, explain, run, tiny_overrides, train_command
 
 STORED_SIDE = 64  # ffcv-imagenet writes 500 px (train_500_0.50_90.ffcv); tiny here
 TWO_EPOCHS = {"training.epochs": 2, "validation.resolutions": "[]"}  # one 32 px rrc epoch, one 64 px FixRes epoch
@@ -120,7 +125,7 @@ CLOSE_LEVELS = 12  # mean |difference| in 8-bit levels between two decodes of th
 
 @pytest.fixture(scope="module")
 def mode_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ffcv_imagenet.demo_data import make_demo_imagefolder
+    from ffcv_imagenet.convert.demo_data import make_demo_imagefolder
 
     root = make_demo_imagefolder(tmp_path_factory.mktemp("mode_images"), num_classes=MODE_CLASSES,
                                  train_per_class=MODE_PER_CLASS, val_per_class=1, seed=3)
@@ -208,6 +213,53 @@ def test_fields_named_in_the_recipe_are_read_in_any_order(other_fields: Path, tm
     assert all(images.shape == (BATCH, 3, OUT_SIDE, OUT_SIDE) for images, _ in batches)  # images first
     assert torch.cat([got.view(-1) for _, got in batches]).tolist() == labels(open_beton(other_fields, fields),
                                                                               fields).tolist()
+
+
+def test_an_adopted_file_is_read_with_the_fields_its_sidecar_records(other_fields: Path, mode_root: Path,
+                                                                     tmp_path: Path) -> None:
+    copy = tmp_path / "triples.beton"
+    shutil.copy(other_fields, copy)
+    adopted = run_write_datasets("adopt", str(copy), "--classes-from", str(mode_root), "--image-field", "img",
+                                 "--label-field", "target")
+    assert adopted.returncode == 0, explain(adopted)
+    recorded = Fields(image="img", label="target")
+    assert recorded_fields(copy) == recorded
+    config = load_config(DEMO_RECIPE, tiny_overrides({"train": copy, "val": copy}, tmp_path / "run"))
+    datasets = check_datasets(config)  # the recipe leaves data.image_field and data.label_field at their defaults
+    assert datasets.fields == datasets.val_fields == recorded
+    ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)
+    seen = torch.cat([got.view(-1).clone() for _, got in evaluator.loader(OUT_SIDE)])
+    assert seen.tolist() == labels(open_beton(copy, recorded), recorded).tolist()
+
+
+class WithNotes(Triples):
+    """(image, label, note): a second field stored outside the metadata, as the image is."""
+
+    def __getitem__(self, index: int) -> tuple:
+        image, label = self.folder[index]
+        return image, label, np.full(NOTE_BYTES * (index % 3 + 1), index, dtype=np.uint8)
+
+
+NOTE_BYTES = 700
+
+
+def test_stored_bytes_are_counted_per_field(mode_root: Path, tmp_path: Path) -> None:
+    from ffcv.fields import BytesField, IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    path = tmp_path / "notes.beton"
+    fields = {"image": RGBImageField(max_resolution=32), "label": IntField(), "note": BytesField()}
+    DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(WithNotes(mode_root))
+    reader = open_beton(path)
+    stored = stored_bytes_by_field(reader)
+    count = int(reader.num_samples)
+    assert set(stored) == {"image", "note"}  # the label lives in the metadata table
+    assert stored["note"] == sum(NOTE_BYTES * (index % 3 + 1) for index in range(count))
+    assert stored["image"] + stored["note"] == stored_bytes(path) and stored["image"] > 0
+    per_record = f"{stored['image'] / count / 1024:.1f} KiB of image data per record, note " \
+                 f"{stored['note'] / count / 1024:.1f} KiB"
+    assert per_record in report(path)
 
 
 @pytest.fixture(scope="module")

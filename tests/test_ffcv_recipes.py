@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from helpers import REPO, TRAIN, epoch_records, explain, run, tiny_overrides
-from ffcv_imagenet.config import ConfigError, Config, load_config, to_dict
+from ffcv_imagenet.config import ConfigError, Config, to_dict
+from ffcv_imagenet.recipes import load_config
 
 # The twelve published files of libffcv/ffcv-imagenet (rn50_configs/, rn18_configs/), as written there;
 # only the epochs and the ramp differ between the files of one family.

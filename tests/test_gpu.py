@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from ffcv_imagenet.checkpointing import last_checkpoint_path
-from ffcv_imagenet.config import load_config
+from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.distributed import DistContext
 from ffcv_imagenet.loaders import normalize
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan

@@ -18,7 +18,7 @@ from ffcv.pipeline.state import State
 from ffcv.transforms import ToDevice
 
 from ffcv_imagenet.decoders import _SCRATCH
-from ffcv_imagenet.inspection import open_beton
+from ffcv_imagenet.convert.inspection import open_beton
 from ffcv_imagenet.loaders import (LoaderSettings, TrainLoader, _image_tail, _label_pipeline, arrival_events, in_layout,
                                    normalize, release_after_use, workers_per_rank)
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan

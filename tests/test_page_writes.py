@@ -20,11 +20,11 @@ from ffcv.types import ALLOC_TABLE_TYPE
 from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
 from PIL import Image
 
-from ffcv_imagenet import beton_writer
+from ffcv_imagenet.convert import beton_writer
 from ffcv_imagenet.beton_format import IMAGE_MODES, read_header
-from ffcv_imagenet.beton_writer import GuardedWriter, SourceImages
-from ffcv_imagenet.jpeg_passthrough import with_passthrough
-from ffcv_imagenet.page_writes import DIRECT_ALIGNMENT, PositionalAllocator, open_direct
+from ffcv_imagenet.convert.beton_writer import GuardedWriter, SourceImages
+from ffcv_imagenet.convert.jpeg_passthrough import with_passthrough
+from ffcv_imagenet.convert.page_writes import DIRECT_ALIGNMENT, PositionalAllocator, open_direct
 
 PAGE_SIZE = MIN_PAGE_SIZE  # 2 MiB: a few dozen files fill several pages
 CHUNK_SIZE = 5

@@ -18,16 +18,16 @@ from ffcv.loader import Loader, OrderOption
 from PIL import Image
 
 from ffcv_imagenet.beton_format import JPEG_MODE, sidecar_path
-from ffcv_imagenet.conversion import ConversionError, ConversionSettings, convert_imagefolder, read_index
+from ffcv_imagenet.convert.conversion import ConversionError, ConversionSettings, convert_imagefolder, read_index
 from ffcv_imagenet.decoders import CenterCropDecoder
-from ffcv_imagenet.image_files import load_rgb, to_rgb_array
+from ffcv_imagenet.convert.image_files import load_rgb, to_rgb_array
 from ffcv_imagenet.decode_rate import measure_decode_rates
-from ffcv_imagenet.inspection import QUALITY_RANGES, image_metadata, open_beton, read_image, record_bytes, report
-from ffcv_imagenet.jpeg_passthrough import (BASELINE_SOF, passthrough_candidate, read_jpeg_header,
+from ffcv_imagenet.convert.inspection import QUALITY_RANGES, image_metadata, open_beton, read_image, record_bytes, report
+from ffcv_imagenet.convert.jpeg_passthrough import (BASELINE_SOF, passthrough_candidate, read_jpeg_header,
                                             why_not_passed_through, why_slower_than_reencoded)
 from ffcv_imagenet.jpeg_region import entropy_check
-from ffcv_imagenet.write_cli import build_parser
-from ffcv_imagenet.write_cli import main as write_main
+from ffcv_imagenet.convert.write_cli import build_parser
+from ffcv_imagenet.convert.write_cli import main as write_main
 
 MAX_RESOLUTION = 200
 DECODE_TOLERANCE = 2.0  # mean absolute difference: FFCV's fast-DCT decode against PIL's decode of the same bytes

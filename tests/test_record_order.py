@@ -12,9 +12,9 @@ from ffcv.fields.rgb_image import SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from PIL import Image
 
-from ffcv_imagenet.conversion import (ConversionError, ConversionSettings, convert_imagefolder, read_index,
+from ffcv_imagenet.convert.conversion import (ConversionError, ConversionSettings, convert_imagefolder, read_index,
                                       sidecar_path)
-from ffcv_imagenet.inspection import distinct_classes_per_window, labels, open_beton
+from ffcv_imagenet.convert.inspection import distinct_classes_per_window, labels, open_beton
 
 CLASSES = {"ant": 7, "bee": 5, "cat": 6, "dog": 6}
 SIZE = (20, 28)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_imagenet.config import ConfigError, ResolutionConfig, load_config
+from ffcv_imagenet.config import ConfigError, ResolutionConfig
+from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.schedule import FIXRES, RRC, fixres_epochs, format_table, full_schedule, phases, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +80,8 @@ def test_table_merges_equal_epochs() -> None:
 
 
 def test_schedule_command_prints_table_and_refuses_bad_overrides() -> None:
-    run = [sys.executable, "-m", "ffcv_imagenet.schedule", "--config", str(REPO / "rcfg" / "rn50_88.yaml")]
+    run = [sys.executable, str(REPO / "train_imagenet.py"), "--config", str(REPO / "rcfg" / "rn50_88.yaml"),
+           "--print-schedule"]
     good = subprocess.run(run, capture_output=True, text=True)
     assert good.returncode == 0 and "79-87     | 224 | fixres" in good.stdout
     bad = subprocess.run(run + ["--resolution.fixres_epochs=88"], capture_output=True, text=True)

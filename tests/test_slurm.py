@@ -12,7 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ffcv_imagenet import slurm, trainer
+from ffcv_imagenet import slurm_launch as slurm
+from ffcv_imagenet.cli import EXIT_PREEMPTED
 from ffcv_imagenet.checkpointing import last_checkpoint_path, load_checkpoint
 from helpers import DEMO_RECIPE, REPO, TRAIN, cpu_env, epoch_records, free_port, tiny_overrides
 
@@ -126,7 +127,7 @@ def test_batch_script_parses_and_wires_the_signal_and_the_requeue() -> None:
     directives = [line.split()[1] for line in text.splitlines() if line.startswith("#SBATCH")]
     assert "--signal=USR1@120" in directives and "--requeue" in directives and "--ntasks-per-node=1" in directives
     assert "-m ffcv_imagenet.slurm" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
-    assert slurm.EXIT_PREEMPTED == trainer.EXIT_PREEMPTED and '"$code" -eq 143' in text
+    assert slurm.EXIT_PREEMPTED == EXIT_PREEMPTED == 143 and '"$code" -eq 143' in text
 
 
 def test_sigusr1_to_the_launcher_checkpoints_and_exits_143(demo_betons: dict, tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ import torch
 from torchvision import models
 
 from ffcv_imagenet.checkpointing import last_checkpoint_path, load_checkpoint
-from ffcv_imagenet.config import load_config
+from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.run_log import SAMPLE_LOG_ENV
 from ffcv_imagenet.schedule import full_schedule
 from ffcv_imagenet.tensorboard_log import TENSORBOARD_FOLDER
-from ffcv_imagenet.trainer import EXIT_DIVERGED, EXIT_PREEMPTED, FINAL_WEIGHTS
+from ffcv_imagenet.cli import EXIT_DIVERGED, EXIT_ERROR, EXIT_PREEMPTED
+from ffcv_imagenet.trainer import FINAL_WEIGHTS
 from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, free_port, interrupt_after_epochs, run,
                      tiny_overrides, torchrun_command, train_command)
 
@@ -128,7 +129,7 @@ def test_sigterm_during_validation_stops_before_the_next_epoch(straight_run: Pat
 
 def test_checkpoint_of_another_recipe_is_refused(straight_run: Path, demo_betons: dict) -> None:
     result = run(train_command(tiny_overrides(demo_betons, straight_run, **{"lr.lr_per_256": 0.2})))
-    assert result.returncode == 2
+    assert result.returncode == EXIT_ERROR
     assert result.stderr.count("\n") == 1 and "lr.lr_per_256: 0.4 -> 0.2" in result.stderr, explain(result)
 
 
@@ -204,7 +205,8 @@ def test_evaluate_command_reproduces_the_runs_own_numbers(straight_run: Path, de
 
 def test_bn_fc_fixres_phase_trains_only_batchnorm_and_classifier(demo_betons: dict, tmp_path: Path) -> None:
     from ffcv_imagenet.distributed import DistContext
-    from ffcv_imagenet.trainer import Trainer, check_datasets
+    from ffcv_imagenet.preflight import check_datasets
+    from ffcv_imagenet.trainer import Trainer
 
     config = load_config(DEMO_RECIPE, tiny_overrides(demo_betons, tmp_path, **{
         "training.epochs": 2, "resolution.fixres_train": "bn_fc", "validation.every": 2}))

@@ -58,8 +58,8 @@ def test_missing_recipe_and_stray_argument(tmp_path: Path) -> None:
 
 
 def test_val_with_other_classes_is_refused(demo_betons: dict, tmp_path: Path) -> None:
-    from ffcv_imagenet.conversion import ConversionSettings, convert_imagefolder
-    from ffcv_imagenet.demo_data import make_demo_imagefolder
+    from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
+    from ffcv_imagenet.convert.demo_data import make_demo_imagefolder
 
     other = make_demo_imagefolder(tmp_path / "other", num_classes=3, train_per_class=2, val_per_class=2, seed=1)
     val = tmp_path / "val.beton"
@@ -88,7 +88,7 @@ def test_a_dead_rank_ends_the_run_instead_of_hanging(demo_betons: dict, tmp_path
 
 
 def test_print_schedule_prints_the_table_alone() -> None:
-    from ffcv_imagenet.config import load_config
+    from ffcv_imagenet.recipes import load_config
     from ffcv_imagenet.schedule import format_table, full_schedule
 
     result = run([*train_command([])[:2], "--config", str(REPO / "rcfg" / "rn50_88.yaml"), "--print-schedule"])

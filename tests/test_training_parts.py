@@ -98,6 +98,26 @@ def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     assert list(path.parent.iterdir()) == [path]  # no temporary left behind
 
 
+def test_resume_inside_a_quasi_random_epoch_keeps_its_window(tmp_path: Path) -> None:
+    saved = Config()
+    saved.data.order, saved.data.cache_mib = "quasi_random", 4096
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"recipe": to_dict(saved), "epoch": 2, "samples_in_epoch": 64, "model": {}})
+    state = load_checkpoint(path)
+    current = Config()
+    current.data.order, current.data.cache_mib = "quasi_random", 2048
+    with pytest.raises(ConfigError, match=r"^data.cache_mib: 4096 -> 2048: .* inside epoch 2, .*"
+                                          r"resume with data.cache_mib=4096$"):
+        check_resumable(state, current, path)
+    current.data.cache_mib = 4096  # the same window: the rest of the epoch is the same order
+    check_resumable(state, current, path)
+    current.data.cache_mib, current.data.order = 2048, "random"  # a random order has no window
+    check_resumable(state, current, path)
+    state["samples_in_epoch"] = 0  # at an epoch boundary the next epoch's order is drawn afresh
+    current.data.order = "quasi_random"
+    check_resumable(state, current, path)
+
+
 def test_parameter_groups_decay_and_fixres_freezing() -> None:
     model = models.resnet18(num_classes=5)
     backbone, classifier, no_decay = parameter_groups(model, 5e-5)

@@ -70,6 +70,16 @@ def test_real_beton_pages_are_covered(demo_pages: list[np.ndarray]) -> None:
         assert len(np.unique(seen)) == len(seen) == total - total % world_size
 
 
+def test_pages_in_file_order_and_a_record_in_two_pages_refused() -> None:
+    layout = {3: {5, 6}, 0: {0, 1, 2}, 1: {3, 4}}
+    assert [list(page) for page in samples_by_page(layout, np.arange(7))] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [list(page) for page in samples_by_page(layout, np.array([4, 0]))] == [[0], [4]]
+    layout[1].add(5)  # record 5's second field landed on page 1
+    with pytest.raises(ValueError, match="^record 5 has data in pages 1 and 3$"):
+        samples_by_page(layout, np.arange(7))
+    assert [list(page) for page in samples_by_page(layout, np.arange(5))] == [[0, 1, 2], [3, 4]]
+
+
 def test_order_is_seeded_by_seed_and_epoch() -> None:
     pages = synthetic_pages(500, 25)
     first = orders(pages, 2, epoch=0)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .area_resize import shrink_area
-from .jpeg_region import decode_rgb
+from ..jpeg_region import decode_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
 JPEG_EOI = b"\xff\xd9"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, label_range, load_sidecar, open_beton,
+from ..beton_format import (DEFAULT_FIELDS, ConversionError, Fields, label_range, load_sidecar, open_beton,
                            sidecar_path)
-from .fileio import atomic_write_text
+from ..fileio import atomic_write_text
 
 ADOPTED = "adopted"  # the sidecar key that marks a sidecar written by adopt (which adopt may replace)
 

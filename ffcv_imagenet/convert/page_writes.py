@@ -13,12 +13,12 @@ allocation table that ``DatasetWriter.finalize`` appends lands after the highest
 since every page is written before the processes report their allocations.
 
 Pages go to disk with O_DIRECT, past the page cache: a buffered write of 8 MiB first makes
-the kernel find and fill 2048 cache pages, which took 19 ms of CPU per page inside our 2-core
-box's writer processes (a fifth of their CPU; direct: 0.8 ms of CPU and 4.1 ms of waiting;
-benchmarks/README.md), and a write-once file the size of ImageNet would push the source images
-out of the cache besides. Pages start on a page-size boundary, so only the buffer needs aligning. Where
-the file system refuses O_DIRECT (tmpfs, some network mounts) pages are written through the
-cache, each page's writeback started as soon as it is written, not left to the fsync at the end.
+the kernel find and fill 2048 cache pages, CPU the writer processes need for images (the
+figures, buffered against direct, are in benchmarks/README.md, "Conversion"), and a write-once
+file the size of ImageNet would push the source images out of the cache besides. Pages start
+on a page-size boundary, so only the buffer needs aligning. Where the file system refuses
+O_DIRECT (tmpfs, some network mounts) pages are written through the cache, each page's
+writeback started as soon as it is written, not left to the fsync at the end.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class PositionalAllocator(MemoryAllocator):
                 self._close_direct()
         write_at(self.fd, memoryview(self.page_data), page_start)
         if hasattr(os, "posix_fadvise"):  # Linux: starts the page's writeback now (it drops only clean pages),
-            # so the fsync before the rename has little left to wait for (was 0.3-0.4 s per 4000 images)
+            # so the fsync before the rename has little left to wait for (benchmarks/README.md)
             os.posix_fadvise(self.fd, page_start, self.page_size, os.POSIX_FADV_DONTNEED)
 
     def _close_direct(self) -> None:

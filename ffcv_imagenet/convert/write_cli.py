@@ -6,10 +6,10 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-from .cli import OneLineParser, fail, interrupt_outside_native_callbacks, interrupted
+from ..cli import OneLineParser, fail, interrupt_outside_native_callbacks, interrupted
 from .conversion import (BY_ROLE, FOLDER, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
                          find_class_folders, require_known_classes)
-from .beton_format import Fields
+from ..beton_format import Fields
 from .demo_data import make_demo_imagefolder
 from .jpeg_passthrough import ALWAYS, NEVER, PASSTHROUGH_MODES
 
@@ -153,7 +153,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _adopt(args: argparse.Namespace) -> None:
     from .adoption import adopt  # imports FFCV: only when needed
-    from .beton_format import sidecar_path
+    from ..beton_format import sidecar_path
 
     sidecar = adopt(args.beton, args.classes_from, Fields(args.image_field, args.label_field))
     names = "names from " + str(args.classes_from) if args.classes_from else "named by number"

@@ -7,9 +7,9 @@ import numpy as np
 from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 
-from .beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, class_names,  # noqa: F401
+from ..beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, class_names,  # noqa: F401
                            image_metadata, index_path, label_range, labels, load_class_names, loader_pipelines,
-                           load_sidecar, open_beton, read_index, record_bytes, sidecar_path, stored_bytes)
+                           load_sidecar, open_beton, read_index, record_bytes, sidecar_path, stored_bytes_by_field)
 from .jpeg_passthrough import chroma_sampling, estimated_quality, passthrough_mode, read_jpeg_header
 
 SAMPLES_TO_DECODE = 8
@@ -84,13 +84,17 @@ def histogram_lines(counts: np.ndarray, names: list[str]) -> list[str]:
     return lines
 
 
-def size_lines(path: Path, meta: np.ndarray) -> list[str]:
+def size_lines(reader: Reader, fields: Fields) -> list[str]:
+    meta = image_metadata(reader, fields)
     heights, widths = meta["height"].astype(int), meta["width"].astype(int)
+    stored = stored_bytes_by_field(reader)
+    others = "".join(f", {name} {size / len(meta) / KIB:.1f} KiB" for name, size in stored.items()
+                     if name != fields.image)
     return [f"stored height: min {heights.min()} / mean {heights.mean():.0f} / max {heights.max()}; "
             f"width: min {widths.min()} / mean {widths.mean():.0f} / max {widths.max()}; "
             f"longest side at most {int(np.maximum(heights, widths).max())}",
             f"stored as JPEG: {np.mean(meta['mode'] == JPEG_MODE):.0%}, raw: {np.mean(meta['mode'] != JPEG_MODE):.0%}; "
-            f"{stored_bytes(path) / len(meta) / KIB:.1f} KiB of image data per record"]
+            f"{stored[fields.image] / len(meta) / KIB:.1f} KiB of image data per record{others}"]
 
 
 def record_sizes(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
@@ -191,8 +195,7 @@ def report(path: str | Path, fields: Fields = DEFAULT_FIELDS, decode_rate: bool 
     counts = np.bincount(label_values, minlength=len(names))
     lines = [f"{path}: {count} records, fields {reader.field_names}",
              f"classes: {len(names)} ({source})", *histogram_lines(counts, names),
-             *size_lines(path, image_metadata(reader, fields)), *record_kind_lines(reader, fields),
-             *index_lines(path, label_values),
+             *size_lines(reader, fields), *record_kind_lines(reader, fields), *index_lines(path, label_values),
              *class_mix_lines(label_values)]
 
     indices = spread_indices(count)
@@ -206,7 +209,7 @@ def report(path: str | Path, fields: Fields = DEFAULT_FIELDS, decode_rate: bool 
     lines.append("  " + "; ".join(f"#{index}: {names[label]}, {image.mean():.0f}"
                                   for index, label, image in zip(indices, decoded_labels, images)))
     if decode_rate:
-        from .decode_rate import measure_decode_rates
+        from ..decode_rate import measure_decode_rates
 
         lines.append(str(measure_decode_rates(path, recipe, decode_sample, fields=fields)))
     return "\n".join(lines)

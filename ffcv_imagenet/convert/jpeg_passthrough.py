@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .beton_format import JPEG_MODE
-from .jpeg_region import entropy_check
+from ..beton_format import JPEG_MODE
+from ..jpeg_region import entropy_check
 
 if TYPE_CHECKING:  # conversion imports the modes before FFCV is needed
     from ffcv.fields import RGBImageField

@@ -14,7 +14,7 @@ from ctypes import c_int32, c_void_p
 import cv2
 import numpy as np
 
-from .jpeg_region import compiled_library
+from ..jpeg_region import compiled_library
 
 EXACT = 0  # area_resize's return value when it wrote the output
 

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .beton_format import (DECODED, KEPT, ConversionError, index_path, load_class_names,  # noqa: F401
+from ..beton_format import (DECODED, KEPT, ConversionError, index_path, load_class_names,  # noqa: F401
                            read_index, sidecar_path, skipped_report_path)
-from .fileio import atomic_path, atomic_write_text, check_writable_dir
+from ..fileio import atomic_path, atomic_write_text, check_writable_dir
 from .image_files import Sample, Skipped, is_hidden, probe, scan_class
 from .jpeg_passthrough import AUTO, passthrough_mode
 
@@ -269,7 +269,7 @@ def convert_imagefolder(root: str | Path, out_path: str | Path,
     skipped += prober.skipped
 
     importing = time.perf_counter()
-    from .beton_format import stored_bytes
+    from ..beton_format import stored_bytes
     from .beton_writer import WorkerFailed, write_records  # FFCV: only now there is work
 
     started += time.perf_counter() - importing  # a one-time cost of the process, not of this conversion

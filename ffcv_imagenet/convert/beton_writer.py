@@ -29,7 +29,7 @@ from ffcv.fields.base import Field
 from ffcv.writer import MIN_PAGE_SIZE, DatasetWriter
 from tqdm import tqdm
 
-from .beton_format import IMAGE_MODES
+from ..beton_format import IMAGE_MODES
 from .image_files import Sample, Skipped, load_rgb
 from .jpeg_passthrough import (NEVER, SourceJpeg, chooses_jpeg, decodes_cleanly, may_store_as_jpeg,
                                passthrough_candidate, passthrough_mode, with_passthrough)
