@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -43,13 +42,13 @@ from .optimizers import backbone_frozen, build_optimizer
 from .preflight import Datasets, dataset_line, preflight
 from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, regularizer_summary, seed_step_draws
 from .run_log import RunLog, SampleLog
+from .step_flags import QueuedUpdate, StopRequest
 from .tensorboard_log import TensorBoardLog
 
 FINAL_WEIGHTS = "final_weights.pt"
 FINAL_EMA_WEIGHTS = "final_weights_ema.pt"
 BEST_WEIGHTS = "best_weights.pt"  # the model of checkpoints/best.pt, as a torchvision state_dict
 BEST_EMA_WEIGHTS = "best_weights_ema.pt"  # the EMA weights at their own best val top-1
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: what SLURM's --signal sends before preemption
 MIB = 2 ** 20
 
 
@@ -65,51 +64,6 @@ class TrainingStopped(Exception):
 def memory_stats(device: torch.device) -> dict[str, float | None]:
     gpu_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
     return {"gpu_peak_mib": gpu_peak, "host_rss_mib": psutil.Process().memory_info().rss / MIB}
-
-
-class QueuedUpdate:
-    """An optimizer update's all-reduced (loss sum, stop requests, checkpoint due), on their way to the host.
-
-    On a GPU the values are copied into pinned host memory behind the update's own work, and an
-    event marks the copy's end: reading them later waits for that update only, not for work queued
-    after it. On the CPU they are already on the host.
-    """
-
-    def __init__(self, reduced: torch.Tensor, world_size: int):
-        self.world_size = world_size
-        self.copied: torch.cuda.Event | None = None
-        self.values = reduced
-        if reduced.device.type == "cuda":
-            self.values = torch.empty(reduced.shape, dtype=reduced.dtype, pin_memory=True)
-            self.values.copy_(reduced, non_blocking=True)
-            self.copied = torch.cuda.Event()
-            self.copied.record()
-
-    def read(self) -> tuple[float, bool, bool]:
-        """(loss averaged over the ranks, stop requested on any rank, checkpoint due by rank 0's clock)."""
-        if self.copied is not None:
-            self.copied.synchronize()
-        loss_sum, stops, due = self.values.tolist()
-        return loss_sum / self.world_size, stops > 0, due > 0
-
-
-class StopRequest:
-    """Remembers a SIGTERM/SIGUSR1 until the loop reaches a step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.requested = True
 
 
 # ---------------------------------------------------------------- the run

@@ -144,7 +144,7 @@ def test_a_fused_optimizer_skips_a_non_finite_step_without_a_host_read(
     grad scaler through the scaler's own check. The loss here is infinite but its gradients finite,
     so only the trainer's flag can stop the step. A finite step then trains as the unfused one does."""
     from ffcv_imagenet.optimizers import build_optimizer
-    from ffcv_imagenet.trainer import QueuedUpdate
+    from ffcv_imagenet.step_flags import QueuedUpdate
 
     def fused(trainer: Trainer) -> Trainer:
         trainer.optimizer = build_optimizer(trainer.config, trainer.model, fused=True)

@@ -94,7 +94,7 @@ def test_fused_sgd_skips_on_a_device_flag_and_answers_are_read_from_pinned_memor
 
     from ffcv_imagenet.config import Config
     from ffcv_imagenet.optimizers import build_optimizer
-    from ffcv_imagenet.trainer import QueuedUpdate
+    from ffcv_imagenet.step_flags import QueuedUpdate
 
     model = models.resnet18(num_classes=6).to(cuda())
     optimizer = build_optimizer(Config(), model)
