@@ -28,7 +28,7 @@ from bench_conversion import time_mode  # noqa: E402
 from bench_decode import OURS, THEIRS, time_case  # noqa: E402
 from real_like_sources import add_sources_option, prepare_sources  # noqa: E402
 
-from ffcv_imagenet.config import load_config  # noqa: E402
+from ffcv_imagenet.recipes import load_config  # noqa: E402
 from ffcv_imagenet.convert.conversion import ConversionSettings  # noqa: E402
 from ffcv_imagenet.schedule import full_schedule  # noqa: E402
 

@@ -81,7 +81,7 @@ def test_one_checkpoint_job_per_epoch_from_one_host_copy(demo_betons: dict, tmp_
     made from one host copy of the state (epoch 0 here: best files only, checkpoint_every 5;
     epoch 1, the last: last.pt too)."""
     from ffcv_imagenet import checkpointing
-    from ffcv_imagenet.config import load_config
+    from ffcv_imagenet.recipes import load_config
     from ffcv_imagenet.distributed import DistContext
     from ffcv_imagenet.trainer import Trainer, preflight
 
