@@ -67,8 +67,8 @@ thread_local std::vector<JSAMPROW> rows;  // decode_rgb's row pointers into the 
 // integer INTER_AREA path; the window trimmed by under k pixels to a multiple of k) that leaves it under
 // twice the output; then the rest of the shrink by the same area weights as OpenCV's INTER_AREA in
 // vectorised fixed point (area_shrink_fast; a bilinear step here aliased fine texture: fur, foliage,
-// fabric). A window smaller than the
-// output on a side is enlarged by OpenCV's INTER_AREA, as FFCV's path does.
+// fabric). A window smaller than the output on a side is enlarged by OpenCV's INTER_AREA, as FFCV's
+// path does.
 void resize_fast(const cv::Mat &window, cv::Mat &out) {
     if (window.rows < out.rows || window.cols < out.cols) {
         cv::resize(window, out, out.size(), 0, 0, cv::INTER_AREA);
