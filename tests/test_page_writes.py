@@ -4,6 +4,7 @@ page cache where the file system allows it and through it where it does not."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import time
@@ -150,15 +151,17 @@ class MisalignedAllocator(PositionalAllocator):
 
     def __enter__(self) -> None:
         super().__enter__()
+        self.page_data, self.spare_page = self.misaligned(), self.misaligned()  # both page buffers
+
+    def misaligned(self) -> np.ndarray:
         padded = np.zeros(self.page_size + DIRECT_ALIGNMENT + 1, dtype="<u1")
         start = -padded.ctypes.data % DIRECT_ALIGNMENT + 1
-        self.page_data = padded[start:start + self.page_size]
+        return padded[start:start + self.page_size]
 
-    def flush_page(self) -> None:
-        super().flush_page()
-        if self.my_page >= 0:
-            with open(self.log, "a") as handle:
-                handle.write(f"{self.my_page} {'direct' if self.direct_fd is not None else 'cached'}\n")
+    def write_page(self, page: np.ndarray, number: int) -> None:
+        super().write_page(page, number)
+        with open(self.log, "a") as handle:
+            handle.write(f"{number} {'direct' if self.direct_fd is not None else 'cached'}\n")
 
 
 def test_a_refused_direct_write_falls_back_to_the_cache_with_the_same_bytes(
@@ -176,11 +179,10 @@ class LoggedAllocator(PositionalAllocator):
 
     log: Path
 
-    def flush_page(self) -> None:
-        super().flush_page()
-        if self.my_page >= 0:
-            with open(self.log, "a") as handle:
-                handle.write(f"{self.my_page}\n")
+    def write_page(self, page: np.ndarray, number: int) -> None:
+        super().write_page(page, number)
+        with open(self.log, "a") as handle:
+            handle.write(f"{number}\n")
 
 
 def pages_written(log: Path) -> list[int]:
@@ -233,3 +235,19 @@ def test_pages_written_out_of_order_make_a_valid_file(tmp_path: Path, monkeypatc
     assert np.asarray(label_batch[:, 0]).tolist() == [label for _, label in samples]
     for image, (path, _) in zip(np.asarray(pixels), samples):
         np.testing.assert_array_equal(image, np.asarray(Image.open(path).convert("RGB")))
+
+
+class FullDiskAllocator(PositionalAllocator):
+    """PositionalAllocator whose second page write fails as on a full disk, in the writing thread."""
+
+    def write_page(self, page: np.ndarray, number: int) -> None:
+        if number == 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super().write_page(page, number)
+
+
+def test_a_failed_page_write_in_the_writing_thread_stops_the_write_with_its_reason(
+        stock_file: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(beton_writer, "PositionalAllocator", FullDiskAllocator)
+    with pytest.raises(beton_writer.WorkerFailed, match="No space left on device"):
+        write_ours(stock_file, tmp_path / "ours.beton")

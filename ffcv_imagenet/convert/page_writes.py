@@ -19,11 +19,16 @@ file the size of ImageNet would push the source images out of the cache besides.
 on a page-size boundary, so only the buffer needs aligning. Where the file system refuses
 O_DIRECT (tmpfs, some network mounts) pages are written through the cache, each page's
 writeback started as soon as it is written, not left to the fsync at the end.
+
+A direct write waits for the disk (about 4 ms per 8 MiB page against 0.8 ms of CPU), so pages are
+written by a thread of the writer process while it goes on with the next records in a second page
+buffer: one write in flight at a time, and a buffer is refilled only once its write has finished.
 """
 from __future__ import annotations
 
 import errno
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -34,27 +39,45 @@ DIRECT_ALIGNMENT = 4096  # O_DIRECT buffers, offsets and sizes: a multiple of th
 
 
 class PositionalAllocator(MemoryAllocator):
-    """``MemoryAllocator`` (same pages, same allocation list) that writes a full page at its offset at once."""
+    """``MemoryAllocator`` (same pages, same allocation list) that writes a full page at its offset at once,
+    from a thread, while the records of the next page fill a second buffer."""
 
     def __enter__(self) -> None:
         # in the writer process: an aligned buffer does not survive pickling, and the parent's is never used
         self.page_data = aligned_zeros(self.page_size)
+        self.spare_page = aligned_zeros(self.page_size)  # the page being written, or the next one to fill
         self.fd = os.open(self.fname, os.O_WRONLY)  # not O_APPEND: pwrite's offset would be ignored
         self.direct_fd = open_direct(self.fname)
+        self.page_writer = ThreadPoolExecutor(max_workers=1)
+        self.pending_write: Future | None = None
 
     def flush_page(self) -> None:
+        """Hand the full page to the writing thread; ``page_data`` becomes the other buffer (which
+        ``malloc`` zero-fills next) once its own write has finished."""
         if self.my_page < 0:  # no page allocated yet
             return
-        page_start = self.offset + self.my_page * self.page_size
+        self.wait_for_write()
+        full, self.page_data, self.spare_page = self.page_data, self.spare_page, self.page_data
+        self.pending_write = self.page_writer.submit(self.write_page, full, self.my_page)
+
+    def wait_for_write(self) -> None:
+        """Until the page in flight is on disk; its error, if any, raised here."""
+        if self.pending_write is not None:
+            pending, self.pending_write = self.pending_write, None
+            pending.result()
+
+    def write_page(self, page: np.ndarray, number: int) -> None:
+        """Page ``number`` at its offset: past the cache where allowed, else through it (the writing thread)."""
+        page_start = self.offset + number * self.page_size
         if self.direct_fd is not None:
             try:
-                write_at(self.direct_fd, memoryview(self.page_data), page_start)
+                write_at(self.direct_fd, memoryview(page), page_start)
                 return
             except OSError as err:  # refused after all: write through the cache from now on
                 if err.errno != errno.EINVAL:
                     raise
                 self._close_direct()
-        write_at(self.fd, memoryview(self.page_data), page_start)
+        write_at(self.fd, memoryview(page), page_start)
         if hasattr(os, "posix_fadvise"):  # Linux: starts the page's writeback now (it drops only clean pages),
             # so the fsync before the rename has little left to wait for (benchmarks/README.md)
             os.posix_fadvise(self.fd, page_start, self.page_size, os.POSIX_FADV_DONTNEED)
@@ -67,7 +90,9 @@ class PositionalAllocator(MemoryAllocator):
     def __exit__(self, *exc_info: object) -> None:
         try:
             self.flush_page()
+            self.wait_for_write()
         finally:
+            self.page_writer.shutdown(wait=True)
             self._close_direct()
             os.close(self.fd)
 
