@@ -4,7 +4,8 @@ The conversion stores every photo above ``max_resolution`` area-resized, as RGBI
 with ``cv2.resize(..., INTER_AREA)``. At a non-integer ratio (700 px to 500, or a large photo
 after a 1/2 DCT-scaled decode) OpenCV's loop costs more than decoding the file; ours computes
 the same sums in the same order, so the records stay identical to the ffcv-imagenet way's.
-At an integer ratio OpenCV takes a different, already vectorised path, which is kept.
+At an integer ratio OpenCV takes a different, already vectorised path, which is kept. On x86-64 the
+compiled shrink exists for SSE2 and AVX2, the same arithmetic; the AVX2 copy runs where the CPU has it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ EXACT = 0  # area_resize's return value when it wrote the output
 _area_resize = compiled_library.area_resize
 _area_resize.argtypes = [c_void_p, c_int32, c_int32, c_void_p, c_int32, c_int32]
 _area_resize.restype = c_int32
+_area_resize_use_avx2 = compiled_library.area_resize_use_avx2
+_area_resize_use_avx2.argtypes = [c_int32]
+_area_resize_use_avx2.restype = c_int32
 
 
 def integer_ratio(source_side: int, output_side: int) -> bool:
@@ -43,3 +47,9 @@ def shrink_area(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if _area_resize(source.ctypes.data, source_height, source_width, out.ctypes.data, height, width) != EXACT:
         raise ValueError(f"area_resize shrinks only: {source_width}x{source_height} to {width}x{height}")
     return out
+
+
+def use_avx2(wanted: bool) -> bool:
+    """Run the AVX2 copy of the compiled shrink (where the CPU has AVX2) or the SSE2 one, for this process
+    (tests run both); whether the AVX2 copy now runs."""
+    return bool(_area_resize_use_avx2(int(wanted)))

@@ -12,6 +12,8 @@
 //   3. transpose the buffer back, so that each source row's sums are contiguous again;
 //   4. y sums and rounding, row by row, as OpenCV does.
 // Built with -ffp-contract=off: a fused multiply-add would round once where OpenCV rounds twice.
+// On x86-64 the whole shrink is compiled twice, for SSE2 and for AVX2 (8 floats a step instead of 4;
+// AVX2 brings no FMA, so the arithmetic is the same), and the AVX2 copy runs where the CPU has it.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -270,8 +272,12 @@ int area_shrink_fast(const uint8_t *source, int height, int width, size_t source
     return kOk;
 }
 
-int area_resize_strided(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
-                        int out_height, int out_width) {
+namespace {
+
+// The exact shrink; inlined whole (with every helper above) into each of the copies below.
+__attribute__((always_inline)) inline int exact_area_resize(const uint8_t *source, int height, int width,
+                                                            size_t source_stride, uint8_t *out, int out_height,
+                                                            int out_width) {
     if (out_height < 1 || out_width < 1 || out_height > height || out_width > width) return kNotAShrink;
     // OpenCV's scale is the inverse of output / input, which can differ from input / output in its last bit
     const double scale_x = 1. / (static_cast<double>(out_width) / width);
@@ -302,6 +308,40 @@ int area_resize_strided(const uint8_t *source, int height, int width, size_t sou
     return kOk;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define AREA_RESIZE_HAS_AVX2 1
+__attribute__((target("avx2"), flatten)) int exact_area_resize_avx2(const uint8_t *source, int height, int width,
+                                                                    size_t source_stride, uint8_t *out,
+                                                                    int out_height, int out_width) {
+    return exact_area_resize(source, height, width, source_stride, out, out_height, out_width);
+}
+#endif
+
+__attribute__((flatten)) int exact_area_resize_baseline(const uint8_t *source, int height, int width,
+                                                        size_t source_stride, uint8_t *out, int out_height,
+                                                        int out_width) {
+    return exact_area_resize(source, height, width, source_stride, out, out_height, out_width);
+}
+
+// Which copy runs: the AVX2 one where the CPU has it, unless area_resize_use_avx2(0) said otherwise (tests).
+bool use_avx2 = [] {
+#ifdef AREA_RESIZE_HAS_AVX2
+    return __builtin_cpu_supports("avx2") != 0;
+#else
+    return false;
+#endif
+}();
+
+}  // namespace
+
+int area_resize_strided(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
+                        int out_height, int out_width) {
+#ifdef AREA_RESIZE_HAS_AVX2
+    if (use_avx2) return exact_area_resize_avx2(source, height, width, source_stride, out, out_height, out_width);
+#endif
+    return exact_area_resize_baseline(source, height, width, source_stride, out, out_height, out_width);
+}
+
 extern "C" {
 
 // source: height x width x 3 uint8, C-contiguous; out: out_height x out_width x 3. Returns 0, or
@@ -309,6 +349,14 @@ extern "C" {
 int area_resize(const uint8_t *source, int height, int width, uint8_t *out, int out_height, int out_width) {
     return area_resize_strided(source, height, width, static_cast<size_t>(width) * kChannels, out, out_height,
                                out_width);
+}
+
+// Asks for the AVX2 copy (1) or the SSE2 one (0); returns which now runs: 1 only where the CPU has AVX2.
+int area_resize_use_avx2(int wanted) {
+#ifdef AREA_RESIZE_HAS_AVX2
+    use_avx2 = wanted != 0 && __builtin_cpu_supports("avx2");
+#endif
+    return use_avx2 ? 1 : 0;
 }
 
 }  // extern "C"
