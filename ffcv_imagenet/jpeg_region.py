@@ -40,7 +40,7 @@ _entropy_check = compiled_library.entropy_check
 _entropy_check.argtypes = [c_void_p, c_uint64]
 _entropy_check.restype = c_int32
 _decode_rgb = compiled_library.decode_rgb
-_decode_rgb.argtypes = [c_void_p, c_uint64, c_void_p, c_int32, c_int32]
+_decode_rgb.argtypes = [c_void_p, c_uint64, c_void_p, c_int32, c_int32, c_int32]
 _decode_rgb.restype = c_int32
 
 
@@ -64,9 +64,10 @@ def entropy_check(source: bytes) -> bool:
     return _entropy_check(source, len(source)) == REGION_OK
 
 
-def decode_rgb(source: bytes, height: int, width: int) -> np.ndarray | None:
-    """A whole JPEG at full size as (height, width, 3) RGB, the pixels PIL decodes (accurate IDCT, fancy
-    upsampling); None on any libjpeg warning or a size mismatch (decode it with PIL instead)."""
+def decode_rgb(source: bytes, height: int, width: int, scale_denom: int = 1) -> np.ndarray | None:
+    """A whole JPEG at full size, or at 1/``scale_denom`` (1, 2, 4 or 8: PIL's draft mode), as (height, width, 3)
+    RGB, the pixels PIL decodes (accurate IDCT, fancy upsampling); None on any libjpeg warning or a size
+    mismatch (decode it with PIL instead)."""
     pixels = np.empty((height, width, 3), dtype=np.uint8)
-    status = _decode_rgb(source, len(source), pixels.ctypes.data, height, width)
+    status = _decode_rgb(source, len(source), pixels.ctypes.data, height, width, scale_denom)
     return pixels if status == REGION_OK else None

@@ -86,10 +86,18 @@ class SourceImages:
                         and decodes_cleanly(source)):
                     self.passed_through[index] = True
                     return source, label
-            return load_rgb(data, self.field.max_resolution), label
+            return load_rgb(data, self.field.max_resolution, exact=not stored_as_jpeg(self.field, draw_seed)), label
         except Exception as err:
             Path(self.failure_dir, str(index)).write_text(f"{type(err).__name__}: {err}")
             return PLACEHOLDER, label
+
+
+def stored_as_jpeg(field: RGBImageField, draw_seed: list[int]) -> bool:
+    """Whether ``field.encode`` stores the record as JPEG whatever its size (``jpg`` mode, ``proportion``'s draw):
+    its shrink then need not be OpenCV's to the byte, the encode's error being several times larger."""
+    if field.write_mode == "jpg":
+        return True
+    return field.write_mode == "proportion" and chooses_jpeg(field, 0, 0, draw_seed)
 
 
 def _page_size_for(max_resolution: int) -> int:

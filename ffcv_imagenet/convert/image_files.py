@@ -26,6 +26,7 @@ JPEG_TAIL_BYTES = 4096  # some cameras append bytes after the end-of-image marke
 WHITE = (255, 255, 255)  # transparent pixels are composited over white
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 UINT16_TO_UINT8 = 257  # 65535 / 255
+DCT_SCALES = (1, 2, 4, 8)  # the reductions PIL's draft mode asks libjpeg for
 
 Sample = tuple[str, int]  # (path, label)
 Skipped = tuple[str, str]  # (path, reason)
@@ -144,14 +145,15 @@ def draft_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
     return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
 
 
-def load_rgb(source: str | bytes, max_resolution: int) -> np.ndarray:
+def load_rgb(source: str | bytes, max_resolution: int, exact: bool = True) -> np.ndarray:
     """Decode ``source`` (a file name, or a file's bytes) once to RGB at the size RGBImageField stores,
-    so its own resize is a no-op.
+    so its own resize is a no-op. ``exact=False`` (a record stored as JPEG): the last shrink is the
+    same area filter in fixed point (``shrink_area``), not OpenCV's bytes.
 
     A JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
     scaling, PIL's draft mode) for a fraction of the work; the last step is the area
     resize RGBImageField itself would do, to the same size (the same bytes: area_resize). A colour
-    JPEG given as bytes and decoded at full size skips PIL's decoder (see ``_decoded_without_pil``).
+    JPEG given as bytes skips PIL's decoder (see ``_decoded_without_pil``).
     """
     data = source if isinstance(source, bytes) else None
     with Image.open(source if data is None else io.BytesIO(data)) as image:
@@ -164,13 +166,21 @@ def load_rgb(source: str | bytes, max_resolution: int) -> np.ndarray:
             pixels = to_rgb_array(image)
     if (pixels.shape[1], pixels.shape[0]) == target:
         return pixels
-    return shrink_area(pixels, target)
+    return shrink_area(pixels, target, exact)
 
 
 def _decoded_without_pil(data: bytes | None, image: Image.Image, size: tuple[int, int]) -> np.ndarray | None:
-    """A JPEG that PIL would decode to RGB at full ``size``, decoded by the same libjpeg with PIL's
-    settings straight into an array: the same pixels without PIL's two copies (about a fifth of a
-    decode's time). None for anything else, or a file libjpeg warns about (PIL then decodes it)."""
-    if data is None or image.format != "JPEG" or image.mode != "RGB" or image.size != size:
+    """A JPEG that PIL would decode to RGB at ``size`` or drafted to a DCT scale, decoded by the same libjpeg
+    with PIL's settings straight into an array: the same pixels without PIL's two copies (about a fifth of
+    a decode's time). None for anything else, or a file libjpeg warns about (PIL then decodes it)."""
+    if data is None or image.format != "JPEG" or image.mode != "RGB":
         return None
-    return decode_rgb(data, height=size[1], width=size[0])
+    scale = next((scale for scale in DCT_SCALES if draft_of(size, scale) == image.size), None)
+    if scale is None:
+        return None
+    return decode_rgb(data, height=image.size[1], width=image.size[0], scale_denom=scale)
+
+
+def draft_of(size: tuple[int, int], scale: int) -> tuple[int, int]:
+    """The size libjpeg (and PIL's draft) decodes an image of ``size`` to at 1/``scale``."""
+    return (size[0] + scale - 1) // scale, (size[1] + scale - 1) // scale

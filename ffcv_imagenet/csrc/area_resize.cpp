@@ -351,6 +351,12 @@ int area_resize(const uint8_t *source, int height, int width, uint8_t *out, int 
                                out_width);
 }
 
+// The fixed-point shrink (area_shrink_fast) of a C-contiguous image: for pixels a lossy JPEG encode follows.
+int area_shrink(const uint8_t *source, int height, int width, uint8_t *out, int out_height, int out_width) {
+    return area_shrink_fast(source, height, width, static_cast<size_t>(width) * kChannels, out, out_height,
+                            out_width);
+}
+
 // Asks for the AVX2 copy (1) or the SSE2 one (0); returns which now runs: 1 only where the CPU has AVX2.
 int area_resize_use_avx2(int wanted) {
 #ifdef AREA_RESIZE_HAS_AVX2

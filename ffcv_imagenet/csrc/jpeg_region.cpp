@@ -178,12 +178,16 @@ int entropy_check(const uint8_t *source, uint64_t source_size) {
     });
 }
 
-// The whole JPEG at full size -> destination (height x width x 3, RGB), decoded as PIL decodes it
+// The whole JPEG at full size, or at 1/scale_denom (libjpeg's DCT scaling, as PIL's draft mode asks for
+// it) -> destination (height x width x 3, RGB), decoded as PIL decodes it
 // (accurate integer IDCT, fancy upsampling), straight into the caller's array. kOk, or kCorrupt on
 // a libjpeg error or warning in the scan (the caller falls back to PIL, which decodes what it can),
 // or kBadWindow if the image is not height x width x 3. The markers after the scan are not read.
-int decode_rgb(const uint8_t *source, uint64_t source_size, uint8_t *destination, int32_t height, int32_t width) {
+int decode_rgb(const uint8_t *source, uint64_t source_size, uint8_t *destination, int32_t height, int32_t width,
+               int32_t scale_denom) {
     return with_header(source, source_size, [&](jpeg_decompress_struct &cinfo) {
+        cinfo.scale_num = 1;
+        cinfo.scale_denom = static_cast<unsigned int>(scale_denom);
         cinfo.out_color_space = JCS_RGB;
         cinfo.dct_method = JDCT_ISLOW;
         cinfo.do_fancy_upsampling = TRUE;
