@@ -79,14 +79,15 @@ class SourceImages:
         try:
             with open(path, "rb") as handle:
                 data = handle.read()  # once: the pass-through tests and the decode share it
-            if self.passthrough:
+            as_jpeg = stored_as_jpeg(self.field, draw_seed)  # smart mode: decided by the size, below
+            if self.passthrough and (as_jpeg or self.field.write_mode == "smart"):
                 # the cheap tests first: a record drawn as raw is decoded anyway
                 source = passthrough_candidate(data, self.field.max_resolution, self.mode, self.field.jpeg_quality)
-                if (source is not None and chooses_jpeg(self.field, source.width, source.height, draw_seed)
+                if (source is not None and (as_jpeg or chooses_jpeg(self.field, source.width, source.height, draw_seed))
                         and decodes_cleanly(source)):
                     self.passed_through[index] = True
                     return source, label
-            return load_rgb(data, self.field.max_resolution, exact=not stored_as_jpeg(self.field, draw_seed)), label
+            return load_rgb(data, self.field.max_resolution, exact=not as_jpeg), label
         except Exception as err:
             Path(self.failure_dir, str(index)).write_text(f"{type(err).__name__}: {err}")
             return PLACEHOLDER, label

@@ -135,8 +135,9 @@ def _quantisation_tables(segment: bytes) -> dict[int, tuple[int, ...]]:
         steps = segment[at + 1:at + 1 + step_bytes * QUANTISATION_STEPS]
         if len(steps) < step_bytes * QUANTISATION_STEPS:
             break  # a cut segment: the table stays undefined
-        tables[table_id] = tuple(int.from_bytes(steps[i:i + step_bytes], "big")
-                                 for i in range(0, len(steps), step_bytes))
+        tables[table_id] = (tuple(steps) if step_bytes == 1  # 8-bit steps, nearly every file: bytes are ints
+                            else tuple(int.from_bytes(steps[i:i + step_bytes], "big")
+                                       for i in range(0, len(steps), step_bytes)))
         at += 1 + step_bytes * QUANTISATION_STEPS
     return tables
 
