@@ -2,21 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Sequence
 
 from ..cli import OneLineParser, fail, interrupt_outside_native_callbacks, interrupted
-from .conversion import (BY_ROLE, FOLDER, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
-                         find_class_folders, require_known_classes)
+from .conversion import BY_ROLE, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, convert_imagefolder
 from ..beton_format import Fields
-from .demo_data import make_demo_imagefolder
 from .jpeg_passthrough import ALWAYS, NEVER, PASSTHROUGH_MODES
+from .train_val_pair import DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, convert_demo, convert_pair, print_summary
 
 PROG = "write_datasets.py"
 DEFAULTS = ConversionSettings()
-DEMO_MAX_RESOLUTION = 256  # demo images are at most 540 px; small records keep the demo quick
-DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS = 10, 80, 20
 
 
 def _conversion_options(parser: argparse.ArgumentParser) -> None:
@@ -122,60 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def convert_pair(train_root: Path, val_root: Path, out_dir: Path, settings: ConversionSettings,
-                 progress: bool = True) -> tuple[ConversionSummary, ConversionSummary]:
-    """train -> out_dir/train.beton, then val -> out_dir/val.beton with train's class indices, in folder order."""
-    for root in (train_root, val_root):
-        if not root.is_dir():
-            raise ConversionError(f"{root} does not exist: expected {root.parent}/train and {root.parent}/val")
-    # val's classes are checked now, not after the hours train takes
-    require_known_classes(val_root, find_class_folders(val_root), find_class_folders(train_root), str(train_root))
-    train = out_dir / "train.beton"
-    train_summary = convert_imagefolder(train_root, train, settings, progress=progress)
-    _report(train_summary)
-    val_settings = dataclasses.replace(settings, record_order=FOLDER)  # evaluation reads every record anyway
-    val_summary = convert_imagefolder(val_root, out_dir / "val.beton", val_settings, class_map=train, progress=progress)
-    _report(val_summary)
-    return train_summary, val_summary
-
-
-def _report(summary: ConversionSummary) -> None:
-    print(summary, flush=True)
-
-
-def _demo(args: argparse.Namespace) -> None:
-    settings = ConversionSettings(max_resolution=DEMO_MAX_RESOLUTION, num_workers=args.workers)
-    images = make_demo_imagefolder(args.out_dir / "images", num_classes=args.classes,
-                                   train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-                                   seed=args.seed)
-    convert_pair(images / "train", images / "val", args.out_dir, settings)
-
-
-def _adopt(args: argparse.Namespace) -> None:
-    from .adoption import adopt  # imports FFCV: only when needed
-    from ..beton_format import sidecar_path
-
-    sidecar = adopt(args.beton, args.classes_from, Fields(args.image_field, args.label_field))
-    names = "names from " + str(args.classes_from) if args.classes_from else "named by number"
-    print(f"wrote {sidecar_path(args.beton)}: {sidecar['num_images']} images, {len(sidecar['classes'])} classes "
-          f"({names}); {args.beton} unchanged", flush=True)
-
-
 def run(args: argparse.Namespace) -> None:
     if args.command == "convert":
-        _report(convert_imagefolder(args.root, args.out, _settings(args), class_map=args.class_map))
+        print_summary(convert_imagefolder(args.root, args.out, _settings(args), class_map=args.class_map))
     elif args.command == "imagenet":
         convert_pair(args.imagenet_dir / "train", args.imagenet_dir / "val", args.out_dir, _settings(args))
     elif args.command == "inspect":
-        from .inspection import report  # imports FFCV's loader: only when needed
+        from .inspection import report as inspection_report  # imports FFCV's loader: only when needed
         if args.decode_sample < 1:
             raise ValueError(f"--decode-sample must be positive: {args.decode_sample}")
-        print(report(args.beton, Fields(args.image_field, args.label_field), decode_rate=args.decode_rate,
-                     recipe=args.config, decode_sample=args.decode_sample), flush=True)
+        fields = Fields(args.image_field, args.label_field)
+        print(inspection_report(args.beton, fields, decode_rate=args.decode_rate, recipe=args.config,
+                                decode_sample=args.decode_sample), flush=True)
     elif args.command == "adopt":
-        _adopt(args)
+        from .adoption import adopt, adoption_line  # imports FFCV: only when needed
+        sidecar = adopt(args.beton, args.classes_from, Fields(args.image_field, args.label_field))
+        print(adoption_line(args.beton, args.classes_from, sidecar), flush=True)
     elif args.command == "demo":
-        _demo(args)
+        convert_demo(args.out_dir, args.classes, args.train_per_class, args.val_per_class, args.seed, args.workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
