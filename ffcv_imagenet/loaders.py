@@ -323,6 +323,14 @@ class TrainLoader:
         assert self._loader is not None
         return host_buffer_bytes(self._loader)
 
+    def peak_host_buffer_bytes(self, plans: Iterable[EpochPlan]) -> int:
+        """The most host memory any of ``plans``' epochs allocates: each crop mode's largest epoch measured."""
+        largest: dict[str, EpochPlan] = {}
+        for plan in plans:
+            if plan.res >= largest.get(plan.crop_mode, plan).res:
+                largest[plan.crop_mode] = plan
+        return max(self.host_buffer_bytes(plan) for plan in largest.values())
+
     def epoch(self, plan: EpochPlan, start_sample: int = 0) -> Iterator[Batch]:
         """This rank's batches of ``plan``'s epoch from global position ``start_sample`` on
         (the samples before it are not even read), full global batches only."""

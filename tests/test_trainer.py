@@ -18,7 +18,7 @@ from ffcv_imagenet.run_log import SAMPLE_LOG_ENV
 from ffcv_imagenet.schedule import full_schedule
 from ffcv_imagenet.tensorboard_log import TENSORBOARD_FOLDER
 from ffcv_imagenet.cli import EXIT_DIVERGED, EXIT_ERROR, EXIT_PREEMPTED
-from ffcv_imagenet.trainer import FINAL_WEIGHTS
+from ffcv_imagenet.checkpointing import FINAL_WEIGHTS
 from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, free_port, interrupt_after_epochs, run,
                      tiny_overrides, torchrun_command, train_command)
 
