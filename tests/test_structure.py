@@ -119,9 +119,9 @@ def test_importing_the_conversion_command_loads_neither_torch_nor_training() -> 
 
 
 def test_commands_that_answer_mistakes_at_once_load_no_torch() -> None:
-    """train_imagenet.py, export (and its --evaluate-saved), plots and the SLURM launcher parse and check
-    their arguments without the seconds torch and FFCV take to load."""
-    commands = ("train_cli", "export_cli", "plot_cli", "slurm_cli")
+    """train_imagenet.py, export (and its --evaluate-saved), the profile, plots and the SLURM launcher parse
+    and check their arguments without the seconds torch and FFCV take to load."""
+    commands = ("train_cli", "export_cli", "profile_cli", "plot_cli", "slurm_cli")
     probe = (f"import sys\nfor name in {commands!r}: __import__('ffcv_imagenet.' + name)\n"
              "print(' '.join(sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'ffcv'))))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=cpu_env(), cwd=REPO)
