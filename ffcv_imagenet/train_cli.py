@@ -16,7 +16,7 @@ from . import schedule
 from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, fail, interrupt_outside_native_callbacks, interrupted,
                   os_error_message, world_from_env)
 from .config import Config, ConfigError
-from .preflight import check_before_torch
+from .preflight import check_before_torch, check_lr_range
 from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
 from .recipes import load_config, recipe_text, translation_notes
 
@@ -70,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if notes and speaks:  # an ffcv-imagenet config: say what it became (saved in full as recipe.yaml)
             print(recipe_text(config, notes, full=False), flush=True)
         check_before_torch(config, world_size)  # the datasets' headers against the recipe, before torch loads
+        if args.lr_range_test:
+            check_lr_range(config)
     except ConfigError as err:
         return fail(PROG, str(err), EXIT_ERROR, speaks or world_size == 1)
 
