@@ -47,6 +47,7 @@ class Fields:
 
 
 DEFAULT_FIELDS = Fields()
+IMAGE_FIELD_KINDS = ("RGBImageField", "YUV420ImageField")  # the sidecar's names of image field classes
 FIELD_KEYS = "data.image_field / data.label_field"  # where a user names other fields
 KEPT, DECODED = "kept", "decoded"  # the index's third column: source JPEG bytes kept, or decoded and stored
 
@@ -175,6 +176,8 @@ def open_beton(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> Reader:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.reader import Reader
 
+    from . import yuv420_records  # noqa: F401 - registers the yuv420 field's type id with FFCV's reader
+
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path} does not exist")
@@ -221,7 +224,7 @@ def recorded_fields(beton: str | Path) -> Fields | None:
     if not path.is_file():
         return None
     kinds = load_sidecar(path).get("fields", {})
-    images = [name for name, kind in kinds.items() if kind == "RGBImageField"]
+    images = [name for name, kind in kinds.items() if kind in IMAGE_FIELD_KINDS]
     labels = [name for name, kind in kinds.items() if kind == "IntField"]
     return Fields(images[0], labels[0]) if len(images) == len(labels) == 1 else None
 

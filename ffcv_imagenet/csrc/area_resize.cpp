@@ -69,9 +69,9 @@ T *sized(std::vector<T> &buffer, size_t count) {
 // One pixel moved as a whole word (4 bytes, or 4 floats): a single load and store instead of three of
 // each. The word's last channel spills into the next pixel, so pixels must be written in an order
 // where that one is written later, and the source must have a word's room after the pixel.
-template <typename T>
+template <int Channels, typename T>
 inline void move_pixel_word(const T *from, T *to) {
-    T word[kChannels + 1];
+    T word[Channels + 1];
     std::memcpy(word, from, sizeof(word));
     std::memcpy(to, word, sizeof(word));
 }
@@ -80,20 +80,20 @@ inline void move_pixel_word(const T *from, T *to) {
 // apart, in tiles. Within a tile, row r writes output pixels (c, r) whose spilled channel lands on
 // (c, r + 1), written next; the last row moves channel by channel (its spill would land on a written
 // pixel, and its reads on the source's end).
-template <typename T>
+template <typename T, int Channels = kChannels>
 void transpose(const T *in, int rows, int cols, size_t in_stride, T *out) {
     for (int r0 = 0; r0 < rows; r0 += kBlock) {
         int r1 = std::min(rows, r0 + kBlock);
         for (int c0 = 0; c0 < cols; c0 += kBlock) {
             int c1 = std::min(cols, c0 + kBlock);
             for (int r = r0; r < r1; r++) {
-                const T *from = in + static_cast<size_t>(r) * in_stride + static_cast<size_t>(c0) * kChannels;
-                T *to = out + (static_cast<size_t>(c0) * rows + r) * kChannels;
-                const size_t to_step = static_cast<size_t>(rows) * kChannels;
+                const T *from = in + static_cast<size_t>(r) * in_stride + static_cast<size_t>(c0) * Channels;
+                T *to = out + (static_cast<size_t>(c0) * rows + r) * Channels;
+                const size_t to_step = static_cast<size_t>(rows) * Channels;
                 if (r + 1 < rows) {
-                    for (int c = c0; c < c1; c++, from += kChannels, to += to_step) move_pixel_word(from, to);
+                    for (int c = c0; c < c1; c++, from += Channels, to += to_step) move_pixel_word<Channels>(from, to);
                 } else {
-                    for (int c = c0; c < c1; c++, from += kChannels, to += to_step) std::copy(from, from + kChannels, to);
+                    for (int c = c0; c < c1; c++, from += Channels, to += to_step) std::copy(from, from + Channels, to);
                 }
             }
         }
@@ -253,21 +253,32 @@ void sum_down(const uint8_t *source, size_t stride, const AxisTaps &axis, int ou
 
 }  // namespace
 
-int area_shrink_fast(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
-                     int out_height, int out_width) {
+template <int Channels>
+int area_shrink_fast_planes(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
+                            int out_height, int out_width) {
     if (out_height < 1 || out_width < 1 || out_height > height || out_width > width) return kNotAShrink;
     fill_taps(x_taps, width, out_width);
     fill_taps(y_taps, height, out_height);
-    const size_t row_length = static_cast<size_t>(width) * kChannels;
-    const size_t column_length = static_cast<size_t>(out_height) * kChannels;
+    const size_t row_length = static_cast<size_t>(width) * Channels;
+    const size_t column_length = static_cast<size_t>(out_height) * Channels;
     uint8_t *down = sized(down_rows, static_cast<size_t>(out_height) * row_length);
     sum_down(source, source_stride, y_taps, out_height, row_length, down);
     uint8_t *columns_t = sized(down_columns, static_cast<size_t>(width) * column_length);
-    transpose(down, out_height, width, row_length, columns_t);
+    transpose<uint8_t, Channels>(down, out_height, width, row_length, columns_t);
     uint8_t *across_t = sized(across_columns, static_cast<size_t>(out_width) * column_length);
     sum_down(columns_t, column_length, x_taps, out_width, column_length, across_t);
-    transpose(across_t, out_width, out_height, column_length, out);
+    transpose<uint8_t, Channels>(across_t, out_width, out_height, column_length, out);
     return kOk;
+}
+
+int area_shrink_fast(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
+                     int out_height, int out_width) {
+    return area_shrink_fast_planes<kChannels>(source, height, width, source_stride, out, out_height, out_width);
+}
+
+int area_shrink_fast_plane(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
+                           int out_height, int out_width) {
+    return area_shrink_fast_planes<1>(source, height, width, source_stride, out, out_height, out_width);
 }
 
 int area_resize_strided(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
