@@ -21,28 +21,33 @@ namespace {
 constexpr int kChannels = 3;
 constexpr int kOk = 0;
 constexpr int kBadWindow = -2;
-// BT.601 full range (JFIF), as JPEG: R = Y + 1.402 V', G = Y - 0.344136 U' - 0.714136 V', B = Y + 1.772 U',
-// with U' = U - 128, V' = V - 128; coefficients in 16-bit fixed point.
-constexpr int kBits = 16;
-constexpr int32_t kRoundHalf = 1 << (kBits - 1);
-constexpr int32_t kRedV = 91881;    // 1.402 * 2^16
-constexpr int32_t kGreenU = 22554;  // 0.344136 * 2^16
-constexpr int32_t kGreenV = 46802;  // 0.714136 * 2^16
-constexpr int32_t kBlueU = 116130;  // 1.772 * 2^16
-constexpr int32_t kChromaZero = 128;
 
-thread_local cv::Mat y_out, u_out, v_out;  // the planes at the output size, reused across images
+thread_local cv::Mat y_out, u_out, v_out, red, green, blue;  // planes at the output size, reused across images
 
-inline uint8_t clamp_byte(int32_t value) { return static_cast<uint8_t>(std::min(255, std::max(0, value))); }
+// BT.601 full range (JFIF), as JPEG: R = Y + 1.402 Cr', G = Y - 0.344136 Cb' - 0.714136 Cr', B = Y + 1.772 Cb'
+// (Cb' = Cb - 128, Cr' = Cr - 128), in 16-bit lanes the compiler vectorises 8 at a time: values in quarter
+// levels, each product the high half of (chroma' * 64) x (coefficient * 4096). Within a level of the exact
+// sum, rounded (OpenCV's YCrCb conversion, rounded to 3 decimals, is off by 2 at times).
+constexpr int16_t kRedCr = 5743, kGreenCb = 1410, kGreenCr = 2925, kBlueCb = 7258;  // coefficient * 4096
+constexpr int kChromaShift = 6, kQuarterBits = 2;
 
-// One row of planes at the output size -> interleaved RGB, fixed point rounded to nearest.
-void to_rgb(const uint8_t *y, const uint8_t *u, const uint8_t *v, size_t pixels, uint8_t *__restrict rgb) {
-    for (size_t i = 0; i < pixels; i++) {
-        const int32_t luma = (static_cast<int32_t>(y[i]) << kBits) + kRoundHalf;
-        const int32_t cb = static_cast<int32_t>(u[i]) - kChromaZero, cr = static_cast<int32_t>(v[i]) - kChromaZero;
-        rgb[kChannels * i] = clamp_byte((luma + kRedV * cr) >> kBits);
-        rgb[kChannels * i + 1] = clamp_byte((luma - kGreenU * cb - kGreenV * cr) >> kBits);
-        rgb[kChannels * i + 2] = clamp_byte((luma + kBlueU * cb) >> kBits);
+inline int16_t high_half(int16_t a, int16_t b) { return static_cast<int16_t>((static_cast<int32_t>(a) * b) >> 16); }
+
+inline uint8_t quarters_to_byte(int16_t quarters) {
+    const int16_t level = static_cast<int16_t>((quarters + (1 << (kQuarterBits - 1))) >> kQuarterBits);
+    return static_cast<uint8_t>(level < 0 ? 0 : (level > 255 ? 255 : level));
+}
+
+// One row: planes at the output size -> R, G and B planes.
+void to_rgb_planes(const uint8_t *__restrict y, const uint8_t *__restrict cb, const uint8_t *__restrict cr, int count,
+                   uint8_t *__restrict r, uint8_t *__restrict g, uint8_t *__restrict b) {
+    for (int i = 0; i < count; i++) {
+        const int16_t luma = static_cast<int16_t>(y[i] << kQuarterBits);
+        const int16_t blue_diff = static_cast<int16_t>((cb[i] - 128) * (1 << kChromaShift));
+        const int16_t red_diff = static_cast<int16_t>((cr[i] - 128) * (1 << kChromaShift));
+        r[i] = quarters_to_byte(static_cast<int16_t>(luma + high_half(red_diff, kRedCr)));
+        g[i] = quarters_to_byte(static_cast<int16_t>(luma - high_half(blue_diff, kGreenCb) - high_half(red_diff, kGreenCr)));
+        b[i] = quarters_to_byte(static_cast<int16_t>(luma + high_half(blue_diff, kBlueCb)));
     }
 }
 
@@ -86,11 +91,16 @@ int32_t yuv420_crop_resize(const uint8_t *source, int32_t height, int32_t width,
     resize_fast(cv::Mat(height, width, CV_8UC1, luma)(window), y_out);
     resize_fast(cv::Mat(chroma_h, chroma_w, CV_8UC1, cb)(chroma_window), u_out);
     resize_fast(cv::Mat(chroma_h, chroma_w, CV_8UC1, cr)(chroma_window), v_out);
+    red.create(out_h, out_w, CV_8UC1);
+    green.create(out_h, out_w, CV_8UC1);
+    blue.create(out_h, out_w, CV_8UC1);
     for (int32_t row = 0; row < out_h; row++) {
-        to_rgb(y_out.ptr(row), u_out.ptr(row + rows.offset) + columns.offset,
-               v_out.ptr(row + rows.offset) + columns.offset, out_w,
-               destination + static_cast<size_t>(row) * out_w * kChannels);
+        to_rgb_planes(y_out.ptr(row), u_out.ptr(row + rows.offset) + columns.offset,
+                      v_out.ptr(row + rows.offset) + columns.offset, out_w, red.ptr(row), green.ptr(row), blue.ptr(row));
     }
+    const cv::Mat planes[kChannels] = {red, green, blue};
+    cv::Mat out(out_h, out_w, CV_8UC3, destination);
+    cv::merge(planes, kChannels, out);  // interleaved: a vectorised shuffle
     return kOk;
 }
 
