@@ -30,8 +30,7 @@ CHROMA_ZERO = 128.0
 # BT.601 full range (JFIF): rows give Y, Cb, Cr from R, G, B (Cb and Cr around CHROMA_ZERO)
 RGB_TO_YCBCR = np.array([[0.299, 0.587, 0.114],
                          [-0.168736, -0.331264, 0.5],
-                         [0.5, -0.418688, -0.081312]], dtype=np.float32)
-YCBCR_TO_RGB = np.linalg.inv(RGB_TO_YCBCR.astype(np.float64))
+                         [0.5, -0.418688, -0.081312]])  # float64: planes exact to the rounding
 
 
 def chroma_size(height: int, width: int) -> tuple[int, int]:
@@ -55,7 +54,7 @@ def _even(plane: np.ndarray) -> np.ndarray:
 def _half(plane: np.ndarray) -> np.ndarray:
     """2x2 means (an odd edge: means of the pixels it has)."""
     even = _even(plane)
-    return even.reshape(even.shape[0] // 2, 2, even.shape[1] // 2, 2).mean(axis=(1, 3))
+    return (even[0::2, 0::2] + even[0::2, 1::2] + even[1::2, 0::2] + even[1::2, 1::2]) / 4
 
 
 def _to_bytes(plane: np.ndarray) -> np.ndarray:
@@ -64,9 +63,8 @@ def _to_bytes(plane: np.ndarray) -> np.ndarray:
 
 def rgb_to_yuv420(image: np.ndarray) -> np.ndarray:
     """(h, w, 3) uint8 RGB -> a yuv420 record's bytes: Y, then Cb and Cr at half resolution (means of 2x2)."""
-    ycbcr = image.reshape(-1, RGB_CHANNELS).astype(np.float32) @ RGB_TO_YCBCR.T
-    height, width = image.shape[:2]
-    luma, cb, cr = (ycbcr[:, channel].reshape(height, width) for channel in range(RGB_CHANNELS))
+    red, green, blue = (image[:, :, channel].astype(np.float64) for channel in range(RGB_CHANNELS))
+    luma, cb, cr = (weights[0] * red + weights[1] * green + weights[2] * blue for weights in RGB_TO_YCBCR)
     return np.concatenate([_to_bytes(luma).reshape(-1), _to_bytes(_half(cb) + CHROMA_ZERO).reshape(-1),
                            _to_bytes(_half(cr) + CHROMA_ZERO).reshape(-1)])
 

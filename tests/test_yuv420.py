@@ -192,3 +192,16 @@ def test_windows_and_flips_are_the_rgb_paths(make_decoder, gradient_betons: dict
     assert min(scores) >= 35, [round(score, 1) for score in scores]
     if make_decoder().seeded:  # and another epoch's windows and flips are told apart
         assert np.mean([psnr(a, b) for a, b in zip(rgb, decode_all(gradient_betons["yuv420"], make_decoder(), 1))]) < 30
+
+
+def test_command_line_flags_reach_the_settings() -> None:
+    from ffcv_imagenet.convert.write_cli import _settings, build_parser
+
+    def settings(*flags: str) -> ConversionSettings:
+        return _settings(build_parser().parse_args(["convert", "root", "out.beton", *flags]))
+
+    assert settings().raw_format == "rgb" and not settings().stores_yuv420  # the default: files any FFCV reads
+    assert settings("--write-mode", "yuv420").stores_yuv420
+    mixed = settings("--raw-format", "yuv420")
+    assert mixed.write_mode == "proportion" and mixed.stores_yuv420
+    assert not settings("--write-mode", "jpg", "--raw-format", "yuv420").stores_yuv420  # no raw record to store

@@ -52,21 +52,38 @@ def decode_samples(path: str | Path, indices: list[int],
     """Decode ``indices`` through FFCV's Loader, the path training takes: (images NxSxSx3, labels N).
 
     Records differ in size, so each is decoded as its full centre square resized
-    to DECODE_SIDE: every byte of the image is decoded, the output is uniform. FFCV's own decoder
-    reads JPEG and RGB records; a yuv420 field is read with ours (FFCV has none for it).
+    to DECODE_SIDE: every byte of the image is decoded, the output is uniform. FFCV has no decoder for a
+    yuv420 field: its images are read whole (``read_image``, our C++) and area-resized, its labels come
+    through the Loader with the image field off.
     """
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
-    from ..decoders import CenterCropDecoder
-
-    yuv420 = isinstance(open_beton(path, fields).handlers[fields.image], YUV420ImageField)
-    decoder = (CenterCropDecoder if yuv420 else CenterCropRGBImageDecoder)((DECODE_SIDE, DECODE_SIDE), ratio=1.0)
-    loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
-                    indices=indices, pipelines=loader_pipelines(path, fields, [decoder], [IntDecoder()]))
+    reader = open_beton(path, fields)
+    if isinstance(reader.handlers[fields.image], YUV420ImageField):
+        loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
+                        indices=indices, pipelines={**{name: None for name in reader.field_names},
+                                                    fields.label: [IntDecoder()]})
+        (label_batch,) = next(iter(loader))
+        images = [centre_square(read_image(reader, index, fields), DECODE_SIDE) for index in indices]
+        return np.stack(images), np.asarray(label_batch[:, 0]).astype(np.int64)
+    loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL, indices=indices,
+                    pipelines=loader_pipelines(path, fields,
+                                               [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
+                                               [IntDecoder()]))
     images, label_batch = next(iter(loader))
     return np.asarray(images), np.asarray(label_batch[:, 0]).astype(np.int64)
+
+
+def centre_square(image: np.ndarray, side: int) -> np.ndarray:
+    """The image's full centre square, area-resized to ``side`` (FFCV's centre crop at ratio 1)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    crop = min(height, width)
+    top, left = (height - crop) // 2, (width - crop) // 2
+    return cv2.resize(image[top:top + crop, left:left + crop], (side, side), interpolation=cv2.INTER_AREA)
 
 
 def histogram_lines(counts: np.ndarray, names: list[str]) -> list[str]:
