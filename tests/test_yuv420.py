@@ -18,6 +18,7 @@ from ffcv_imagenet.beton_format import ConversionError, image_metadata, open_bet
 from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
 from ffcv_imagenet.convert.image_files import load_rgb
 from ffcv_imagenet.convert.inspection import read_image, report
+from ffcv_imagenet.decode_rate import measure_decode_rates
 from ffcv_imagenet.decoders import CenterCropDecoder, FixResCropDecoder, RandomResizedCropDecoder
 from ffcv_imagenet.yuv420_records import (YUV420_MODE, YUV420_TYPE_ID, YUV420ImageField, decode_yuv420,
                                           yuv420_bytes, yuv420_planes)
@@ -152,6 +153,8 @@ def test_raw_format_picks_the_raw_records_and_inspect_reports_them(tree: Path) -
     assert "1.50 bytes per pixel" in text or "1.5" in text.split("yuv420 ")[-1]
     with pytest.raises(ConversionError, match="raw format"):
         ConversionSettings(raw_format="yuv444")
+    rates = measure_decode_rates(mixed, sample=7, rounds=1)  # inspect --decode-rate: ours alone, FFCV has no decoder
+    assert rates.stock is None and rates.ours > 0 and "cannot read its yuv420 records" in str(rates)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,8 @@
-"""A training run from yuv420 files (issue 27) against the same run from the default files: the trainer
-picks the decoder from the records, and what it learns is the same within noise."""
+"""A training run from yuv420 files (issue 27) against the same run from the default files (conftest's
+``tiny_run``, shared with other tests): the trainer reads every record through the decoder the records
+call for, and validates every image, to the same accuracy within noise. At this budget (one epoch at
+32 px) both runs are near chance, so accuracy is a weak check here: the decode-level equivalence (same
+windows and flips, PSNR against the RGB path) is tested in test_yuv420.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,4 +41,3 @@ def test_training_from_yuv420_files_matches_the_default_files(tiny_run: tuple[Pa
     default, yuv = epoch_records(default_folder)[-1], epoch_records(tmp_path)[-1]
     assert yuv["val_count"] == default["val_count"] == VAL_IMAGES
     assert abs(yuv["val_top1"] - default["val_top1"]) <= TOP1_NOISE, (yuv["val_top1"], default["val_top1"])
-    assert yuv["val_top1"] > 1 / 6  # above chance (6 classes), as the default run is
