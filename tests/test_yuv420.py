@@ -208,3 +208,15 @@ def test_command_line_flags_reach_the_settings() -> None:
     mixed = settings("--raw-format", "yuv420")
     assert mixed.write_mode == "proportion" and mixed.stores_yuv420
     assert not settings("--write-mode", "jpg", "--raw-format", "yuv420").stores_yuv420  # no raw record to store
+
+
+def test_val_loader_refuses_ffcv_stock_decoder_on_yuv420_records(yuv_beton: Path) -> None:
+    import torch
+
+    from ffcv_imagenet.config import ConfigError
+    from ffcv_imagenet.loaders import LoaderSettings, build_val_loader
+
+    settings = LoaderSettings(batch_size=4, num_workers=1, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="yuv420 records, which FFCV's stock decoder cannot read"):
+        build_val_loader(yuv_beton, settings, res=32, crop_ratio=0.875, num_samples=7, rank=0, world_size=1,
+                         decoder="stock")
