@@ -15,16 +15,19 @@ the project opens it as an image field, and its JPEG and RGB raw records are FFC
 """
 from __future__ import annotations
 
+from ctypes import c_int32, c_void_p
+
 import numpy as np
 from ffcv.fields import RGBImageField
 from ffcv.fields.base import ARG_TYPE, Field
 from ffcv.types import TYPE_ID_HANDLER
 
+from .jpeg_region import compiled_library
+
 YUV420_TYPE_ID = 89  # ord("Y"): free in FFCV's table (0-6 used, 255 = custom)
 YUV420_MODE = 2  # the metadata's mode of a yuv420 record
 RGB, YUV420 = "rgb", "yuv420"
 RAW_FORMATS = (RGB, YUV420)  # how a raw record stores its pixels
-YUV420_BYTES_PER_PIXEL = 1.5
 RGB_CHANNELS = 3
 CHROMA_ZERO = 128.0
 # BT.601 full range (JFIF): rows give Y, Cb, Cr from R, G, B (Cb and Cr around CHROMA_ZERO)
@@ -126,10 +129,6 @@ TYPE_ID_HANDLER[YUV420_TYPE_ID] = YUV420ImageField
 
 
 # ---------------------------------------------------------------- decoding (csrc/yuv420.cpp)
-from ctypes import c_int32, c_void_p  # noqa: E402 - the decode half of the module
-
-from .jpeg_region import compiled_library  # noqa: E402
-
 YUV420_OK = 0
 _yuv420_crop_resize = compiled_library.yuv420_crop_resize
 _yuv420_crop_resize.argtypes = [c_void_p, c_int32, c_int32, c_int32, c_int32, c_int32, c_int32,
