@@ -52,7 +52,7 @@ class Fields:
 
 
 DEFAULT_FIELDS = Fields()
-IMAGE_KINDS = ("RGBImageField",)  # the FFCV field classes training decodes as images (by class name)
+IMAGE_KINDS = ("RGBImageField", "YUV420ImageField")  # the FFCV field classes training decodes as images (by class name)
 LABEL_KINDS = ("IntField",)
 FIELD_KEYS = "data.image_field / data.label_field"  # where a user names other fields
 KEPT, DECODED = "kept", "decoded"  # the index's third column: source JPEG bytes kept, or decoded and stored
@@ -163,6 +163,8 @@ def open_beton(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> Reader:
     ``fields`` are absent or of the wrong kind (labels must be integers)."""
     from ffcv.reader import Reader
 
+    from . import yuv420_records  # noqa: F401 - registers the yuv420 field's type id with FFCV's reader
+
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path} does not exist")
@@ -196,7 +198,7 @@ def check_fields(path: Path, kinds: dict[str, str], fields: Fields) -> None:
     if missing:
         raise ConversionError(f"{path} lacks the field(s) {missing}: it has {names}; "
                               f"name its image and label fields with {FIELD_KEYS}")
-    for name, wanted, what in ((fields.image, IMAGE_KINDS, "an RGB image field"),
+    for name, wanted, what in ((fields.image, IMAGE_KINDS, "an image field (RGB or YUV 4:2:0)"),
                                (fields.label, LABEL_KINDS, "an integer field: labels must be integers")):
         if kinds[name] not in wanted:
             raise ConversionError(f"{path}: field {name!r} is a {kinds[name]}, not {what}; "
@@ -234,7 +236,7 @@ def recorded_fields(beton: str | Path) -> Fields | None:
     if not path.is_file():
         return None
     kinds = load_sidecar(path).get("fields", {})
-    images = [name for name, kind in kinds.items() if kind == "RGBImageField"]
+    images = [name for name, kind in kinds.items() if kind in IMAGE_KINDS]
     labels = [name for name, kind in kinds.items() if kind == "IntField"]
     return Fields(images[0], labels[0]) if len(images) == len(labels) == 1 else None
 

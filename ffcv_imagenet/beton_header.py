@@ -34,15 +34,17 @@ class FieldKind(NamedTuple):
 _BYTES_METADATA = np.dtype([("ptr", "<u8"), ("size", "<u8")])
 # ffcv.types.TYPE_ID_HANDLER, each handler's metadata_type (unaligned, as FFCV declares them);
 # a new field kind is one more entry.
+YUV420_TYPE_ID = 89  # our YUV 4:2:0 image field (yuv420_records); ord("Y"), free in FFCV's table (0-6, 255)
+_IMAGE_METADATA = np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")])
 FIELD_KINDS: dict[int, FieldKind] = {
     0: FieldKind("FloatField", np.dtype("<f8")),
     1: FieldKind("IntField", np.dtype("<i8")),
-    2: FieldKind("RGBImageField", np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"),
-                                            ("data_ptr", "<u8")])),
+    2: FieldKind("RGBImageField", _IMAGE_METADATA),
     3: FieldKind("BytesField", _BYTES_METADATA),
     4: FieldKind("NDArrayField", np.dtype("<u8")),
     5: FieldKind("JSONField", _BYTES_METADATA),
     6: FieldKind("TorchTensorField", np.dtype("<u8")),
+    YUV420_TYPE_ID: FieldKind("YUV420ImageField", _IMAGE_METADATA),
 }
 
 

@@ -38,6 +38,7 @@ from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, Fi
 from .distributed import job_cores, ranks_on_node
 from .schedule import FIXRES, RRC, EpochPlan
 from .traversal import PageShuffleOrder, RandomOrder, RankShare, samples_by_page, steps_from
+from .yuv420_records import YUV420ImageField
 
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -419,7 +420,7 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
                      fields: Fields = DEFAULT_FIELDS) -> ValLoader:
     """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1)).
 
-    'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records).
+    'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records; it reads no yuv420 field).
     """
     ours = CenterCropDecoder((res, res), ratio=crop_ratio) if _decode_method(decoder) == REGION else None
     image_decoder = ours if ours is not None else CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
@@ -428,4 +429,7 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
                               indices=val_indices(num_samples, rank, world_size),
                               pipelines=loader_pipelines(path, fields, [image_decoder, *_image_tail(settings.device)],
                                                          _label_pipeline(settings.device)))
+    if ours is None and isinstance(loader.reader.handlers[fields.image], YUV420ImageField):
+        raise ConfigError(f"{path} holds yuv420 records, which FFCV's stock decoder cannot read: "
+                          f"validate with data.decoder={FAST}")
     return ValLoader(loader, ours, str(path), settings.channels_last, settings.device)

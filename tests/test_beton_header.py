@@ -51,6 +51,8 @@ def assert_reads_as_ffcv_does(path: Path) -> None:
     from ffcv.reader import Reader
     from ffcv.types import TYPE_ID_HANDLER
 
+    import ffcv_imagenet.yuv420_records  # noqa: F401 - registers our yuv420 field's type id
+
     reader = Reader(str(path))
     layout = read_layout(path)
     assert layout.header.dtype == reader.header.dtype and layout.header.tobytes() == reader.header.tobytes()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..cli import OneLineParser, fail, interrupt_outside_native_callbacks, interrupted
-from .conversion import BY_ROLE, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, convert_imagefolder
+from .conversion import BY_ROLE, RAW_FORMATS, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, convert_imagefolder
 from ..beton_format import Fields
 from .jpeg_passthrough import ALWAYS, NEVER, PASSTHROUGH_MODES
 from .train_val_pair import DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, convert_demo, convert_pair, print_summary
@@ -19,7 +19,12 @@ def _conversion_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("conversion settings (defaults: ffcv-imagenet's ResNet-50 data)")
     group.add_argument("--write-mode", default=DEFAULTS.write_mode, choices=WRITE_MODES,
                        help="how records are stored: raw pixels, JPEG, a --compress-probability share as "
-                            "JPEG (proportion), or JPEG above --smart-threshold bytes (smart); "
+                            "JPEG (proportion), JPEG above --smart-threshold bytes (smart), or every record raw "
+                            "as YUV 4:2:0 (yuv420: 1.5 bytes per pixel, read by this project only); "
+                            "default %(default)s")
+    group.add_argument("--raw-format", default=DEFAULTS.raw_format, choices=RAW_FORMATS,
+                       help="pixels of the raw records of raw, proportion and smart: rgb (FFCV's, any FFCV reader "
+                            "opens the file) or yuv420 (half the bytes; this project's readers only); "
                             "default %(default)s")
     group.add_argument("--max-resolution", type=int, default=DEFAULTS.max_resolution, metavar="N",
                        help="longest stored side in pixels; default %(default)s")
@@ -68,7 +73,8 @@ def _settings(args: argparse.Namespace) -> ConversionSettings:
                               compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,
                               smart_threshold=args.smart_threshold, num_workers=args.workers,
                               chunk_size=args.chunk_size, max_per_class=args.max_per_class, subset=args.subset,
-                              seed=args.seed, record_order=args.record_order, jpeg_passthrough=args.jpeg_passthrough)
+                              seed=args.seed, record_order=args.record_order, jpeg_passthrough=args.jpeg_passthrough,
+                              raw_format=args.raw_format)
 
 
 def build_parser() -> argparse.ArgumentParser:
