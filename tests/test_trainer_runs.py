@@ -3,17 +3,22 @@ FixRes phase, bf16. Split from test_trainer.py: the test workers take whole file
 so the two files' runs go on side by side."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ffcv_imagenet.checkpointing import FINAL_WEIGHTS, last_checkpoint_path, load_checkpoint
 from ffcv_imagenet.cli import EXIT_DIVERGED
+from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder
+from ffcv_imagenet.convert.train_val_pair import DEMO_MAX_RESOLUTION
 from ffcv_imagenet.recipes import load_config
 from helpers import DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, run, tiny_overrides, train_command
 
+YUV420_TOP1_NOISE = 0.05
 VAL_IMAGES = 42  # conftest: 6 classes x 7; 21 per rank in batches of 8: uneven on purpose
 
 
@@ -30,18 +35,54 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_betons: d
     assert all(torch.isfinite(value).all() for value in kept["model"].values() if value.is_floating_point())
 
 
-def test_readme_demo_trains_clearly_above_chance(tmp_path: Path) -> None:
-    """The README's first commands, verbatim apart from the scripts' location: 10 classes, chance is 10%."""
-    demo = subprocess.run([sys.executable, str(REPO / "write_datasets.py"), "demo", "data/demo"], cwd=tmp_path,
+@pytest.fixture(scope="module")
+def readme_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's first commands, verbatim apart from the scripts' location; the folder they ran in."""
+    folder = tmp_path_factory.mktemp("readme_demo")
+    demo = subprocess.run([sys.executable, str(REPO / "write_datasets.py"), "demo", "data/demo"], cwd=folder,
                           capture_output=True, text=True, env=cpu_env(2, users_numba=True), timeout=600)
     assert demo.returncode == 0, demo.stderr[-2000:]
-    trained = subprocess.run([sys.executable, str(REPO / "train_imagenet.py"), "--config", str(DEMO_RECIPE),
-                              "--logging.progress=false"], cwd=tmp_path, capture_output=True, text=True,
+    trained = subprocess.run(demo_command(), cwd=folder, capture_output=True, text=True,
                              env=cpu_env(2, users_numba=True), timeout=900)
     assert trained.returncode == 0, explain(trained)
-    records = epoch_records(tmp_path / "runs" / "demo")
+    return folder
+
+
+def demo_command(*extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "train_imagenet.py"), "--config", str(DEMO_RECIPE), "--logging.progress=false",
+            *extra]
+
+
+def resolution_tables(run_folder: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run_folder / "log.jsonl").read_text().splitlines())
+            if r["kind"] == "resolution_table"]
+
+
+def test_readme_demo_trains_clearly_above_chance(readme_demo: Path) -> None:
+    """10 classes, chance is 10%."""
+    records = epoch_records(readme_demo / "runs" / "demo")
     assert [r["crop_mode"] for r in records][-1] == "fixres" and records[-1]["val_count"] == 200
     assert records[-1]["val_top1"] >= 0.4, [r["val_top1"] for r in records]
+
+
+def test_demo_weights_score_the_same_on_yuv420_records_of_the_val_images(readme_demo: Path) -> None:
+    """Issue 27: a trained model sees yuv420 records (1.5 bytes per pixel, no JPEG) as it sees the default
+    records of the same images: the demo's final weights, evaluated on both, agree within noise."""
+    data = readme_demo / "data" / "demo"
+    yuv_val = data / "val_yuv420.beton"
+    settings = ConversionSettings(max_resolution=DEMO_MAX_RESOLUTION, num_workers=2, write_mode="yuv420")
+    convert_imagefolder(data / "images" / "val", yuv_val, settings, class_map=data / "train.beton", progress=False)
+    run_folder = readme_demo / "runs" / "demo"
+    evaluated = subprocess.run(demo_command(f"--data.val_dataset={yuv_val}", "--evaluate",
+                                            str(run_folder / FINAL_WEIGHTS)),
+                               cwd=readme_demo, capture_output=True, text=True, env=cpu_env(2, users_numba=True),
+                               timeout=600)
+    assert evaluated.returncode == 0, explain(evaluated)
+    default, yuv = ({row["res"]: row["top1"] for row in table["rows"]} for table in resolution_tables(run_folder)[-2:])
+    assert set(default) == set(yuv) and len(default) == 3
+    assert min(default.values()) >= 0.4, default  # a model that has learnt something, so agreement means something
+    for res in default:  # 200 images: 10 of them are noise (the records differ by JPEG's loss, ~35 dB)
+        assert abs(yuv[res] - default[res]) <= YUV420_TOP1_NOISE, (res, default, yuv)
 
 
 def test_bn_fc_fixres_phase_trains_only_batchnorm_and_classifier(demo_betons: dict, tmp_path: Path) -> None:
