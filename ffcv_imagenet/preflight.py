@@ -16,6 +16,7 @@ from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, class_names,
                            recorded_fields, sidecar_path)
 from .config import SECTIONS, Config, ConfigError, DataConfig, check_section
 from .distributed import DistContext
+from .remote_cache import CacheSettings, local_view
 from .tensorboard_log import check_tensorboard
 
 CLASS_NAMES_SHOWN = 10  # in the run's opening lines (dataset_line); log.jsonl's start record has them all
@@ -43,6 +44,7 @@ class DatasetFile:
     has_sidecar: bool
     top_label: int
     fields: Fields = DEFAULT_FIELDS
+    path: str = ""  # the file read: the recipe's path, or a remote URL's local stand-in (remote_cache)
 
 
 def read_dataset(key: str, value: str, data: DataConfig) -> DatasetFile:
@@ -50,6 +52,7 @@ def read_dataset(key: str, value: str, data: DataConfig) -> DatasetFile:
     if not value:
         raise ConfigError(f"{key}: no dataset given (a .beton from write_datasets.py or FFCV's DatasetWriter)")
     try:
+        value = local_view(value, CacheSettings.of(data))
         fields = dataset_fields(data, value)
         reader = open_beton(value, fields)
         label_values = label_range(value, reader, fields)
@@ -57,7 +60,7 @@ def read_dataset(key: str, value: str, data: DataConfig) -> DatasetFile:
     except ConversionError as err:
         raise ConfigError(f"{key}: {err}") from None
     return DatasetFile(int(reader.num_samples), names, names_from, sidecar_path(value).is_file(),
-                       int(label_values.max()), fields)
+                       int(label_values.max()), fields, value)
 
 
 def check_class_agreement(train: DatasetFile, val: DatasetFile) -> None:
@@ -91,7 +94,7 @@ def check_datasets(config: Config) -> Datasets:
     val = read_dataset("data.val_dataset", data.val_dataset, data)
     check_class_agreement(train, val)
     named = train if train.has_sidecar or not val.has_sidecar else val  # names from a sidecar where there is one
-    return Datasets(Path(data.train_dataset), Path(data.val_dataset), train.size, val.size,
+    return Datasets(Path(train.path), Path(val.path), train.size, val.size,
                     named.classes, train.fields, named.names_from, val.fields)
 
 

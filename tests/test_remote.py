@@ -1,0 +1,180 @@
+"""Datasets in an object store, against a local S3 server (moto's server mode, tests/s3_server.py)
+reached over HTTP through obstore as a real bucket is: one server and one upload per module."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import epoch_records, explain, run, tiny_overrides, train_command
+from s3_server import BUCKET, S3Server
+
+from ffcv_imagenet.remote import STATS, RemoteChanged, RemoteError
+from ffcv_imagenet.remote_cache import CacheSettings, NodeCache, local_view
+
+PAGE = 2 ** 21  # FFCV's smallest page: the test file has several
+
+
+@pytest.fixture(scope="module")
+def s3() -> S3Server:
+    server = S3Server()
+    server.start()
+    server.setup()
+    saved = {key: os.environ.get(key) for key in server.environment()}
+    os.environ.update(server.environment())  # this process and the runs it starts
+    yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def paged_betons(demo_root: Path, demo_betons: dict[str, Path], tmp_path_factory) -> dict[str, Path]:
+    """The demo train set stored raw in 2 MiB pages (several pages), and the demo val set."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+    from torchvision.datasets import ImageFolder
+
+    train = tmp_path_factory.mktemp("paged") / "train.beton"
+    fields = {"image": RGBImageField(write_mode="raw", max_resolution=160), "label": IntField()}
+    DatasetWriter(str(train), fields, page_size=PAGE, num_workers=2).from_indexed_dataset(
+        ImageFolder(str(demo_root / "train")))
+    return {"train": train, "val": demo_betons["val"]}
+
+
+@pytest.fixture(scope="module")
+def urls(s3: S3Server, paged_betons: dict[str, Path]) -> dict[str, str]:
+    client = s3.client()
+    for name, path in paged_betons.items():
+        for file in [path, *path.parent.glob(path.name + ".*")]:
+            client.upload_file(str(file), BUCKET, f"demo/{file.name}")
+    return {name: f"s3://{BUCKET}/demo/{path.name}" for name, path in paged_betons.items()}
+
+
+def pages_of(path: Path) -> int:
+    return -(-path.stat().st_size // PAGE)
+
+
+def read_every_page(stand_in: str, out_pages: list | None = None) -> NodeCache:
+    cache = NodeCache.for_stand_in(stand_in)
+    buffer = np.zeros(cache.page_size, dtype=np.uint8)
+    for page in range(-(-cache.remote.size // cache.page_size)):
+        cache.read_into(page, buffer, lambda name: float("inf"))
+        if out_pages is not None:
+            out_pages.append(buffer[:cache.page_bytes(page)].copy())
+    return cache
+
+
+def test_pages_read_from_the_store_are_the_file_s_bytes(urls, paged_betons, tmp_path: Path) -> None:
+    settings = CacheSettings(str(tmp_path), gib=1.0, requests=2)
+    stand_in = local_view(urls["train"], settings)
+    pages: list[np.ndarray] = []
+    read_every_page(stand_in, pages)
+    assert np.concatenate(pages).tobytes() == paged_betons["train"].read_bytes()
+    assert Path(stand_in + ".remote.json").is_file()
+    assert local_view(urls["train"], settings) == stand_in  # found again by its ETag
+
+
+@pytest.mark.parametrize("url, says", [
+    (f"s3://no-such-bucket-here/demo/train.beton", "no such object (or no such bucket 'no-such-bucket-here')"),
+    (f"s3://{BUCKET}/demo/missing.beton", "no such object"),
+])
+def test_missing_bucket_or_key_is_one_line(urls, tmp_path: Path, url: str, says: str) -> None:
+    with pytest.raises(RemoteError) as caught:
+        local_view(url, CacheSettings(str(tmp_path)))
+    assert says in str(caught.value) and url in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_bad_credentials_are_one_line_naming_what_to_set(urls, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(RemoteError) as caught:
+        local_view(urls["train"], CacheSettings(str(tmp_path)))
+    message = str(caught.value)
+    assert "access denied" in message and "AWS_SECRET_ACCESS_KEY" in message and "\n" not in message
+
+
+def test_an_object_replaced_during_a_run_is_refused(s3, paged_betons, tmp_path: Path) -> None:
+    client = s3.client()
+    key = "replaced/train.beton"
+    client.upload_file(str(paged_betons["train"]), BUCKET, key)
+    stand_in = local_view(f"s3://{BUCKET}/{key}", CacheSettings(str(tmp_path), gib=1.0, requests=2))
+    cache = NodeCache.for_stand_in(stand_in)
+    buffer = np.zeros(cache.page_size, dtype=np.uint8)
+    cache.read_into(0, buffer, lambda name: float("inf"))
+    client.put_object(Bucket=BUCKET, Key=key, Body=paged_betons["train"].read_bytes()[::-1])
+    with pytest.raises(RemoteChanged) as caught:
+        cache.read_into(1, buffer, lambda name: float("inf"))
+    assert "replaced during the run" in str(caught.value)
+    assert not (cache.folder / cache.page_name(1)).exists()  # nothing kept of the new version
+
+
+def test_the_cache_stays_within_its_bound(urls, paged_betons, tmp_path: Path) -> None:
+    pages = pages_of(paged_betons["train"])
+    requests = 1
+    bound = (requests + 2) * PAGE  # the smallest bound allowed: fewer pages than the file has
+    assert pages > requests + 2
+    stand_in = local_view(urls["train"], CacheSettings(str(tmp_path), gib=bound / 2 ** 30, requests=requests))
+    cache = NodeCache.for_stand_in(stand_in)
+    buffer = np.zeros(cache.page_size, dtype=np.uint8)
+    for page in [*range(pages), *range(pages)]:
+        cache.read_into(page, buffer, lambda name: float("inf"))
+        assert cache.used_bytes() <= bound
+
+
+def test_a_bound_larger_than_the_disk_is_one_line(urls, tmp_path: Path) -> None:
+    stand_in = local_view(urls["train"], CacheSettings(str(tmp_path), gib=1e6))
+    with pytest.raises(RemoteError, match="is more than the .* GiB free"):
+        NodeCache.for_stand_in(stand_in)
+
+
+def _read_all(stand_in: str) -> None:
+    read_every_page(stand_in)
+
+
+def test_two_processes_on_one_node_fetch_each_page_once(s3, urls, paged_betons, tmp_path: Path) -> None:
+    stand_in = local_view(urls["train"], CacheSettings(str(tmp_path), gib=1.0, requests=2))
+    s3.reset_counts()
+    context = multiprocessing.get_context("spawn")
+    ranks = [context.Process(target=_read_all, args=(stand_in,)) for _ in range(2)]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(120)
+        assert rank.exitcode == 0
+    assert s3.ranged_gets("demo/train.beton") == pages_of(paged_betons["train"])
+
+
+def test_a_server_stopped_and_restarted_is_retried_and_the_read_finishes(s3, urls, paged_betons,
+                                                                           tmp_path: Path) -> None:
+    stand_in = local_view(urls["train"], CacheSettings(str(tmp_path), gib=1.0, requests=2))
+    retries = STATS.retries
+    s3.stop()
+    restart = threading.Timer(1.5, s3.start)
+    restart.start()
+    pages: list[np.ndarray] = []
+    read_every_page(stand_in, pages)
+    restart.join()
+    assert STATS.retries > retries
+    assert np.concatenate(pages).tobytes() == paged_betons["train"].read_bytes()
+
+
+@pytest.mark.slow
+def test_two_epochs_from_s3_urls_give_the_accuracies_of_local_files(urls, paged_betons, tmp_path: Path) -> None:
+    accuracies = {}
+    for where, betons in (("local", paged_betons), ("s3", urls)):
+        folder = tmp_path / where
+        overrides = tiny_overrides(betons, folder, **{"training.epochs": 2, "resolution.fixres_epochs": 0,
+                                                      "data.order": "quasi_random", "data.in_memory": False,
+                                                      "data.cache_mib": 8, "data.remote_cache_dir": tmp_path / "cache",
+                                                      "data.remote_cache_gib": 0.05, "data.remote_requests": 4})
+        result = run(train_command(overrides))
+        assert result.returncode == 0, explain(result)
+        accuracies[where] = [record["top1"] for record in epoch_records(folder)]
+    assert len(accuracies["s3"]) == 2 and accuracies["s3"] == accuracies["local"]
