@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import epoch_records, explain, run, tiny_overrides, train_command
+import torch
+from helpers import epoch_records, explain, interrupt_after_epochs, run, tiny_overrides, train_command
 from s3_server import BUCKET, S3Server
 
+from ffcv_imagenet.cli import EXIT_PREEMPTED
 from ffcv_imagenet.remote import STATS, RemoteChanged, RemoteError
 from ffcv_imagenet.remote_cache import CacheSettings, NodeCache, local_view
+from ffcv_imagenet.trainer import FINAL_WEIGHTS
 
 PAGE = 2 ** 21  # FFCV's smallest page: the test file has several
 
@@ -165,16 +168,44 @@ def test_a_server_stopped_and_restarted_is_retried_and_the_read_finishes(s3, url
     assert np.concatenate(pages).tobytes() == paged_betons["train"].read_bytes()
 
 
+def remote_run_args(betons: dict, folder: Path, cache: Path) -> list[str]:
+    """Two epochs, quasi_random through FFCV's process cache; a 32 MiB node cache: four of the val file's 8 MiB pages."""
+    return tiny_overrides(betons, folder, **{"training.epochs": 2, "resolution.fixres_epochs": 0,
+                                             "data.order": "quasi_random", "data.in_memory": False,
+                                             "data.cache_mib": 8, "data.remote_cache_dir": cache,
+                                             "data.remote_cache_gib": 0.03125, "data.remote_requests": 2})
+
+
+def outcomes(folder: Path) -> list[tuple]:
+    return [(r["epoch"], r["steps"], r["train_loss"], r["val_top1"], r["val_loss"]) for r in epoch_records(folder)]
+
+
+@pytest.fixture(scope="module")
+def s3_run(urls, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("s3_run")
+    result = run(train_command(remote_run_args(urls, folder / "run", folder / "cache")))
+    assert result.returncode == 0, explain(result)
+    return folder / "run"
+
+
 @pytest.mark.slow
-def test_two_epochs_from_s3_urls_give_the_accuracies_of_local_files(urls, paged_betons, tmp_path: Path) -> None:
-    accuracies = {}
-    for where, betons in (("local", paged_betons), ("s3", urls)):
-        folder = tmp_path / where
-        overrides = tiny_overrides(betons, folder, **{"training.epochs": 2, "resolution.fixres_epochs": 0,
-                                                      "data.order": "quasi_random", "data.in_memory": False,
-                                                      "data.cache_mib": 8, "data.remote_cache_dir": tmp_path / "cache",
-                                                      "data.remote_cache_gib": 0.05, "data.remote_requests": 4})
-        result = run(train_command(overrides))
-        assert result.returncode == 0, explain(result)
-        accuracies[where] = [record["top1"] for record in epoch_records(folder)]
-    assert len(accuracies["s3"]) == 2 and accuracies["s3"] == accuracies["local"]
+def test_two_epochs_from_s3_urls_give_the_results_of_local_files(s3_run, paged_betons, tmp_path: Path) -> None:
+    result = run(train_command(remote_run_args(paged_betons, tmp_path, tmp_path / "unused")))
+    assert result.returncode == 0, explain(result)
+    assert len(outcomes(s3_run)) == 2 and outcomes(s3_run) == outcomes(tmp_path)
+    assert not (tmp_path / "unused").exists()  # local files never touch the remote cache
+
+
+@pytest.mark.slow
+def test_sigterm_and_resume_from_s3_urls_equals_the_uninterrupted_run(s3_run, urls, tmp_path: Path) -> None:
+    args = remote_run_args(urls, tmp_path / "run", tmp_path / "cache")
+    interrupted = interrupt_after_epochs(train_command(args), tmp_path / "run")  # SIGTERM inside epoch 1
+    assert interrupted.returncode == EXIT_PREEMPTED, explain(interrupted)
+    resumed = run(train_command(args))
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, explain(resumed)
+    # the resumed epoch's train_loss averages only its own steps: weights and validation are compared
+    assert [o[3:] for o in outcomes(tmp_path / "run")] == [o[3:] for o in outcomes(s3_run)]
+    straight = torch.load(s3_run / FINAL_WEIGHTS, weights_only=True)
+    again = torch.load(tmp_path / "run" / FINAL_WEIGHTS, weights_only=True)
+    for key, value in straight.items():
+        assert torch.allclose(value.float(), again[key].float(), rtol=1e-4, atol=1e-5), key
