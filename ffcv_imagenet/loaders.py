@@ -293,7 +293,7 @@ class TrainLoader:
                                   pipelines=loader_pipelines(self.path, self.fields,
                                                              [decoder, *_image_tail(settings.device)],
                                                              _label_pipeline(settings.device)))
-        self.node_cache = read_remote_pages(loader) or self.node_cache
+        self.node_cache = read_remote_pages(loader, ranks_on_node()) or self.node_cache
         inner = (self._page_shuffle(loader) if self.order == "quasi_random"
                  else RandomOrder(loader.indices, seed=self.seed))
         rank, world_size = self.rank_and_world_size()
@@ -446,5 +446,5 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
                               indices=val_indices(num_samples, rank, world_size),
                               pipelines=loader_pipelines(path, fields, [image_decoder, *_image_tail(settings.device)],
                                                          _label_pipeline(settings.device)))
-    read_remote_pages(loader)
+    read_remote_pages(loader, ranks_on_node())
     return ValLoader(loader, ours, str(path), settings.channels_last, settings.device)

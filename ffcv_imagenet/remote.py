@@ -53,6 +53,11 @@ def is_remote(path: str | Path) -> bool:
     return "://" in text and text.split("://", 1)[0] in SCHEMES
 
 
+def dataset_argument(value: str) -> str | Path:
+    """A command-line dataset: a URL kept as text (a Path would fold its ``//``), else a Path."""
+    return value if is_remote(value) else Path(value)
+
+
 def split_url(url: str) -> tuple[str, str, str]:
     """``s3://bucket/a/b.beton`` -> ("s3", "bucket", "a/b.beton"); a ValueError names what is wrong."""
     scheme, _, rest = url.partition("://")

@@ -37,7 +37,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .remote import RemoteError, RemoteObject, is_remote, open_store, split_url
+from .beton_format import DEFAULT_FIELDS, Fields, record_bytes, record_extent
+from .remote import RemoteError, RemoteObject, is_remote, open_store, split_url, upload
 
 GIB = 2 ** 30
 MARKER_SUFFIX = ".remote.json"  # beside a stand-in: which object it stands for
@@ -112,11 +113,43 @@ def local_view(path: str | Path, settings: CacheSettings) -> str:
     url = str(path)
     remote = RemoteObject.open(url)
     stand_in = stand_in_folder(settings, url, remote.etag) / url.rsplit("/", 1)[1]
-    if not marker_path(stand_in).is_file():
+    marker = marker_path(stand_in)
+    if not marker.is_file() or json.loads(marker.read_text())["settings"] != asdict(settings):
         with file_lock(stand_in.parent / ".lock"):  # the node's other ranks wait, then find it made
-            if not marker_path(stand_in).is_file():
-                _write_stand_in(remote, stand_in, settings)
+            if not marker.is_file():
+                page_size = _write_stand_in(remote, stand_in, settings)
+            else:  # the same object read with other cache settings (a new recipe, inspect)
+                page_size = json.loads(marker.read_text())["page_size"]
+            info = {"url": remote.url, "etag": remote.etag, "size": remote.size, "page_size": page_size,
+                    "settings": asdict(settings)}
+            temp = marker.with_name(marker.name + TEMP)
+            temp.write_text(json.dumps(info))
+            os.replace(temp, marker)
     return str(stand_in)
+
+
+@contextlib.contextmanager
+def written_locally(out: str | Path, settings: CacheSettings) -> Iterator[Path]:
+    """Where a conversion to ``out`` writes: ``out`` itself, or for a URL a staging folder in the
+    cache, uploaded once the conversion is done (the files beside the .beton first, the .beton
+    last, each appearing only once complete), then removed; kept, and named, if an upload fails."""
+    if not is_remote(out):
+        yield Path(out)
+        return
+    url = str(out)
+    split_url(url)  # a malformed URL before any work
+    staging = settings.root / "staging" / _digest(url, 10)
+    staging.mkdir(parents=True, exist_ok=True)
+    local = staging / url.rsplit("/", 1)[1]
+    yield local
+    try:
+        for suffix in SIBLING_SUFFIXES:
+            if local.with_name(local.name + suffix).is_file():
+                upload(local.with_name(local.name + suffix), url + suffix)
+        upload(local, url)
+    except RemoteError as err:
+        raise RemoteError(f"{err} (the converted files are kept in {staging})") from None
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _beton_layout(remote: RemoteObject) -> tuple[int, int, int, int]:
@@ -139,7 +172,8 @@ def _beton_layout(remote: RemoteObject) -> tuple[int, int, int, int]:
             int(header["page_size"]), num_samples)
 
 
-def _write_stand_in(remote: RemoteObject, stand_in: Path, settings: CacheSettings) -> None:
+def _write_stand_in(remote: RemoteObject, stand_in: Path, settings: CacheSettings) -> int:
+    """The stand-in and the files beside the object; returns the object's page size."""
     metadata_end, table_start, page_size, _ = _beton_layout(remote)
     stand_in.parent.mkdir(parents=True, exist_ok=True)
     temp = stand_in.with_name(stand_in.name + TEMP)
@@ -157,9 +191,17 @@ def _write_stand_in(remote: RemoteObject, stand_in: Path, settings: CacheSetting
     except OSError as err:
         temp.unlink(missing_ok=True)
         raise cache_disk_error(settings, err) from None
-    marker = {"url": remote.url, "etag": remote.etag, "size": remote.size, "page_size": page_size,
-              "settings": asdict(settings)}
-    marker_path(stand_in).write_text(json.dumps(marker))
+    return page_size
+
+
+def stored_record_bytes(reader: Any, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
+    """``beton_format.record_bytes``, also for a remote dataset's stand-in (which holds no record
+    bytes): those are read from the object by one ranged GET."""
+    cache = NodeCache.for_stand_in(reader.file_name)
+    if cache is None:
+        return record_bytes(reader, index, fields)
+    offset, size = record_extent(reader, index, fields)
+    return np.frombuffer(cache.remote.read(offset, offset + size, f"GET record {index}"), dtype=np.uint8)
 
 
 def cache_disk_error(settings: CacheSettings, err: OSError) -> RemoteError:

@@ -25,7 +25,6 @@ from ffcv.loader import Loader
 from ffcv.memory_managers.process_cache import ProcessCacheContext, ProcessCacheManager
 from ffcv.memory_managers.process_cache.schedule import ScheduleExecutor, compute_schedule
 
-from .distributed import ranks_on_node
 from .remote_cache import INFINITY, NodeCache
 
 
@@ -179,21 +178,22 @@ class RemoteCacheContext(ProcessCacheContext):
 class RemotePageManager(ProcessCacheManager):
     """FFCV's process cache whose pages come from the node cache (module docstring)."""
 
-    def __init__(self, reader, cache: NodeCache):
+    def __init__(self, reader, cache: NodeCache, ranks_on_node: int):
         super().__init__(reader)
         self.cache = cache
         # Half of this rank's share of the cache: the other half holds pages read but still needed.
-        share_pages = cache.settings.limit_bytes // cache.page_size // max(1, ranks_on_node())
+        share_pages = cache.settings.limit_bytes // cache.page_size // max(1, ranks_on_node)
         self.ahead_pages = max(cache.settings.requests, share_pages // 2)
 
     def schedule_epoch(self, batches: Sequence[Sequence[int]]) -> RemoteCacheContext:
         return RemoteCacheContext(self, batches)
 
 
-def read_remote_pages(loader: Loader) -> NodeCache | None:
+def read_remote_pages(loader: Loader, ranks_on_node: int = 1) -> NodeCache | None:
     """Make ``loader`` (built with ``os_cache=False``) read its pages from the object its file stands
-    for, if it is a stand-in (``remote_cache.local_view``); the node cache, or None for a local file."""
+    for, if it is a stand-in (``remote_cache.local_view``); the node cache, or None for a local file.
+    ``ranks_on_node`` share the cache."""
     cache = NodeCache.for_stand_in(loader.fname)
     if cache is not None:
-        loader.memory_manager = RemotePageManager(loader.reader, cache)
+        loader.memory_manager = RemotePageManager(loader.reader, cache, ranks_on_node)
     return cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import epoch_records, explain, interrupt_after_epochs, run, tiny_overrides, train_command
+from helpers import REPO, epoch_records, explain, interrupt_after_epochs, run, tiny_overrides, train_command
 from s3_server import BUCKET, S3Server
 
 from ffcv_imagenet.cli import EXIT_PREEMPTED
@@ -209,3 +210,28 @@ def test_sigterm_and_resume_from_s3_urls_equals_the_uninterrupted_run(s3_run, ur
     again = torch.load(tmp_path / "run" / FINAL_WEIGHTS, weights_only=True)
     for key, value in straight.items():
         assert torch.allclose(value.float(), again[key].float(), rtol=1e-4, atol=1e-5), key
+
+
+def test_convert_to_an_s3_url_uploads_the_files_and_inspect_reads_it(s3, demo_root: Path, tmp_path: Path) -> None:
+    url = f"s3://{BUCKET}/converted/val.beton"
+    write = [sys.executable, str(REPO / "write_datasets.py")]
+    cache = {"XDG_CACHE_HOME": str(tmp_path)}
+    converted = run([*write, "convert", str(demo_root / "val"), url, "--workers", "1"], extra_env=cache)
+    assert converted.returncode == 0, explain(converted)
+    assert f"to {url}" in converted.stdout
+    client = s3.client()  # (moto's signature check refuses authenticated LIST requests: HEAD each)
+    sizes = [client.head_object(Bucket=BUCKET, Key=f"converted/val.beton{suffix}")["ContentLength"]
+             for suffix in ("", ".json", ".index")]
+    assert all(size > 0 for size in sizes)
+    assert not any((tmp_path / "ffcv_imagenet" / "remote" / "staging").iterdir())  # staging removed
+    inspected = run([*write, "inspect", url], extra_env=cache)
+    assert inspected.returncode == 0, explain(inspected)
+    assert "42 records" in inspected.stdout and "names from val.beton.json" in inspected.stdout
+
+
+def test_inspect_of_a_missing_object_is_one_line(s3, tmp_path: Path) -> None:
+    url = f"s3://{BUCKET}/nothing/here.beton"
+    result = run([sys.executable, str(REPO / "write_datasets.py"), "inspect", url],
+                 extra_env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert url in result.stderr and "no such object" in result.stderr

@@ -11,6 +11,7 @@ from ..beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, 
                            image_metadata, index_path, label_range, labels, load_class_names, loader_pipelines,
                            load_sidecar, open_beton, read_index, record_bytes, sidecar_path, stored_bytes_by_field)
 from .jpeg_passthrough import chroma_sampling, estimated_quality, passthrough_mode, read_jpeg_header
+from ..remote_cache import stored_record_bytes
 
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
@@ -29,7 +30,7 @@ def read_image(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> n
     """Record ``index`` at its stored size: JPEG records through FFCV's own decoder (TurboJPEG), raw ones copied."""
     meta = image_metadata(reader, fields)[index]
     height, width = int(meta["height"]), int(meta["width"])
-    data = record_bytes(reader, index, fields)
+    data = stored_record_bytes(reader, index, fields)
     if meta["mode"] != JPEG_MODE:
         return data.reshape(height, width, 3)
     image = np.empty((height, width, 3), dtype=np.uint8)
@@ -54,11 +55,15 @@ def decode_samples(path: str | Path, indices: list[int],
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
+    from ..remote_cache import is_stand_in
+    from ..remote_pages import read_remote_pages
+
     loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
-                    indices=indices,
+                    indices=indices, os_cache=not is_stand_in(path),
                     pipelines=loader_pipelines(path, fields,
                                                [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
                                                [IntDecoder()]))
+    read_remote_pages(loader)  # a remote dataset's stand-in: pages through the node cache
     images, label_batch = next(iter(loader))
     return np.asarray(images), np.asarray(label_batch[:, 0]).astype(np.int64)
 

@@ -10,6 +10,7 @@ from ..cli import OneLineParser, fail, interrupt_outside_native_callbacks, inter
 from .conversion import (BY_ROLE, FOLDER, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
                          find_class_folders, require_known_classes)
 from ..beton_format import Fields
+from ..remote import dataset_argument
 from .demo_data import make_demo_imagefolder
 from .jpeg_passthrough import ALWAYS, NEVER, PASSTHROUGH_MODES
 
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", root_prog=PROG, help="one ImageFolder root -> one .beton")
     convert.add_argument("root", type=Path, help="folder of class folders: ROOT/<class>/<image>")
-    convert.add_argument("out", type=Path, help="output .beton (OUT.json and OUT.skipped are written beside it)")
+    convert.add_argument("out", type=dataset_argument, help="output .beton (OUT.json and OUT.skipped are written "
+                         "beside it), or an s3:// gs:// az:// URL: written locally, then uploaded")
     convert.add_argument("--class-map", type=Path, metavar="TRAIN.beton",
                          help="the train .beton (or its .json) whose class indices this set must use")
     _conversion_options(convert)
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _conversion_options(imagenet)
 
     inspect = commands.add_parser("inspect", root_prog=PROG, help="record count, label histogram, sizes and a few decodes")
-    inspect.add_argument("beton", type=Path)
+    inspect.add_argument("beton", type=dataset_argument, help="a .beton, or an s3:// gs:// az:// URL of one")
     _field_options(inspect)
     inspect.add_argument("--decode-rate", action="store_true",
                          help="also measure the training decode rate per core on a sample of records: the "
@@ -163,13 +165,19 @@ def _adopt(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "convert":
-        _report(convert_imagefolder(args.root, args.out, _settings(args), class_map=args.class_map))
+        from ..remote_cache import CacheSettings, written_locally
+        with written_locally(args.out, CacheSettings()) as out:  # a URL: written here, then uploaded
+            _report(convert_imagefolder(args.root, out, _settings(args), class_map=args.class_map))
+        if out != args.out:
+            print(f"uploaded {out.name} and the files beside it to {args.out}", flush=True)
     elif args.command == "imagenet":
         convert_pair(args.imagenet_dir / "train", args.imagenet_dir / "val", args.out_dir, _settings(args))
     elif args.command == "inspect":
-        from .inspection import report  # imports FFCV's loader: only when needed
+        from ..remote_cache import CacheSettings, local_view
         if args.decode_sample < 1:
             raise ValueError(f"--decode-sample must be positive: {args.decode_sample}")
+        args.beton = local_view(args.beton, CacheSettings(gib=1.0))  # a URL: its stand-in; a few pages read
+        from .inspection import report  # imports FFCV's loader: only when needed
         print(report(args.beton, Fields(args.image_field, args.label_field), decode_rate=args.decode_rate,
                      recipe=args.config, decode_sample=args.decode_sample), flush=True)
     elif args.command == "adopt":
