@@ -12,10 +12,10 @@ training loader (``TrainLoader``, decode included) from:
 
 Reported: img/s and its ratio to local disk, bytes fetched in the epoch / file size, and seconds
 from the start of the epoch to its first batch. Data: real-like JPEG sources (ImageNet's mix of
-chroma, quality and sizes: benchmarks/real_like_sources.py) written by FFCV's DatasetWriter with
-2 MiB pages, so that a small file still has tens of pages.
+chroma, quality and sizes: benchmarks/real_like_sources.py) stored as JPEG at most 512 px by FFCV's
+DatasetWriter with 2 MiB pages, so that a small file still has tens of pages.
 
-    python benchmarks/bench_remote.py [--images 1500] [--res 160] [--latency-ms 0 20 50]
+    python benchmarks/bench_remote.py [--images 1500] [--res 160] [--latency-ms 0 20 50] [--folder DIR]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from real_like_sources import make_real_like_folder
+from real_like_sources import add_sources_option, prepare_sources
 
 from ffcv_imagenet.loaders import LoaderSettings, TrainLoader, workers_per_rank
 from ffcv_imagenet.remote import STATS
@@ -94,16 +94,14 @@ def start_store(tmp: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("the S3 server did not start")
 
 
-def write_beton(images: int, tmp: Path) -> Path:
+def write_beton(sources: Path, tmp: Path) -> Path:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
     from torchvision.datasets import ImageFolder
 
-    print(f"sources: {make_real_like_folder(tmp / 'images', images)}", flush=True)
     beton = tmp / "train.beton"
-    fields = {"image": RGBImageField(write_mode="jpg", max_resolution=256, jpeg_quality=90), "label": IntField()}
-    DatasetWriter(str(beton), fields, page_size=PAGE, num_workers=2).from_indexed_dataset(
-        ImageFolder(str(tmp / "images")))
+    fields = {"image": RGBImageField(write_mode="jpg", max_resolution=512, jpeg_quality=90), "label": IntField()}
+    DatasetWriter(str(beton), fields, page_size=PAGE, num_workers=2).from_indexed_dataset(ImageFolder(str(sources)))
     return beton
 
 
@@ -126,12 +124,13 @@ def main() -> None:
     parser.add_argument("--res", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0)
+    add_sources_option(parser)
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 20.0, 50.0])
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-remote-") as name:
         tmp = Path(name)
-        beton = write_beton(args.images, tmp)
+        beton = write_beton(prepare_sources(args, tmp), tmp)
         size = beton.stat().st_size
         server, port = start_store(tmp)
         try:

@@ -231,7 +231,6 @@ class NodeCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.tag = _digest(remote.url + "\0" + remote.etag)
         self.lock_path = settings.root / ".pages.lock"
-        self.pages_fetched = 0  # by this process
         self.check_room()
 
     @classmethod
@@ -310,7 +309,6 @@ class NodeCache:
                 handle.write(data)
             os.utime(temp, (NEVER_READ, time.time()))
             os.replace(temp, final)
-            self.pages_fetched += 1
         except OSError as err:
             raise cache_disk_error(self.settings, err) from None
         finally:
