@@ -36,6 +36,7 @@ from .config import AugmentConfig, Config, ConfigError
 from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, FixResCropDecoder,
                        RandomResizedCropDecoder, SeededCropDecoder)
 from .distributed import job_cores, ranks_on_node
+from .remote import STATS
 from .remote_cache import CacheSettings, NodeCache, is_stand_in, local_view
 from .remote_pages import read_remote_pages
 from .schedule import FIXRES, RRC, EpochPlan
@@ -268,6 +269,7 @@ class TrainLoader:
         self.cache_mib = cache_mib
         self.process_cache_bytes = 0  # of the last epoch, with the process cache (in_memory: false)
         self.node_cache: NodeCache | None = None  # a remote dataset's pages (remote_pages)
+        self._requests_before = (0, 0)  # the process's remote bytes and retries when the epoch began
         self._built: dict[str, tuple[Loader, SeededCropDecoder]] = {}  # per crop mode
         self._loader: Loader | None = None
         self._decoder: SeededCropDecoder | None = None
@@ -343,6 +345,14 @@ class TrainLoader:
         # epoch e in the same order as an uninterrupted one.
         self._loader.next_epoch = plan.epoch
 
+    def remote_counts(self) -> dict[str, float]:
+        """For a remote dataset, what this process fetched and retried since the epoch began (the
+        epoch record's ``remote_fetched_mib``, ``remote_retries``); nothing for a local file."""
+        if self.node_cache is None:
+            return {}
+        return {"remote_fetched_mib": (STATS.bytes - self._requests_before[0]) / MIB,
+                "remote_retries": STATS.retries - self._requests_before[1]}
+
     def host_buffer_bytes(self, plan: EpochPlan) -> int:
         """Host memory FFCV allocates for ``plan``'s epoch (pinned on a GPU machine)."""
         self.prepare(plan)
@@ -358,6 +368,7 @@ class TrainLoader:
             self.process_cache_bytes = 0
             return  # what is left is less than one global batch: nothing to read
         self._loader.traversal_order.start = start_sample
+        self._requests_before = (STATS.bytes, STATS.retries)
         batches = iter(self._loader)
         cache = getattr(batches.memory_context, "memory", None)  # FFCV's process cache, if in use
         self.process_cache_bytes = cache.nbytes if cache is not None else 0

@@ -193,6 +193,9 @@ def test_two_epochs_from_s3_urls_stopped_by_sigterm_and_resumed_equal_the_run_fr
     interrupted = interrupt_after_epochs(train_command(args), tmp_path / "s3")  # SIGTERM inside epoch 1
     assert interrupted.returncode == EXIT_PREEMPTED, explain(interrupted)
     assert outcomes(tmp_path / "s3") == outcomes(tmp_path / "local")[:1]  # epoch 0, uninterrupted, from s3://
+    fetched = epoch_records(tmp_path / "s3")[0]["remote_fetched_mib"] * 2 ** 20
+    assert paged_betons["train"].stat().st_size * 0.5 < fetched <= paged_betons["train"].stat().st_size
+    assert "remote_fetched_mib" not in epoch_records(tmp_path / "local")[0]
     resumed = run(train_command(args))
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, explain(resumed)
     # the resumed epoch's train_loss averages only its own steps: validation and weights are compared
