@@ -230,3 +230,20 @@ def test_inspect_of_a_missing_object_is_one_line(s3, tmp_path: Path) -> None:
                  extra_env={"XDG_CACHE_HOME": str(tmp_path)})
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
     assert url in result.stderr and "no such object" in result.stderr
+
+
+@pytest.mark.timeout(300)
+def test_a_loader_whose_object_is_replaced_raises_the_one_line_error_instead_of_hanging(
+        s3, paged_betons, tmp_path: Path) -> None:
+    """The page readers' error crosses FFCV's epoch thread to the consumer (loaders.RankDeviceEpochIterator)."""
+    from ffcv_imagenet.loaders import LoaderSettings, build_val_loader
+
+    key = "replaced-in-loader/val.beton"
+    s3.client().upload_file(str(paged_betons["val"]), BUCKET, key)
+    stand_in = local_view(f"s3://{BUCKET}/{key}", CacheSettings(str(tmp_path), gib=0.25, requests=2))
+    loader = build_val_loader(stand_in, LoaderSettings(batch_size=8, num_workers=1, device=torch.device("cpu")),
+                              res=32, crop_ratio=0.875, num_samples=42, rank=0, world_size=1)
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=b"another object")
+    with pytest.raises(RemoteChanged, match="replaced during the run"):
+        for _ in loader:
+            pass
