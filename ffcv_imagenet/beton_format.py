@@ -267,9 +267,14 @@ def loader_pipelines(path: str | Path, fields: Fields, image: list, label: list)
     return pipelines
 
 
-def record_bytes(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
-    """The stored bytes of record ``index``'s image: a JPEG file's bytes, or raw RGB pixels."""
+def record_extent(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> tuple[int, int]:
+    """(offset in the file, size) of record ``index``'s image bytes."""
     offset = int(image_metadata(reader, fields)[index]["data_ptr"])
     table = reader.alloc_table  # one allocation per (record, field that stores bytes): this field's starts at offset
-    size = int(table["size"][(table["sample_id"] == index) & (table["ptr"] == offset)].sum())
+    return offset, int(table["size"][(table["sample_id"] == index) & (table["ptr"] == offset)].sum())
+
+
+def record_bytes(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
+    """The stored bytes of record ``index``'s image: a JPEG file's bytes, or raw RGB pixels."""
+    offset, size = record_extent(reader, index, fields)
     return np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=offset)

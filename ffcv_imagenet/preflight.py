@@ -19,6 +19,7 @@ from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, checked_labe
                            open_beton, open_layout, recorded_fields, sidecar_path)
 from .beton_header import is_url
 from .config import SECTIONS, Config, ConfigError, DataConfig, check_section
+from .remote_cache import CacheSettings, local_view
 from .tensorboard_log import check_tensorboard
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class DatasetFile:
     has_sidecar: bool
     top_label: int
     fields: Fields = DEFAULT_FIELDS
+    path: str = ""  # the file read: the recipe's path, or a remote URL's local stand-in (remote_cache)
 
 
 def read_dataset(key: str, value: str, data: DataConfig) -> DatasetFile:
@@ -58,13 +60,14 @@ def read_dataset(key: str, value: str, data: DataConfig) -> DatasetFile:
     if not value:
         raise ConfigError(f"{key}: no dataset given (a .beton from write_datasets.py or FFCV's DatasetWriter)")
     try:
+        value = local_view(value, CacheSettings.of(data))
         fields = dataset_fields(data, value)
         label_values = dataset_labels(value, fields)
         names, names_from = class_names(value, label_values)
     except ConversionError as err:
         raise ConfigError(f"{key}: {err}") from None
     return DatasetFile(label_values.size, names, names_from, sidecar_path(value).is_file(),
-                       int(label_values.max()), fields)
+                       int(label_values.max()), fields, value)
 
 
 def dataset_labels(path: str, fields: Fields) -> np.ndarray:
@@ -107,7 +110,7 @@ def check_datasets(config: Config) -> Datasets:
     val = read_dataset("data.val_dataset", data.val_dataset, data)
     check_class_agreement(train, val)
     named = train if train.has_sidecar or not val.has_sidecar else val  # names from a sidecar where there is one
-    return Datasets(Path(data.train_dataset), Path(data.val_dataset), train.size, val.size,
+    return Datasets(Path(train.path), Path(val.path), train.size, val.size,
                     named.classes, train.fields, named.names_from, val.fields)
 
 

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace, config: Config, speaks: bool, world_size: int)
     # seconds that loading torch and FFCV (which compiles numba code at import) take.
     from .distributed import init_distributed, shutdown
     from .decoders import CorruptRecordError
+    from .remote import RemoteError
     from .evaluation import evaluate_saved
     from .trainer import TrainingStopped, train
 
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace, config: Config, speaks: bool, world_size: int)
     except ConfigError as err:
         return fail(PROG, str(err), EXIT_ERROR, speaks)
     except CorruptRecordError as err:  # the dataset, not the run: every rank that meets it says so
+        return fail(PROG, str(err), EXIT_ERROR)
+    except RemoteError as err:  # a remote dataset replaced or unreachable mid-run, a full cache disk
         return fail(PROG, str(err), EXIT_ERROR)
     except TrainingStopped as stop:
         return fail(PROG, str(stop), stop.exit_code, speaks)

@@ -311,7 +311,7 @@ class Trainer:
         images_seen = done - start
         return {"epoch": plan.epoch, "res": plan.res, "crop_mode": plan.crop_mode, "first_batch_shape": first_shape,
                 "lr": lr, "train_loss": loss_sum / max(1, finite_steps), "steps": steps,
-                "process_cache_mib": self.train_loader.process_cache_bytes / MIB,
+                "process_cache_mib": self.train_loader.process_cache_bytes / MIB, **self.train_loader.remote_counts(),
                 "batch_augment": self.augment_on and (self.mixer.enabled or self.randaugment.enabled),
                 "images_per_second": images_seen / seconds, "epoch_seconds": seconds}
 

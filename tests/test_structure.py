@@ -13,7 +13,9 @@ PACKAGE = REPO / "ffcv_imagenet"
 CONVERT = "ffcv_imagenet.convert"
 SHARED = {"ffcv_imagenet", "ffcv_imagenet.beton_format", "ffcv_imagenet.beton_header", "ffcv_imagenet.fileio",
           "ffcv_imagenet.jpeg_region", "ffcv_imagenet._jpeg_region", "ffcv_imagenet.cli",
-          "ffcv_imagenet.yuv420_records"}
+          "ffcv_imagenet.yuv420_records",
+          # remote datasets (s3:// ...), read by inspect and written by convert as by training
+          "ffcv_imagenet.remote", "ffcv_imagenet.remote_cache", "ffcv_imagenet.remote_pages"}
 # The one arrow from the conversion side into training: `inspect --decode-rate` times the recipe's own
 # decoder, imported only inside the function that serves that flag (importing convert still loads no
 # training module: see the sys.modules test below).

@@ -12,6 +12,7 @@ from ..beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, 
                            load_sidecar, open_beton, read_index, record_bytes, sidecar_path, stored_bytes_by_field)
 from .jpeg_passthrough import chroma_sampling, estimated_quality, passthrough_mode, read_jpeg_header
 from ..yuv420_records import YUV420_MODE, YUV420ImageField, decode_yuv420
+from ..remote_cache import stored_record_bytes
 
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
@@ -31,7 +32,7 @@ def read_image(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> n
     (yuv420 ones converted to RGB)."""
     meta = image_metadata(reader, fields)[index]
     height, width = int(meta["height"]), int(meta["width"])
-    data = record_bytes(reader, index, fields)
+    data = stored_record_bytes(reader, index, fields)
     if meta["mode"] == YUV420_MODE:
         return decode_yuv420(data, height, width)
     if meta["mode"] != JPEG_MODE:
@@ -60,18 +61,24 @@ def decode_samples(path: str | Path, indices: list[int],
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
+    from ..remote_cache import is_stand_in
+    from ..remote_pages import read_remote_pages
+
     reader = open_beton(path, fields)
     if isinstance(reader.handlers[fields.image], YUV420ImageField):
         loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
-                        indices=indices, pipelines={**{name: None for name in reader.field_names},
-                                                    fields.label: [IntDecoder()]})
+                        indices=indices, os_cache=not is_stand_in(path),
+                        pipelines={**{name: None for name in reader.field_names}, fields.label: [IntDecoder()]})
+        read_remote_pages(loader)
         (label_batch,) = next(iter(loader))
         images = [centre_square(read_image(reader, index, fields), DECODE_SIDE) for index in indices]
         return np.stack(images), np.asarray(label_batch[:, 0]).astype(np.int64)
-    loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL, indices=indices,
+    loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
+                    indices=indices, os_cache=not is_stand_in(path),
                     pipelines=loader_pipelines(path, fields,
                                                [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
                                                [IntDecoder()]))
+    read_remote_pages(loader)  # a remote dataset's stand-in: pages through the node cache
     images, label_batch = next(iter(loader))
     return np.asarray(images), np.asarray(label_batch[:, 0]).astype(np.int64)
 

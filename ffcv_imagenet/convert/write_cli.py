@@ -8,6 +8,7 @@ from typing import Sequence
 from ..cli import OneLineParser, fail, interrupt_outside_native_callbacks, interrupted
 from .conversion import BY_ROLE, RAW_FORMATS, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, convert_imagefolder
 from ..beton_format import Fields
+from ..remote import dataset_argument
 from .jpeg_passthrough import ALWAYS, NEVER, PASSTHROUGH_MODES
 from .train_val_pair import DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, convert_demo, convert_pair, print_summary
 
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", root_prog=PROG, help="one ImageFolder root -> one .beton")
     convert.add_argument("root", type=Path, help="folder of class folders: ROOT/<class>/<image>")
-    convert.add_argument("out", type=Path, help="output .beton (OUT.json and OUT.skipped are written beside it)")
+    convert.add_argument("out", type=dataset_argument, help="output .beton (OUT.json and OUT.skipped are written "
+                         "beside it), or an s3:// gs:// az:// URL: written locally, then uploaded")
     convert.add_argument("--class-map", type=Path, metavar="TRAIN.beton",
                          help="the train .beton (or its .json) whose class indices this set must use")
     _conversion_options(convert)
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _conversion_options(imagenet)
 
     inspect = commands.add_parser("inspect", root_prog=PROG, help="record count, label histogram, sizes and a few decodes")
-    inspect.add_argument("beton", type=Path)
+    inspect.add_argument("beton", type=dataset_argument, help="a .beton, or an s3:// gs:// az:// URL of one")
     _field_options(inspect)
     inspect.add_argument("--decode-rate", action="store_true",
                          help="also measure the training decode rate per core on a sample of records: the "
@@ -126,15 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "convert":
-        print_summary(convert_imagefolder(args.root, args.out, _settings(args), class_map=args.class_map))
+        from ..remote_cache import CacheSettings, written_locally
+        with written_locally(args.out, CacheSettings()) as out:  # a URL: written here, then uploaded
+            print_summary(convert_imagefolder(args.root, out, _settings(args), class_map=args.class_map))
+        if out != args.out:
+            print(f"uploaded {out.name} and the files beside it to {args.out}", flush=True)
     elif args.command == "imagenet":
         convert_pair(args.imagenet_dir / "train", args.imagenet_dir / "val", args.out_dir, _settings(args))
     elif args.command == "inspect":
-        from .inspection import report as inspection_report  # imports FFCV's loader: only when needed
+        from ..remote_cache import CacheSettings, local_view
         if args.decode_sample < 1:
             raise ValueError(f"--decode-sample must be positive: {args.decode_sample}")
+        beton = local_view(args.beton, CacheSettings(gib=1.0))  # a URL: its stand-in; a few pages read
+        from .inspection import report as inspection_report  # imports FFCV's loader: only when needed
         fields = Fields(args.image_field, args.label_field)
-        print(inspection_report(args.beton, fields, decode_rate=args.decode_rate, recipe=args.config,
+        print(inspection_report(beton, fields, decode_rate=args.decode_rate, recipe=args.config,
                                 decode_sample=args.decode_sample), flush=True)
     elif args.command == "adopt":
         from .adoption import adopt, adoption_line  # imports FFCV: only when needed
