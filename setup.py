@@ -1,4 +1,5 @@
-"""The one compiled part, ffcv_imagenet._jpeg_region (region JPEG decode, OpenCV-exact area shrink); metadata
+"""The one compiled part, ffcv_imagenet._jpeg_region (region JPEG decode, OpenCV-exact area shrink, YUV 4:2:0
+record decode); metadata
 is in pyproject.toml.
 
 Needs a C++ compiler and the headers of libjpeg-turbo >= 1.5 and OpenCV 4 (scripts/setup.sh).
@@ -21,7 +22,8 @@ def opencv_include_dirs() -> list[str]:
 
 setup(ext_modules=[Extension(
     "ffcv_imagenet._jpeg_region",
-    sources=["ffcv_imagenet/csrc/jpeg_region.cpp", "ffcv_imagenet/csrc/area_resize.cpp"],
+    sources=["ffcv_imagenet/csrc/jpeg_region.cpp", "ffcv_imagenet/csrc/area_resize.cpp",
+             "ffcv_imagenet/csrc/yuv420.cpp"],
     include_dirs=opencv_include_dirs(),
     libraries=["jpeg", "opencv_core", "opencv_imgproc"],
     # -ffp-contract=off: area_resize must round twice where OpenCV does, never once in a fused multiply-add

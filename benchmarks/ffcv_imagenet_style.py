@@ -49,8 +49,8 @@ from ffcv_imagenet.fileio import atomic_write_text
 from ffcv_imagenet.loaders import IMAGENET_MEAN_255, IMAGENET_STD_255, normalize, stop_epoch, workers_per_rank
 from ffcv_imagenet.model import build_model
 from ffcv_imagenet.optimizers import build_optimizer
-from ffcv_imagenet.profiling import (DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, LOADER, MODEL,
-                                     FreshEpochs, ProfileSettings, Rate, Window, rates_in_turns)
+from ffcv_imagenet.profile_settings import DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, ProfileSettings
+from ffcv_imagenet.profiling import LOADER, MODEL, FreshEpochs, Rate, Window, rates_in_turns
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LR = 0.0  # as in the profile: the same arithmetic as training, weights unchanged, nothing can diverge

@@ -7,7 +7,9 @@
 
 Everything that reads datasets (trainer, profiler, ``inspect``, ``adopt``) opens them here,
 with one-line errors for a missing, foreign or mismatched file. FFCV is
-imported inside the functions: it pulls in torch and numba (about 4 s).
+imported inside the functions: it pulls in torch and numba (seconds). What the front
+of a file holds (header, fields, labels) is read without it (``beton_header``,
+``open_layout``), so checks of it answer before torch loads.
 
 A file written by FFCV's own DatasetWriter (ffcv-imagenet's ``write_imagenet.py``:
 no sidecar, any extension) is read too: its fields are chosen by name (``Fields``),
@@ -23,6 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .beton_header import (BetonFormatError, BetonLayout, field_name, read_alloc_table, read_field_descriptors,
+                           read_header, read_layout)
 
 if TYPE_CHECKING:
     from ffcv.reader import Reader
@@ -47,6 +52,8 @@ class Fields:
 
 
 DEFAULT_FIELDS = Fields()
+IMAGE_KINDS = ("RGBImageField", "YUV420ImageField")  # the FFCV field classes training decodes as images (by class name)
+LABEL_KINDS = ("IntField",)
 FIELD_KEYS = "data.image_field / data.label_field"  # where a user names other fields
 KEPT, DECODED = "kept", "decoded"  # the index's third column: source JPEG bytes kept, or decoded and stored
 
@@ -122,32 +129,14 @@ def load_class_names(beton: str | Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- the file itself
-def read_header(path: str | Path) -> np.void:
-    """The .beton header (version, num_samples, alloc_table_ptr, ...), read without FFCV's Reader."""
-    from ffcv.types import HeaderType
-
-    header = np.fromfile(path, dtype=HeaderType, count=1)
-    if len(header) != 1:
-        raise ValueError(f"{path} is too short to be a .beton")
-    return header[0]
-
-
 def field_names(path: str | Path) -> list[str]:
     """The names of a .beton's fields, in file order, from its descriptors alone (no metadata read)."""
-    from ffcv.types import FieldDescType, HeaderType
-    from ffcv.utils import decode_null_terminated_string
-
-    count = int(read_header(path)["num_fields"])
-    descriptors = np.fromfile(path, dtype=FieldDescType, count=count, offset=HeaderType.itemsize)
-    return [decode_null_terminated_string(name) for name in descriptors["name"]]
+    return [field_name(descriptor) for descriptor in read_field_descriptors(path)]
 
 
 def stored_bytes(path: str | Path) -> int:
     """Bytes of record data (images) in a .beton: what a loader reads, page padding excluded."""
-    from ffcv.types import ALLOC_TABLE_TYPE
-
-    table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=int(read_header(path)["alloc_table_ptr"]))
-    return int(table["size"].sum())
+    return int(read_alloc_table(path)["size"].sum())
 
 
 POINTER_COLUMNS = ("data_ptr", "ptr")  # where FFCV's fields keep the address of data stored outside the metadata
@@ -172,8 +161,9 @@ def stored_bytes_by_field(reader: Reader) -> dict[str, int]:
 def open_beton(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> Reader:
     """FFCV's reader, with one-line errors for a missing, corrupt or foreign file, or one whose
     ``fields`` are absent or of the wrong kind (labels must be integers)."""
-    from ffcv.fields import IntField, RGBImageField
     from ffcv.reader import Reader
+
+    from . import yuv420_records  # noqa: F401 - registers the yuv420 field's type id with FFCV's reader
 
     path = Path(path)
     if not path.is_file():
@@ -182,16 +172,37 @@ def open_beton(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> Reader:
         reader = Reader(str(path))
     except Exception as err:  # FFCV raises assorted types on a foreign or truncated file
         raise ConversionError(f"{path} is not a readable .beton: {type(err).__name__}: {err}") from None
-    missing = [name for name in (fields.image, fields.label) if name not in reader.field_names]
-    if missing:
-        raise ConversionError(f"{path} lacks the field(s) {missing}: it has {reader.field_names}; "
-                              f"name its image and label fields with {FIELD_KEYS}")
-    for name, kind, what in ((fields.image, RGBImageField, "an RGB image field"),
-                             (fields.label, IntField, "an integer field: labels must be integers")):
-        if not isinstance(reader.handlers[name], kind):
-            raise ConversionError(f"{path}: field {name!r} is a {type(reader.handlers[name]).__name__}, not {what}; "
-                                  f"its fields are {reader.field_names} ({FIELD_KEYS} choose them)")
+    check_fields(path, {name: type(handler).__name__ for name, handler in reader.handlers.items()}, fields)
     return reader
+
+
+def open_layout(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> BetonLayout:
+    """A local file's header, fields and metadata table read without FFCV (so without torch), with
+    ``open_beton``'s one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path} does not exist")
+    try:
+        layout = read_layout(path)
+    except (OSError, BetonFormatError) as err:
+        raise ConversionError(f"{path} is not a readable .beton: {err}") from None
+    check_fields(path, {name: kind.name for name, kind in zip(layout.field_names, layout.kinds)}, fields)
+    return layout
+
+
+def check_fields(path: Path, kinds: dict[str, str], fields: Fields) -> None:
+    """The file's fields (name -> FFCV field class name, in file order) hold ``fields``' image and
+    label, of the kinds training reads."""
+    names = list(kinds)
+    missing = [name for name in (fields.image, fields.label) if name not in kinds]
+    if missing:
+        raise ConversionError(f"{path} lacks the field(s) {missing}: it has {names}; "
+                              f"name its image and label fields with {FIELD_KEYS}")
+    for name, wanted, what in ((fields.image, IMAGE_KINDS, "an image field (RGB or YUV 4:2:0)"),
+                               (fields.label, LABEL_KINDS, "an integer field: labels must be integers")):
+        if kinds[name] not in wanted:
+            raise ConversionError(f"{path}: field {name!r} is a {kinds[name]}, not {what}; "
+                                  f"its fields are {names} ({FIELD_KEYS} choose them)")
 
 
 def image_metadata(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
@@ -205,7 +216,11 @@ def labels(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
 
 def label_range(path: str | Path, reader: Reader, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
     """The labels of a non-empty file, refused when negative (a class index never is)."""
-    values = labels(reader, fields)
+    return checked_labels(path, labels(reader, fields), fields)
+
+
+def checked_labels(path: str | Path, values: np.ndarray, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
+    """``values`` (a file's labels), refused when there are none or some are negative."""
     if values.size == 0:
         raise ConversionError(f"{path} holds no records")
     if values.min() < 0:
@@ -221,7 +236,7 @@ def recorded_fields(beton: str | Path) -> Fields | None:
     if not path.is_file():
         return None
     kinds = load_sidecar(path).get("fields", {})
-    images = [name for name, kind in kinds.items() if kind == "RGBImageField"]
+    images = [name for name, kind in kinds.items() if kind in IMAGE_KINDS]
     labels = [name for name, kind in kinds.items() if kind == "IntField"]
     return Fields(images[0], labels[0]) if len(images) == len(labels) == 1 else None
 
@@ -252,9 +267,14 @@ def loader_pipelines(path: str | Path, fields: Fields, image: list, label: list)
     return pipelines
 
 
-def record_bytes(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
-    """The stored bytes of record ``index``'s image: a JPEG file's bytes, or raw RGB pixels."""
+def record_extent(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> tuple[int, int]:
+    """(offset in the file, size) of record ``index``'s image bytes."""
     offset = int(image_metadata(reader, fields)[index]["data_ptr"])
     table = reader.alloc_table  # one allocation per (record, field that stores bytes): this field's starts at offset
-    size = int(table["size"][(table["sample_id"] == index) & (table["ptr"] == offset)].sum())
+    return offset, int(table["size"][(table["sample_id"] == index) & (table["ptr"] == offset)].sum())
+
+
+def record_bytes(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
+    """The stored bytes of record ``index``'s image: a JPEG file's bytes, or raw RGB pixels."""
+    offset, size = record_extent(reader, index, fields)
     return np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=offset)

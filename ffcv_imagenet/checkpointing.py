@@ -30,7 +30,7 @@ from torch import nn
 
 from .config import SECTIONS, Config, ConfigError, to_dict
 from .fileio import atomic_path, check_writable_dir
-from .model import load_torchvision_weights
+from .model import load_torchvision_weights, torchvision_state_dict, torchvision_weights
 
 CHECKPOINT_FORMAT = 1
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -42,6 +42,10 @@ FREE_TO_CHANGE = {"training.compile", "training.max_bad_steps", "training.accumu
 # One file of a checkpoint job: its path, and what goes in it, made from the job's host copy of the
 # state (None: the whole state, as a checkpoint).
 Write = tuple[Path, Callable[[dict[str, Any]], Any] | None]
+FINAL_WEIGHTS = "final_weights.pt"
+FINAL_EMA_WEIGHTS = "final_weights_ema.pt"
+BEST_WEIGHTS = "best_weights.pt"  # the model of checkpoints/best.pt, as a torchvision state_dict
+BEST_EMA_WEIGHTS = "best_weights_ema.pt"  # the EMA weights at their own best val top-1
 
 
 def last_checkpoint_path(run_folder: str | Path) -> Path:
@@ -224,6 +228,42 @@ def load_trained_weights(model: nn.Module, path: str | Path, arch: str, option: 
         classes = model.fc.out_features
         raise ConfigError(f"{option}: {path} does not fit model.arch={arch} with {classes} classes: "
                           f"{str(err).splitlines()[0]}") from None
+
+
+# ---------------------------------------------------------------- best and final weights
+def track_best(best: dict[str, dict[str, float]], record: dict[str, Any]) -> list[str]:
+    """Which of the model and its EMA beat their best val top-1 so far (each judged on its own), from an
+    epoch's ``record``; ``best`` ("model" / "ema" -> {"epoch", "val_top1"}, kept in checkpoints) is updated."""
+    improved = []
+    for which, top1 in (("model", record.get("val_top1")), ("ema", record.get("ema_val_top1"))):
+        if top1 is not None and top1 > best.get(which, {}).get("val_top1", -1.0):
+            best[which] = {"epoch": record["epoch"], "val_top1": top1}
+            improved.append(which)
+    return improved
+
+
+def best_writes(run_folder: Path, improved: list[str]) -> list[Write]:
+    """The files an improvement rewrites, each made from the epoch's host copy of the state (an EMA
+    improves only in a run that has one: only such a run records ``ema_val_top1``)."""
+    files: list[Write] = []
+    if "model" in improved:
+        files += [(best_checkpoint_path(run_folder), None),
+                  (run_folder / BEST_WEIGHTS, lambda state: torchvision_weights(state["model"]))]
+    if "ema" in improved:
+        files.append((run_folder / BEST_EMA_WEIGHTS, lambda state: torchvision_weights(state["ema"]["weights"])))
+    return files
+
+
+def best_files_named(which: str) -> list[str]:
+    """The run-folder files that hold the best ``which`` ("model" or "ema")."""
+    return [str(BEST_CHECKPOINT), BEST_WEIGHTS] if which == "model" else [BEST_EMA_WEIGHTS]
+
+
+def write_final_weights(run_folder: Path, models: dict[str, nn.Module]) -> list[Path]:
+    """Each of ``models`` (file name -> model) as a plain torchvision state_dict, written atomically."""
+    for name, model in models.items():
+        save_file(run_folder / name, torchvision_state_dict(model))
+    return [run_folder / name for name in models]
 
 
 def find_resume_point(config: Config, explicit: str | None) -> Path | None:

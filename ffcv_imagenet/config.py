@@ -185,6 +185,12 @@ def declare(target: fastargs.Config) -> fastargs.Config:
                     default="random"),
         cache_mib=Param(POSITIVE_INT, "quasi_random with in_memory false: process cache of all ranks together "
                         "in MiB (about cache_mib / ranks each); the window is half of it, in pages", default=4096),
+        remote_cache_dir=Param(STR, "s3:// gs:// az:// datasets: the node's local cache of their pages and "
+                               "metadata ('' = ~/.cache/ffcv_imagenet/remote)", default=""),
+        remote_cache_gib=Param(POSITIVE_FLOAT, "s3:// gs:// az:// datasets: the page cache's bound in GiB, all "
+                               "ranks of the node together", default=50.0),
+        remote_requests=Param(POSITIVE_INT, "s3:// gs:// az:// datasets: concurrent ranged GETs of each rank's "
+                              "prefetcher", default=16),
         decoder=Param(choice("fast", "stock"), "JPEG decode: fast (window first; only its region, at the "
                       "largest IDCT downscale that serves) | stock (FFCV's full-size decode; same seeded "
                       "windows)", default="fast"),

@@ -20,7 +20,8 @@ partial decode, our ``_jpeg_region`` extension); the window, mapped to scaled pi
 once with an area filter, as FFCV's INTER_AREA: an exact integer box average first when it is twice
 the output per side or more, then INTER_AREA's weights summed in cheaper loops (a bilinear step here
 aliased fine texture; OpenCV's own INTER_AREA at general ratios costs about as much as the decode).
-Raw records are cropped and resized directly, with the same resize. SCALED decodes the
+Raw records are cropped and resized directly, with the same resize; yuv420 records
+(yuv420_records) plane by plane, then converted to RGB at the output size, whatever the method. SCALED decodes the
 whole image at the IDCT scale through FFCV's ``imdecode``; FULL is FFCV's own path (full-size
 decode, INTER_AREA), the recipe's ``data.decoder: stock``.
 
@@ -52,6 +53,7 @@ from ffcv.pipeline.state import State
 from .beton_format import JPEG_MODE
 from .config import RRC_RATIO, RRC_SCALE, STANDARD_CROP_RATIO  # noqa: F401 - the recipe's defaults, re-exported
 from .jpeg_region import FAST_RESIZE, REGION_OK, crop_decode_resize, crop_resize
+from .yuv420_records import YUV420_MODE, yuv420_crop_resize
 
 FIXRES_CROP_RATIO = STANDARD_CROP_RATIO  # crop side / resized shorter side, as in the standard val transform
 FLIP_PROBABILITY = 0.5
@@ -213,6 +215,8 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
         resize_crop_c = Compiler.compile(resize_crop)
         region_c = Compiler.compile(crop_decode_resize)
         crop_resize_c = Compiler.compile(crop_resize)
+        yuv420_c = Compiler.compile(yuv420_crop_resize)
+        yuv420 = YUV420_MODE
         get_crop_c = Compiler.compile(self.get_crop_generator)
         scale = np.array(self.scale) if isinstance(self.scale, tuple) else self.scale
         ratio = np.array(self.ratio) if isinstance(self.ratio, tuple) else self.ratio
@@ -257,6 +261,8 @@ class SeededCropDecoder(ResizedCropRGBImageDecoder):
                         pixels = temp_storage[dst_ix].reshape(-1)[:3 * decoded_h * decoded_w].reshape(
                             decoded_h, decoded_w, 3)
                         resize_crop_c(pixels, top, bottom, left, right, destination[dst_ix])
+                elif field["mode"] == yuv420:  # whatever the method: FFCV has no decoder for it
+                    yuv420_c(image_data, height, width, top, bottom, left, right, destination[dst_ix])
                 elif region:
                     crop_resize_c(image_data.reshape(height, width, 3), top, bottom, left, right,
                                   destination[dst_ix], FAST_RESIZE)

@@ -16,6 +16,7 @@ from typing import Sequence
 from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, fail, interrupt_outside_native_callbacks, interrupted,
                   os_error_message, world_from_env)
 from .config import ConfigError
+from .remote import dataset_argument
 from .export_files import check_resolutions, evaluate_saved
 from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
 from .recipes import load_config
@@ -30,7 +31,8 @@ def build_parser() -> OneLineParser:
     add_recipe_options(parser)
     parser.add_argument("--weights", type=Path, help="final_weights.pt, or a checkpoint (checkpoints/last.pt, "
                         "best.pt)")
-    parser.add_argument("--dataset", type=Path, help=".beton to export (val or train)")
+    parser.add_argument("--dataset", type=dataset_argument, help=".beton to export (val or train), or an s3:// "
+                        "gs:// az:// URL of one")
     parser.add_argument("--res", type=int, nargs="+", metavar="RES",
                         help="test resolutions (default: validation.resolution)")
     parser.add_argument("--out", type=Path, help="output folder; one res<R> folder per resolution")

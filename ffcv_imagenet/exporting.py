@@ -37,6 +37,7 @@ from .fileio import atomic_write_text, check_writable_dir
 from .loaders import val_indices
 from .model import prepare_model
 from .preflight import check_precision, dataset_fields
+from .remote_cache import CacheSettings, local_view
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,10 @@ def export(config: Config, weights: Path, dataset: Path, resolutions: Sequence[i
            logits: bool, float16: bool) -> list[Path]:
     """The whole command on this rank: checks, model, one folder per resolution."""
     check_resolutions(resolutions)
+    try:
+        dataset = Path(local_view(dataset, CacheSettings.of(config.data)))  # a URL: its local stand-in
+    except ConversionError as err:
+        raise ConfigError(f"--dataset: {err}") from None
     classes, count, fields = dataset_classes(dataset, config.data)
     check_class_count(weights, dataset, classes, config)
     ctx = init_distributed(config.dist)

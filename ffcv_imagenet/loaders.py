@@ -36,8 +36,12 @@ from .config import AugmentConfig, Config, ConfigError
 from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, FixResCropDecoder,
                        RandomResizedCropDecoder, SeededCropDecoder)
 from .distributed import job_cores, ranks_on_node
+from .remote import STATS
+from .remote_cache import CacheSettings, NodeCache, is_stand_in, local_view
+from .remote_pages import read_remote_pages
 from .schedule import FIXRES, RRC, EpochPlan
 from .traversal import PageShuffleOrder, RandomOrder, RankShare, samples_by_page, steps_from
+from .yuv420_records import YUV420ImageField
 
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -143,16 +147,35 @@ class RankDeviceEpochIterator(EpochIterator):
     CUDA's current device is per thread and starts at 0: FFCV's thread enters and leaves its
     copy streams with ``torch.cuda.stream``, which reads and restores the thread's current
     stream on device 0, so every rank would create a CUDA context (some 400 MiB) on GPU 0.
+
+    An error in the thread (a remote page that cannot be fetched) ends the epoch and is raised
+    to the consumer, which would otherwise wait for the next batch forever.
     """
 
     def __init__(self, loader: Loader, order: np.ndarray):
         self.device_index = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+        self.failure: BaseException | None = None
         super().__init__(loader, order)  # starts the thread
 
     def run(self) -> None:
         if self.device_index is not None:
             torch.cuda.set_device(self.device_index)
-        super().run()
+        try:
+            super().run()
+        except Exception as err:  # noqa: BLE001 - raised again in the consumer's thread
+            self.failure = err
+            while not self.terminate_event.is_set():
+                with contextlib.suppress(queue.Full):
+                    self.output_queue.put(None, timeout=HANDOVER_WAIT_SECONDS)
+                    return
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except StopIteration:
+            if self.failure is not None:
+                raise self.failure from None
+            raise
 
 
 class RankDeviceLoader(Loader):
@@ -226,12 +249,15 @@ class TrainLoader:
     ``crop`` holds the RandomResizedCrop ranges and the flip, the same for both.
     ``fields`` names the file's image and label fields (ffcv-imagenet's by default).
     A corrupt JPEG record raises ``CorruptRecordError`` naming it, before its batch is yielded.
+    ``path`` may be an object-store URL (or its stand-in): pages then come through the node cache
+    that ``remote`` describes (remote_pages), whatever ``in_memory`` says.
     """
 
     def __init__(self, path: str | Path, settings: LoaderSettings, *, order: str, in_memory: bool,
                  distributed: bool, seed: int, fixres_crop_ratio: float, cache_mib: int = DEFAULT_CACHE_MIB,
-                 decoder: str = FAST, crop: CropSettings = CropSettings(), fields: Fields = DEFAULT_FIELDS):
-        self.path = str(path)
+                 decoder: str = FAST, crop: CropSettings = CropSettings(), fields: Fields = DEFAULT_FIELDS,
+                 remote: CacheSettings = CacheSettings()):
+        self.path = local_view(path, remote)
         self.crop = crop
         self.fields = fields
         self.method = _decode_method(decoder)
@@ -243,6 +269,8 @@ class TrainLoader:
         self.fixres_crop_ratio = fixres_crop_ratio
         self.cache_mib = cache_mib
         self.process_cache_bytes = 0  # of the last epoch, with the process cache (in_memory: false)
+        self.node_cache: NodeCache | None = None  # a remote dataset's pages (remote_pages)
+        self._requests_before = (0, 0)  # the process's remote bytes and retries when the epoch began
         self._built: dict[str, tuple[Loader, SeededCropDecoder]] = {}  # per crop mode
         self._loader: Loader | None = None
         self._decoder: SeededCropDecoder | None = None
@@ -263,11 +291,12 @@ class TrainLoader:
         # FFCV's own orders depend on the rank count (DistributedSampler); ours do not, so FFCV
         # reads in the order given (sequential) and never shards.
         loader = RankDeviceLoader(self.path, batch_size=settings.batch_size, num_workers=settings.num_workers,
-                                  order=OrderOption.SEQUENTIAL, os_cache=self.in_memory, distributed=False,
-                                  seed=self.seed, drop_last=True,
+                                  order=OrderOption.SEQUENTIAL, os_cache=self.in_memory and not is_stand_in(self.path),
+                                  distributed=False, seed=self.seed, drop_last=True,
                                   pipelines=loader_pipelines(self.path, self.fields,
                                                              [decoder, *_image_tail(settings.device)],
                                                              _label_pipeline(settings.device)))
+        self.node_cache = read_remote_pages(loader, ranks_on_node()) or self.node_cache
         inner = (self._page_shuffle(loader) if self.order == "quasi_random"
                  else RandomOrder(loader.indices, seed=self.seed))
         rank, world_size = self.rank_and_world_size()
@@ -317,11 +346,27 @@ class TrainLoader:
         # epoch e in the same order as an uninterrupted one.
         self._loader.next_epoch = plan.epoch
 
+    def remote_counts(self) -> dict[str, float]:
+        """For a remote dataset, what this process fetched and retried since the epoch began (the
+        epoch record's ``remote_fetched_mib``, ``remote_retries``); nothing for a local file."""
+        if self.node_cache is None:
+            return {}
+        return {"remote_fetched_mib": (STATS.bytes - self._requests_before[0]) / MIB,
+                "remote_retries": STATS.retries - self._requests_before[1]}
+
     def host_buffer_bytes(self, plan: EpochPlan) -> int:
         """Host memory FFCV allocates for ``plan``'s epoch (pinned on a GPU machine)."""
         self.prepare(plan)
         assert self._loader is not None
         return host_buffer_bytes(self._loader)
+
+    def peak_host_buffer_bytes(self, plans: Iterable[EpochPlan]) -> int:
+        """The most host memory any of ``plans``' epochs allocates: each crop mode's largest epoch measured."""
+        largest: dict[str, EpochPlan] = {}
+        for plan in plans:
+            if plan.res >= largest.get(plan.crop_mode, plan).res:
+                largest[plan.crop_mode] = plan
+        return max(self.host_buffer_bytes(plan) for plan in largest.values())
 
     def epoch(self, plan: EpochPlan, start_sample: int = 0) -> Iterator[Batch]:
         """This rank's batches of ``plan``'s epoch from global position ``start_sample`` on
@@ -332,6 +377,7 @@ class TrainLoader:
             self.process_cache_bytes = 0
             return  # what is left is less than one global batch: nothing to read
         self._loader.traversal_order.start = start_sample
+        self._requests_before = (STATS.bytes, STATS.retries)
         batches = iter(self._loader)
         cache = getattr(batches.memory_context, "memory", None)  # FFCV's process cache, if in use
         self.process_cache_bytes = cache.nbytes if cache is not None else 0
@@ -353,7 +399,7 @@ def build_train_loader(config: Config, settings: LoaderSettings, *, distributed:
     return TrainLoader(data.train_dataset, settings, order=data.order, in_memory=data.in_memory,
                        distributed=distributed, seed=config.training.seed, cache_mib=data.cache_mib,
                        fixres_crop_ratio=config.resolution.fixres_crop_ratio, decoder=data.decoder, fields=fields,
-                       crop=CropSettings.from_recipe(config.augment))
+                       crop=CropSettings.from_recipe(config.augment), remote=CacheSettings.of(data))
 
 
 def stop_epoch(batches: EpochIterator) -> None:
@@ -411,13 +457,17 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
                      fields: Fields = DEFAULT_FIELDS) -> ValLoader:
     """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1)).
 
-    'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records).
+    'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records; it reads no yuv420 field).
     """
     ours = CenterCropDecoder((res, res), ratio=crop_ratio) if _decode_method(decoder) == REGION else None
     image_decoder = ours if ours is not None else CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
     loader = RankDeviceLoader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
-                              order=OrderOption.SEQUENTIAL, os_cache=True, drop_last=False,
+                              order=OrderOption.SEQUENTIAL, os_cache=not is_stand_in(path), drop_last=False,
                               indices=val_indices(num_samples, rank, world_size),
                               pipelines=loader_pipelines(path, fields, [image_decoder, *_image_tail(settings.device)],
                                                          _label_pipeline(settings.device)))
+    if ours is None and isinstance(loader.reader.handlers[fields.image], YUV420ImageField):
+        raise ConfigError(f"{path} holds yuv420 records, which FFCV's stock decoder cannot read: "
+                          f"validate with data.decoder={FAST}")
+    read_remote_pages(loader, ranks_on_node())
     return ValLoader(loader, ours, str(path), settings.channels_last, settings.device)

@@ -8,6 +8,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchvision import models
 
 from .config import Config, ModelConfig
@@ -100,6 +101,18 @@ def prepare_model(config: Config, ctx: DistContext, num_classes: int) -> nn.Modu
     if config.training.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def wrap_for_training(model: nn.Module, ctx: DistContext,
+                      compile_model: bool) -> tuple[nn.Module, DistributedDataParallel | None]:
+    """(the module training calls, its DDP wrapper if any): DDP across ranks, then torch.compile if asked."""
+    wrapped, ddp = model, None
+    if ctx.distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        wrapped = ddp = DistributedDataParallel(model, device_ids=device_ids)
+    if compile_model:
+        wrapped = torch.compile(wrapped)
+    return wrapped, ddp
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -1,4 +1,5 @@
-"""The optimizer and its parameter groups: which weights decay, and which a FixRes phase may hold still.
+"""The optimizer and its parameter groups: which weights decay, and which a FixRes phase may hold still;
+and the step that applies an update's gradients (``apply_gradients``).
 
 SGD and AdamW come from torch; LAMB and LARS (layer-wise trust ratios, for very
 large batches) from timm. Every optimizer gets the same three groups.
@@ -69,3 +70,33 @@ def zero_momentum(optimizer: torch.optim.SGD) -> None:
 def backbone_frozen(config: Config, plan: schedule.EpochPlan) -> bool:
     """FixRes fine-tuning (Touvron et al. 2019): only BatchNorm and the classifier adapt to the new resolution."""
     return plan.crop_mode == schedule.FIXRES and config.resolution.fixres_train == "bn_fc"
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, model: nn.Module,
+                    clip_norm: float, ema: Any = None, skip: torch.Tensor | None = None) -> None:
+    """The optimizer step after an update's backward passes: fp16 unscaling and gradient clipping where
+    asked, the step, the EMA's follow-up. ``skip``, a bool on the device (fused optimizers only: torch's
+    GradScaler protocol), leaves every weight and optimizer state as it was when true, without the host
+    reading it."""
+    if skip is not None:
+        _skip_on_device(optimizer, scaler, model, skip)
+    if clip_norm > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    scaler.step(optimizer)
+    if skip is not None and not scaler.is_enabled():
+        del optimizer.found_inf
+    scaler.update()
+    if ema is not None:
+        ema.after_step(model)  # a step skipped on the device still counts here
+
+
+def _skip_on_device(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, model: nn.Module,
+                    skip: torch.Tensor) -> None:
+    if scaler.is_enabled():
+        # The fp16 scaler checks the gradients on the device and hands the fused step its own skip
+        # flag: one NaN in one (contiguous, 1-D) gradient makes it skip, and lower its scale.
+        grad = next(p.grad for p in model.parameters() if p.grad is not None and p.grad.dim() == 1)
+        grad[:1].add_(torch.where(skip, float("nan"), 0.0))
+    else:
+        optimizer.found_inf = skip.float().reshape(1)  # read by the fused kernel (torch's GradScaler protocol)

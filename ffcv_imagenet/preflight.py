@@ -3,20 +3,29 @@
 Each single value was checked against its declaration when the recipe was
 loaded (``config``); what is left are the rules between values, and between
 the recipe and the world it runs in (the datasets, the ranks, the device).
+The module loads no torch: ``train_imagenet.py`` runs the dataset checks
+(``check_before_torch``) before the seconds torch and FFCV take to load.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from . import schedule
-from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, class_names, label_range, open_beton,
-                           recorded_fields, sidecar_path)
+from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, checked_labels, class_names, label_range,
+                           open_beton, open_layout, recorded_fields, sidecar_path)
+from .beton_header import is_url
 from .config import SECTIONS, Config, ConfigError, DataConfig, check_section
-from .distributed import DistContext
+from .remote_cache import CacheSettings, local_view
 from .tensorboard_log import check_tensorboard
+
+if TYPE_CHECKING:
+    import torch
+
+    from .distributed import DistContext
 
 CLASS_NAMES_SHOWN = 10  # in the run's opening lines (dataset_line); log.jsonl's start record has them all
 
@@ -43,6 +52,7 @@ class DatasetFile:
     has_sidecar: bool
     top_label: int
     fields: Fields = DEFAULT_FIELDS
+    path: str = ""  # the file read: the recipe's path, or a remote URL's local stand-in (remote_cache)
 
 
 def read_dataset(key: str, value: str, data: DataConfig) -> DatasetFile:
@@ -50,14 +60,23 @@ def read_dataset(key: str, value: str, data: DataConfig) -> DatasetFile:
     if not value:
         raise ConfigError(f"{key}: no dataset given (a .beton from write_datasets.py or FFCV's DatasetWriter)")
     try:
+        value = local_view(value, CacheSettings.of(data))
         fields = dataset_fields(data, value)
-        reader = open_beton(value, fields)
-        label_values = label_range(value, reader, fields)
+        label_values = dataset_labels(value, fields)
         names, names_from = class_names(value, label_values)
     except ConversionError as err:
         raise ConfigError(f"{key}: {err}") from None
-    return DatasetFile(int(reader.num_samples), names, names_from, sidecar_path(value).is_file(),
-                       int(label_values.max()), fields)
+    return DatasetFile(label_values.size, names, names_from, sidecar_path(value).is_file(),
+                       int(label_values.max()), fields, value)
+
+
+def dataset_labels(path: str, fields: Fields) -> np.ndarray:
+    """Every record's label, checked: a local file's from its metadata table alone (no FFCV, no torch);
+    a remote one's through FFCV's reader."""
+    if is_url(path):
+        return label_range(path, open_beton(path, fields), fields)
+    layout = open_layout(path, fields)
+    return checked_labels(path, layout.column(fields.label).astype(np.int64), fields)
 
 
 def check_class_agreement(train: DatasetFile, val: DatasetFile) -> None:
@@ -91,7 +110,7 @@ def check_datasets(config: Config) -> Datasets:
     val = read_dataset("data.val_dataset", data.val_dataset, data)
     check_class_agreement(train, val)
     named = train if train.has_sidecar or not val.has_sidecar else val  # names from a sidecar where there is one
-    return Datasets(Path(data.train_dataset), Path(data.val_dataset), train.size, val.size,
+    return Datasets(Path(train.path), Path(val.path), train.size, val.size,
                     named.classes, train.fields, named.names_from, val.fields)
 
 
@@ -111,6 +130,14 @@ def check_run_settings(config: Config, datasets: Datasets, world_size: int, devi
     """Every rule between recipe values, and between the recipe and the datasets, ranks and device."""
     for name in SECTIONS:  # a Config built in code has not met its declarations yet
         check_section(name, getattr(config, name))
+    check_dataset_fit(config, datasets, world_size)
+    check_precision(config, device)
+    schedule.validate(config.resolution, config.training.epochs)
+    check_tensorboard(config.logging)
+
+
+def check_dataset_fit(config: Config, datasets: Datasets, world_size: int) -> None:
+    """The recipe against the datasets' sizes and classes, over ``world_size`` ranks."""
     training = config.training
     if datasets.train_size // world_size < training.batch_size:
         raise ConfigError(f"training.batch_size: {training.batch_size} per rank x {world_size} ranks is more than "
@@ -122,15 +149,21 @@ def check_run_settings(config: Config, datasets: Datasets, world_size: int, devi
                           f"{datasets.train_size}")
     if datasets.val_size < world_size:
         raise ConfigError(f"data.val_dataset: {datasets.val_size} images cannot be shared by {world_size} ranks")
-    check_precision(config, device)
     if config.model.num_classes not in (0, len(datasets.classes)):
         raise ConfigError(f"model.num_classes: {config.model.num_classes}, but the datasets have "
                           f"{len(datasets.classes)} classes (0 takes the datasets' count)")
     if training.focal_alpha and len(training.focal_alpha) != len(datasets.classes):
         raise ConfigError(f"training.focal_alpha: {len(training.focal_alpha)} weights, but the datasets have "
                           f"{len(datasets.classes)} classes (one weight per class, or [] for none)")
-    schedule.validate(config.resolution, training.epochs)
-    check_tensorboard(config.logging)
+
+
+def check_before_torch(config: Config, world_size: int) -> None:
+    """The dataset checks (files, fields, labels, classes, and the recipe against them), from the files'
+    headers and metadata alone, so that a mistake answers before torch and FFCV load. Remote datasets
+    are left to ``preflight``, which reads them once FFCV is loaded."""
+    if any(is_url(path) for path in (config.data.train_dataset, config.data.val_dataset)):
+        return
+    check_dataset_fit(config, check_datasets(config), world_size)
 
 
 def preflight(config: Config, ctx: DistContext) -> Datasets:

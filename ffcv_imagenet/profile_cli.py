@@ -12,9 +12,8 @@ from typing import Sequence
 
 from .cli import EXIT_IO_ERROR, OneLineParser, fail, os_error_message
 from .config import ConfigError
-from .distributed import init_distributed, shutdown
-from .profiling import (DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, ProfileSettings, format_report,
-                        run_profile)
+from .preflight import check_before_torch
+from .profile_settings import DEFAULT_REPEATS, DEFAULT_STEPS, DEFAULT_WARMUP_STEPS, ProfileSettings, check_out
 from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
 from .recipes import load_config
 
@@ -51,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if answer_recipe_questions(args, overrides):
             return 0
         config = load_config(args.config, overrides)
+        settings.check()
+        check_out(args.out)
+        check_before_torch(config, world_size=1)  # the datasets against the recipe, before torch loads
+        # Imported only now: a mistake above answers without the seconds torch and FFCV take to load.
+        from .distributed import init_distributed
+        from .profiling import run_profile
         ctx = init_distributed(config.dist)
         report = run_profile(config, ctx, settings, args.out)
     except ConfigError as err:
@@ -59,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, os_error_message(err), EXIT_IO_ERROR)
     finally:
         if ctx is not None:
+            from .distributed import shutdown
             shutdown(ctx)
+    from .profiling import format_report
     print(format_report(report))
     return 0
 

@@ -49,17 +49,14 @@ from tqdm import tqdm
 from . import schedule
 from .config import Config, ConfigError
 from .distributed import DistContext, job_cores
-from .fileio import atomic_write_text, check_writable_dir
+from .fileio import atomic_write_text
 from .loaders import Batch, TrainLoader, build_train_loader
 from .preflight import preflight
+from .profile_settings import ProfileSettings, check_out
 from .trainer import Trainer
 
 LOADER, MODEL = "loader", "model"
 RATIO_TARGET = 0.95  # issue 5: end to end should reach this share of min(loader, model)
-DEFAULT_WARMUP_STEPS = 5  # more than FFCV's 3 prefetched batches
-DEFAULT_STEPS = 50  # at most: a window fits in one epoch
-DEFAULT_REPEATS = 3  # at most: a small recipe gets fewer
-MIN_STEPS = 10  # per window, unless an epoch holds fewer
 FIGURES_WITHOUT_TRANSFER = ("loader_device", "model", "end_to_end")
 FIGURES_WITH_TRANSFER = (*FIGURES_WITHOUT_TRANSFER, "loader_host")
 SECONDS_PER_HOUR = 3600
@@ -68,49 +65,6 @@ SECONDS_PER_HOUR = 3600
 def figures_on(device: torch.device) -> tuple[str, ...]:
     """What is timed: on a CPU the loader's output is already on the device, one loader figure."""
     return FIGURES_WITHOUT_TRANSFER if device.type == "cpu" else FIGURES_WITH_TRANSFER
-
-
-@dataclass(frozen=True)
-class ProfileSettings:
-    """``steps`` and ``repeats`` None: picked by the recipe's size (``sized_for``)."""
-
-    warmup_steps: int = DEFAULT_WARMUP_STEPS
-    steps: int | None = None
-    repeats: int | None = None
-    resolutions: tuple[int, ...] = ()  # empty: every (res, crop mode) of the recipe's schedule
-
-    def check(self) -> None:
-        """Refuse values that would time nothing, naming the option."""
-        for option, value, least in (("--warmup-steps", self.warmup_steps, 0), ("--steps", self.steps, 1),
-                                     ("--repeats", self.repeats, 1)):
-            if value is not None and value < least:
-                raise ConfigError(f"{option} must be at least {least}: {value}")
-        for res in self.resolutions:
-            if res <= 0:
-                raise ConfigError(f"--res must be positive: {res}")
-
-    def sized_for(self, epoch_batches: int, run_images: int, windows_per_repeat: int,
-                  batch_size: int) -> ProfileSettings:
-        """Steps and repeats for a recipe, so that a small recipe is not profiled for longer than it trains:
-        each window inside one epoch (``FreshEpochs``) after its warm-up, at most DEFAULT_STEPS steps, and
-        fewer (at least MIN_STEPS) where one window per figure would read more images than the whole run;
-        DEFAULT_REPEATS windows per figure, fewer (at least one) where that many would."""
-        within_run = run_images // (windows_per_repeat * batch_size) - self.warmup_steps
-        fitting = max(1, min(DEFAULT_STEPS, epoch_batches - self.warmup_steps, max(MIN_STEPS, within_run)))
-        steps = self.steps if self.steps is not None else fitting
-        repeats = self.repeats
-        if repeats is None:
-            images_per_repeat = windows_per_repeat * (self.warmup_steps + steps) * batch_size
-            repeats = max(1, min(DEFAULT_REPEATS, run_images // images_per_repeat))
-        sized = dataclasses.replace(self, steps=steps, repeats=repeats)
-        sized.check_fits(epoch_batches)
-        return sized
-
-    def check_fits(self, epoch_batches: int) -> None:
-        """Each timed window runs inside one epoch, its warm-up included."""
-        if self.warmup_steps + (self.steps or 1) > epoch_batches:
-            raise ConfigError(f"--warmup-steps {self.warmup_steps} and --steps {self.steps or 1} do not fit in an "
-                              f"epoch of {epoch_batches} batches (each timed window runs inside one epoch)")
 
 
 @dataclass(frozen=True)
@@ -378,11 +332,7 @@ def run_profile(config: Config, ctx: DistContext, settings: ProfileSettings, out
     settings.check()
     if ctx.distributed:
         raise ConfigError("the profile runs as one process (one GPU): run it with python, not torchrun")
-    if out is not None:
-        try:
-            check_writable_dir(out.parent)
-        except OSError as err:
-            raise ConfigError(f"--out: {err}") from None
+    check_out(out)
     datasets = preflight(config, ctx)
     trainer = Trainer(config, ctx, datasets)
     todo = targets(config, settings.resolutions)

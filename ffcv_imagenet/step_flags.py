@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .distributed import DistContext, all_reduce_sum
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGUSR1: what SLURM's --signal sends before preemption
 
 
@@ -58,3 +60,8 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True
+
+    def agreed(self, ctx: DistContext) -> bool:
+        """Whether a stop signal reached any rank: one small all-reduce, so all ranks stop together."""
+        requested = torch.full((1,), float(self.requested), device=ctx.device)
+        return all_reduce_sum(ctx, requested).item() > 0

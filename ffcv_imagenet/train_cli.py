@@ -3,7 +3,8 @@
     python train_imagenet.py --config rcfg/demo.yaml [--section.key=value ...]
     torchrun --nproc_per_node=8 train_imagenet.py --config rcfg/rn50_88.yaml
 
-A mistake is one line and exit code 2 before torch loads; Ctrl-C one line and 130 (rank 0 speaks).
+A mistake is one line and exit code 2 before torch loads (dataset mistakes too: preflight reads the
+files' headers without it); Ctrl-C one line and 130 (rank 0 speaks).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from . import schedule
 from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, fail, interrupt_outside_native_callbacks, interrupted,
                   os_error_message, world_from_env)
 from .config import Config, ConfigError
+from .preflight import check_before_torch, check_lr_range
 from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
 from .recipes import load_config, recipe_text, translation_notes
 
@@ -67,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes = translation_notes(args.config)
         if notes and speaks:  # an ffcv-imagenet config: say what it became (saved in full as recipe.yaml)
             print(recipe_text(config, notes, full=False), flush=True)
+        check_before_torch(config, world_size)  # the datasets' headers against the recipe, before torch loads
+        if args.lr_range_test:
+            check_lr_range(config)
     except ConfigError as err:
         return fail(PROG, str(err), EXIT_ERROR, speaks or world_size == 1)
 
@@ -85,6 +90,7 @@ def run(args: argparse.Namespace, config: Config, speaks: bool, world_size: int)
     # seconds that loading torch and FFCV (which compiles numba code at import) take.
     from .distributed import init_distributed, shutdown
     from .decoders import CorruptRecordError
+    from .remote import RemoteError
     from .evaluation import evaluate_saved
     from .trainer import TrainingStopped, train
 
@@ -104,6 +110,8 @@ def run(args: argparse.Namespace, config: Config, speaks: bool, world_size: int)
     except ConfigError as err:
         return fail(PROG, str(err), EXIT_ERROR, speaks)
     except CorruptRecordError as err:  # the dataset, not the run: every rank that meets it says so
+        return fail(PROG, str(err), EXIT_ERROR)
+    except RemoteError as err:  # a remote dataset replaced or unreachable mid-run, a full cache disk
         return fail(PROG, str(err), EXIT_ERROR)
     except TrainingStopped as stop:
         return fail(PROG, str(stop), stop.exit_code, speaks)

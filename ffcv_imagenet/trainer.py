@@ -26,7 +26,6 @@ from typing import Any, Callable, Sequence
 import psutil
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import checkpointing, schedule
@@ -37,18 +36,14 @@ from .evaluation import EvalResult, Evaluator, resolution_table
 from .loaders import LoaderSettings, build_train_loader, host_buffer_bytes, normalize, workers_per_rank
 from .losses import build_criterion
 from .lr_schedule import lr_at, peak_lr
-from .model import autocast_for, prepare_model, torchvision_state_dict, torchvision_weights
-from .optimizers import backbone_frozen, build_optimizer
+from .model import autocast_for, prepare_model, wrap_for_training
+from .optimizers import apply_gradients, backbone_frozen, build_optimizer
 from .preflight import Datasets, dataset_line, preflight
 from .regularizers import BatchMixer, GroupRandAugment, WeightAverage, regularizer_summary, seed_step_draws
 from .run_log import RunLog, SampleLog
 from .step_flags import QueuedUpdate, StopRequest
 from .tensorboard_log import TensorBoardLog
 
-FINAL_WEIGHTS = "final_weights.pt"
-FINAL_EMA_WEIGHTS = "final_weights_ema.pt"
-BEST_WEIGHTS = "best_weights.pt"  # the model of checkpoints/best.pt, as a torchvision state_dict
-BEST_EMA_WEIGHTS = "best_weights_ema.pt"  # the EMA weights at their own best val top-1
 MIB = 2 ** 20
 
 
@@ -98,7 +93,7 @@ class Trainer:
         self.skips_on_device = bool(self.optimizer.defaults.get("fused"))
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.training.precision == "fp16")
         self.criterion = build_criterion(config.training, ctx.device)
-        self.train_model = self._wrap(self.model)
+        self.train_model, self.ddp = wrap_for_training(self.model, ctx, config.training.compile)
         self.loader_settings = LoaderSettings(batch_size=config.training.batch_size,
                                               num_workers=workers_per_rank(config.data.num_workers),
                                               device=ctx.device, channels_last=config.training.channels_last)
@@ -109,16 +104,6 @@ class Trainer:
         self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)
         if resume_from is not None:
             self._resume(resume_from)
-
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        wrapped = model
-        self.ddp: DistributedDataParallel | None = None
-        if self.ctx.distributed:
-            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-            wrapped = self.ddp = DistributedDataParallel(model, device_ids=device_ids)
-        if self.config.training.compile:
-            wrapped = torch.compile(wrapped)
-        return wrapped
 
     # ------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -192,29 +177,7 @@ class Trainer:
         return self.mixer(inputs, labels) if self.augment_on else (inputs, labels)
 
     def _apply_gradients(self, skip: torch.Tensor | None = None) -> None:
-        """The optimizer step. ``skip``, a bool on the device (fused optimizers only), leaves every
-        weight and optimizer state as it was when true, without the host reading it."""
-        clip = self.config.training.grad_clip_norm
-        if skip is not None:
-            self._skip_on_device(skip)
-        if clip > 0:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
-            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.scaler.step(self.optimizer)
-        if skip is not None and not self.scaler.is_enabled():
-            del self.optimizer.found_inf
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.after_step(self.model)  # a step skipped on the device still counts here
-
-    def _skip_on_device(self, skip: torch.Tensor) -> None:
-        if self.scaler.is_enabled():
-            # The fp16 scaler checks the gradients on the device and hands the fused step its own skip
-            # flag: one NaN in one (contiguous, 1-D) gradient makes it skip, and lower its scale.
-            grad = next(p.grad for p in self.model.parameters() if p.grad is not None and p.grad.dim() == 1)
-            grad[:1].add_(torch.where(skip, float("nan"), 0.0))
-        else:
-            self.optimizer.found_inf = skip.float().reshape(1)  # read by the fused kernel (torch's GradScaler protocol)
+        apply_gradients(self.optimizer, self.scaler, self.model, self.config.training.grad_clip_norm, self.ema, skip)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, first: bool = True,
                    last: bool = True) -> tuple[float, bool, bool] | None:
@@ -348,7 +311,7 @@ class Trainer:
         images_seen = done - start
         return {"epoch": plan.epoch, "res": plan.res, "crop_mode": plan.crop_mode, "first_batch_shape": first_shape,
                 "lr": lr, "train_loss": loss_sum / max(1, finite_steps), "steps": steps,
-                "process_cache_mib": self.train_loader.process_cache_bytes / MIB,
+                "process_cache_mib": self.train_loader.process_cache_bytes / MIB, **self.train_loader.remote_counts(),
                 "batch_augment": self.augment_on and (self.mixer.enabled or self.randaugment.enabled),
                 "images_per_second": images_seen / seconds, "epoch_seconds": seconds}
 
@@ -371,11 +334,7 @@ class Trainer:
     def host_buffer_mib(self) -> dict[str, float]:
         """Host memory FFCV allocates per epoch for its batch buffers, pinned on a GPU machine: the
         training loader at its largest epoch of each crop mode, and one val pass (they run one at a time)."""
-        largest: dict[str, schedule.EpochPlan] = {}
-        for plan in self.plans:
-            if plan.res >= largest.get(plan.crop_mode, plan).res:
-                largest[plan.crop_mode] = plan
-        train = max(self.train_loader.host_buffer_bytes(plan) for plan in largest.values())
+        train = self.train_loader.peak_host_buffer_bytes(self.plans)
         val = host_buffer_bytes(self.evaluator.loader(self.config.validation.resolution).loader)
         return {"train": train / MIB, "val": val / MIB}
 
@@ -424,10 +383,10 @@ class Trainer:
         self.epoch, self.samples_in_epoch = plan.epoch + 1, 0
         # A stop that came after training's last update (during validation, say) stops the run
         # now, not at the next epoch's first step; the last epoch just finishes (its weights are moments away).
-        stop = self.epoch < self.epochs and self._stop_agreed()
+        stop = self.epoch < self.epochs and self.stop.agreed(self.ctx)
         record["checkpoint"] = stop or self._every(plan.epoch, self.config.logging.checkpoint_every)
-        improved = self._track_best(record)
-        best_files = self._best_files(improved)  # before last.pt, which holds the best so far: a resume never loses one
+        improved = checkpointing.track_best(self.best, record)
+        best_files = checkpointing.best_writes(self.folder, improved)  # before last.pt, which holds the best so far: a resume never loses one
 
         def log_epoch() -> None:
             self.log.epoch(record, self.epochs)
@@ -447,51 +406,21 @@ class Trainer:
             raise TrainingStopped(f"stop signal: checkpoint saved at the end of epoch {plan.epoch}; run the same "
                                   "command to resume (on any number of ranks)", EXIT_PREEMPTED)
 
-    def _stop_agreed(self) -> bool:
-        """Whether a stop signal reached any rank: one small all-reduce, so all ranks stop together."""
-        requested = torch.full((1,), float(self.stop.requested), device=self.ctx.device)
-        return all_reduce_sum(self.ctx, requested).item() > 0
-
     # ------------------------------------------------------------ best and final weights
-    def _track_best(self, record: dict[str, Any]) -> list[str]:
-        """Which of the model and its EMA beat their best val top-1 so far (each judged on its own)."""
-        improved = []
-        for which, top1 in (("model", record.get("val_top1")), ("ema", record.get("ema_val_top1"))):
-            if top1 is not None and top1 > self.best.get(which, {}).get("val_top1", -1.0):
-                self.best[which] = {"epoch": record["epoch"], "val_top1": top1}
-                improved.append(which)
-        return improved
-
-    def _best_files(self, improved: list[str]) -> list[checkpointing.Write]:
-        """The files an improvement rewrites, each made from the epoch's host copy of the state."""
-        files: list[checkpointing.Write] = []
-        if "model" in improved:
-            files += [(checkpointing.best_checkpoint_path(self.folder), None),
-                      (self.folder / BEST_WEIGHTS, lambda state: torchvision_weights(state["model"]))]
-        if "ema" in improved and self.ema is not None:
-            files.append((self.folder / BEST_EMA_WEIGHTS, lambda state: torchvision_weights(state["ema"]["weights"])))
-        return files
-
     def _log_best(self, which: str) -> None:
-        best = self.best[which]
-        files = ([str(checkpointing.BEST_CHECKPOINT), BEST_WEIGHTS] if which == "model" else [BEST_EMA_WEIGHTS])
+        best, files = self.best[which], checkpointing.best_files_named(which)
         self.log.say(f"best {'EMA ' if which == 'ema' else ''}val top-1 so far: {100 * best['val_top1']:.2f}% "
                      f"at epoch {best['epoch']}: {', '.join(files)}")
         self.log.record("event", event="best", weights=which, epoch=best["epoch"], val_top1=best["val_top1"],
                         files=files)
 
-    def _write_weights(self, name: str, model: nn.Module) -> None:
-        """``model`` as a plain torchvision state_dict in the run folder, written atomically."""
-        checkpointing.save_file(self.folder / name, torchvision_state_dict(model))
-
     def _save_final_weights(self) -> None:
         if self.ctx.is_main:
-            exports = [(FINAL_WEIGHTS, self.model)]
+            models = {checkpointing.FINAL_WEIGHTS: self.model}
             if self.ema is not None:
-                exports.append((FINAL_EMA_WEIGHTS, self.ema.module))
-            for name, model in exports:
-                self._write_weights(name, model)
-                self.log.say(f"final weights (torchvision state_dict): {self.folder / name}")
+                models[checkpointing.FINAL_EMA_WEIGHTS] = self.ema.module
+            for path in checkpointing.write_final_weights(self.folder, models):
+                self.log.say(f"final weights (torchvision state_dict): {path}")
         barrier(self.ctx)
 
 

@@ -11,7 +11,7 @@ from ffcv_imagenet.checkpointing import best_checkpoint_path, last_checkpoint_pa
 from ffcv_imagenet.model import torchvision_state_dict, torchvision_weights
 from ffcv_imagenet.run_log import read_log
 from ffcv_imagenet.cli import EXIT_PREEMPTED
-from ffcv_imagenet.trainer import BEST_EMA_WEIGHTS, BEST_WEIGHTS
+from ffcv_imagenet.checkpointing import BEST_EMA_WEIGHTS, BEST_WEIGHTS
 from helpers import DEMO_RECIPE, epoch_records, explain, interrupt_after_epochs, run, tiny_overrides, train_command
 
 CLASSES = 6  # conftest's demo set

@@ -18,7 +18,7 @@ from ffcv_imagenet.beton_format import labels as beton_labels
 from ffcv_imagenet.beton_format import load_class_names, open_beton
 from ffcv_imagenet.cli import EXIT_ERROR, EXIT_INTERRUPTED
 from ffcv_imagenet.export_files import MANIFEST, PARTIAL_SUFFIX
-from ffcv_imagenet.trainer import FINAL_WEIGHTS
+from ffcv_imagenet.checkpointing import FINAL_WEIGHTS
 from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, export_command, run, sigint_not_ignored,
                      torchrun_command)
 

@@ -16,7 +16,8 @@ from ffcv_imagenet.config import ConfigError
 from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.distributed import DistContext
 from ffcv_imagenet.convert.inspection import open_beton
-from ffcv_imagenet.profiling import LOADER, MODEL, TABLE_HEADER, Profiler, ProfileSettings, format_duration
+from ffcv_imagenet.profile_settings import ProfileSettings
+from ffcv_imagenet.profiling import LOADER, MODEL, TABLE_HEADER, Profiler, format_duration
 from ffcv_imagenet.preflight import check_datasets
 from ffcv_imagenet.schedule import FIXRES, RRC, EpochPlan, full_schedule, phases
 from ffcv_imagenet.trainer import Trainer

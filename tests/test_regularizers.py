@@ -18,7 +18,7 @@ from ffcv_imagenet.model import torchvision_state_dict
 from ffcv_imagenet.optimizers import build_optimizer
 from ffcv_imagenet.regularizers import (BatchMixer, GroupRandAugment, WeightAverage, add_classifier_dropout,
                                         add_drop_path, residual_blocks, seed_step_draws)
-from ffcv_imagenet.trainer import FINAL_EMA_WEIGHTS
+from ffcv_imagenet.checkpointing import FINAL_EMA_WEIGHTS
 from helpers import epoch_records, explain, run, tiny_overrides, train_command
 
 CLASSES = 5

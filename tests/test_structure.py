@@ -11,8 +11,11 @@ from helpers import REPO, cpu_env
 
 PACKAGE = REPO / "ffcv_imagenet"
 CONVERT = "ffcv_imagenet.convert"
-SHARED = {"ffcv_imagenet", "ffcv_imagenet.beton_format", "ffcv_imagenet.fileio", "ffcv_imagenet.jpeg_region",
-          "ffcv_imagenet._jpeg_region", "ffcv_imagenet.cli"}
+SHARED = {"ffcv_imagenet", "ffcv_imagenet.beton_format", "ffcv_imagenet.beton_header", "ffcv_imagenet.fileio",
+          "ffcv_imagenet.jpeg_region", "ffcv_imagenet._jpeg_region", "ffcv_imagenet.cli",
+          "ffcv_imagenet.yuv420_records",
+          # remote datasets (s3:// ...), read by inspect and written by convert as by training
+          "ffcv_imagenet.remote", "ffcv_imagenet.remote_cache", "ffcv_imagenet.remote_pages"}
 # The one arrow from the conversion side into training: `inspect --decode-rate` times the recipe's own
 # decoder, imported only inside the function that serves that flag (importing convert still loads no
 # training module: see the sys.modules test below).
@@ -119,9 +122,9 @@ def test_importing_the_conversion_command_loads_neither_torch_nor_training() -> 
 
 
 def test_commands_that_answer_mistakes_at_once_load_no_torch() -> None:
-    """train_imagenet.py, export (and its --evaluate-saved), plots and the SLURM launcher parse and check
-    their arguments without the seconds torch and FFCV take to load."""
-    commands = ("train_cli", "export_cli", "plot_cli", "slurm_cli")
+    """train_imagenet.py, export (and its --evaluate-saved), the profile, plots and the SLURM launcher parse
+    and check their arguments without the seconds torch and FFCV take to load."""
+    commands = ("train_cli", "export_cli", "profile_cli", "plot_cli", "slurm_cli")
     probe = (f"import sys\nfor name in {commands!r}: __import__('ffcv_imagenet.' + name)\n"
              "print(' '.join(sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'ffcv'))))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=cpu_env(), cwd=REPO)

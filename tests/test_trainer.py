@@ -1,10 +1,11 @@
-"""The trainer as users run it: train_imagenet.py in a subprocess, alone and under torchrun (gloo, CPU)."""
+"""The trainer as users run it: train_imagenet.py in a subprocess, alone and under torchrun (gloo, CPU);
+most tests around one shared uninterrupted run (interrupted and resumed runs equal it, its weights
+evaluate to its logged numbers). The README demo and other one-off runs: test_trainer_runs.py."""
 from __future__ import annotations
 
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +18,10 @@ from ffcv_imagenet.recipes import load_config
 from ffcv_imagenet.run_log import SAMPLE_LOG_ENV
 from ffcv_imagenet.schedule import full_schedule
 from ffcv_imagenet.tensorboard_log import TENSORBOARD_FOLDER
-from ffcv_imagenet.cli import EXIT_DIVERGED, EXIT_ERROR, EXIT_PREEMPTED
-from ffcv_imagenet.trainer import FINAL_WEIGHTS
-from helpers import (DEMO_RECIPE, REPO, cpu_env, epoch_records, explain, free_port, interrupt_after_epochs, run,
-                     tiny_overrides, torchrun_command, train_command)
+from ffcv_imagenet.cli import EXIT_ERROR, EXIT_PREEMPTED
+from ffcv_imagenet.checkpointing import FINAL_WEIGHTS
+from helpers import (REPO, cpu_env, epoch_records, explain, free_port, interrupt_after_epochs, run, tiny_overrides,
+                     torchrun_command, train_command)
 
 VAL_IMAGES = 42  # conftest: 6 classes x 7; 21 per rank in batches of 8: uneven on purpose
 
@@ -133,6 +134,24 @@ def test_checkpoint_of_another_recipe_is_refused(straight_run: Path, demo_betons
     assert result.stderr.count("\n") == 1 and "lr.lr_per_256: 0.4 -> 0.2" in result.stderr, explain(result)
 
 
+@pytest.mark.parametrize("weights", [FINAL_WEIGHTS, "checkpoints/last.pt"])
+def test_evaluate_command_reproduces_the_runs_own_numbers(straight_run: Path, demo_betons: dict,
+                                                          weights: str) -> None:
+    """Saved weights evaluated on their own give the numbers the run logged, at every test resolution."""
+    result = run(train_command([*tiny_overrides(demo_betons, straight_run), "--evaluate",
+                                str(straight_run / weights), "--eval-res", "48", "64"]))
+    assert result.returncode == 0, explain(result)
+    logged = [r for r in map(json.loads, (straight_run / "log.jsonl").read_text().splitlines())
+              if r["kind"] == "resolution_table"][-1]
+    assert [row["res"] for row in logged["rows"]] == [48, 64] and logged["trained_at"] == 64
+    assert logged["rows"][1]["top1"] == pytest.approx(epoch_records(straight_run)[-1]["val_top1"])
+    printed = [line.split("|") for line in result.stdout.splitlines() if line.strip()[:2] in ("48", "64")]
+    assert len(printed) == 2
+    for row, cells in zip(logged["rows"], printed):
+        assert float(cells[1].strip(" %")) == pytest.approx(100 * row["top1"], abs=0.006)
+        assert float(cells[2].strip(" %")) == pytest.approx(100 * row["top5"], abs=0.006)
+
+
 def test_torchrun_two_ranks_count_every_val_image_once(demo_betons: dict, tmp_path: Path) -> None:
     args = tiny_overrides(demo_betons, tmp_path, **{"training.epochs": 2, "resolution.fixres_epochs": 1})
     result = run(torchrun_command(args, nproc=2))
@@ -156,82 +175,6 @@ def test_two_node_rendezvous_on_localhost(demo_betons: dict, tmp_path: Path) -> 
     records = epoch_records(tmp_path)
     assert len(records) == 1 and records[0]["val_count"] == VAL_IMAGES
     assert "2 rank(s)" in outputs[0][0]
-
-
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_betons: dict, tmp_path: Path) -> None:
-    # step schedule x 1e8 after epoch 0: epoch 1's LR is absurd, its loss blows up
-    args = tiny_overrides(demo_betons, tmp_path, **{"lr.schedule": "step", "lr.step_length": 1,
-                                                     "lr.step_ratio": 1e8, "lr.warmup_epochs": 0,
-                                                     "training.max_bad_steps": 2})
-    result = run(train_command(args))
-    assert result.returncode == EXIT_DIVERGED, explain(result)
-    assert result.stderr.count("\n") == 1 and "not finite for 2 steps" in result.stderr
-    kept = load_checkpoint(last_checkpoint_path(tmp_path))
-    assert kept["epoch"] == 1 and kept["samples_in_epoch"] == 0  # epoch 0's checkpoint, untouched
-    assert all(torch.isfinite(value).all() for value in kept["model"].values() if value.is_floating_point())
-
-
-def test_readme_demo_trains_clearly_above_chance(tmp_path: Path) -> None:
-    """The README's first commands, verbatim apart from the scripts' location: 10 classes, chance is 10%."""
-    demo = subprocess.run([sys.executable, str(REPO / "write_datasets.py"), "demo", "data/demo"], cwd=tmp_path,
-                          capture_output=True, text=True, env=cpu_env(2, users_numba=True), timeout=600)
-    assert demo.returncode == 0, demo.stderr[-2000:]
-    trained = subprocess.run([sys.executable, str(REPO / "train_imagenet.py"), "--config", str(DEMO_RECIPE),
-                              "--logging.progress=false"], cwd=tmp_path, capture_output=True, text=True,
-                             env=cpu_env(2, users_numba=True), timeout=900)
-    assert trained.returncode == 0, explain(trained)
-    records = epoch_records(tmp_path / "runs" / "demo")
-    assert [r["crop_mode"] for r in records][-1] == "fixres" and records[-1]["val_count"] == 200
-    assert records[-1]["val_top1"] >= 0.4, [r["val_top1"] for r in records]
-
-
-@pytest.mark.parametrize("weights", [FINAL_WEIGHTS, "checkpoints/last.pt"])
-def test_evaluate_command_reproduces_the_runs_own_numbers(straight_run: Path, demo_betons: dict,
-                                                          weights: str) -> None:
-    """Saved weights evaluated on their own give the numbers the run logged, at every test resolution."""
-    result = run(train_command([*tiny_overrides(demo_betons, straight_run), "--evaluate",
-                                str(straight_run / weights), "--eval-res", "48", "64"]))
-    assert result.returncode == 0, explain(result)
-    logged = [r for r in map(json.loads, (straight_run / "log.jsonl").read_text().splitlines())
-              if r["kind"] == "resolution_table"][-1]
-    assert [row["res"] for row in logged["rows"]] == [48, 64] and logged["trained_at"] == 64
-    assert logged["rows"][1]["top1"] == pytest.approx(epoch_records(straight_run)[-1]["val_top1"])
-    printed = [line.split("|") for line in result.stdout.splitlines() if line.strip()[:2] in ("48", "64")]
-    assert len(printed) == 2
-    for row, cells in zip(logged["rows"], printed):
-        assert float(cells[1].strip(" %")) == pytest.approx(100 * row["top1"], abs=0.006)
-        assert float(cells[2].strip(" %")) == pytest.approx(100 * row["top5"], abs=0.006)
-
-
-def test_bn_fc_fixres_phase_trains_only_batchnorm_and_classifier(demo_betons: dict, tmp_path: Path) -> None:
-    from ffcv_imagenet.distributed import DistContext
-    from ffcv_imagenet.preflight import check_datasets
-    from ffcv_imagenet.trainer import Trainer
-
-    config = load_config(DEMO_RECIPE, tiny_overrides(demo_betons, tmp_path, **{
-        "training.epochs": 2, "resolution.fixres_train": "bn_fc", "validation.every": 2}))
-    ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-    trainer = Trainer(config, ctx, check_datasets(config))
-    trainer._run_epoch(trainer.plans[0])
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    assert trainer.plans[1].crop_mode == "fixres"
-    trainer._run_epoch(trainer.plans[1])
-    after = trainer.model.state_dict()
-    convs = [k for k in after if k.endswith("weight") and after[k].ndim == 4]
-    adapted = [k for k in after if "bn" in k or "downsample.1" in k or k.startswith("fc.")]
-    assert convs and all(torch.equal(before[k], after[k]) for k in convs)
-    assert all(not torch.equal(before[k], after[k]) for k in adapted if after[k].is_floating_point())
-
-
-def test_bf16_autocast_on_cpu_trains(demo_betons: dict, tmp_path: Path) -> None:
-    args = tiny_overrides(demo_betons, tmp_path, **{"training.epochs": 1, "resolution.fixres_epochs": 0,
-                                                     "training.precision": "bf16", "training.channels_last": False})
-    result = run(train_command(args))
-    assert result.returncode == 0, explain(result)
-    record = epoch_records(tmp_path)[0]
-    assert record["val_count"] == VAL_IMAGES and record["train_loss"] > 0
-    weights = torch.load(tmp_path / FINAL_WEIGHTS, weights_only=True)
-    assert all(value.dtype != torch.bfloat16 for value in weights.values())  # autocast keeps fp32 weights
 
 
 def test_two_ranks_page_shuffled_order_resume_equals_uninterrupted(demo_betons: dict, tmp_path: Path) -> None:

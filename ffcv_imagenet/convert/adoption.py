@@ -75,3 +75,10 @@ def adopt(beton: str | Path, classes_from: str | Path | None = None, fields: Fie
     }
     atomic_write_text(sidecar_path(beton), json.dumps(sidecar, indent=1) + "\n")
     return sidecar
+
+
+def adoption_line(beton: str | Path, classes_from: str | Path | None, sidecar: dict) -> str:
+    """The one line ``adopt`` prints: what was written, and that the file itself was not touched."""
+    names = f"names from {classes_from}" if classes_from else "named by number"
+    return (f"wrote {sidecar_path(Path(beton))}: {sidecar['num_images']} images, {len(sidecar['classes'])} classes "
+            f"({names}); {beton} unchanged")

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 # FFCV is imported where records are read or written, not here: importing it pulls in
 # torch and numba (about 4 s), and bad input should fail in a fraction of that.
 
-WRITE_MODES = ("raw", "jpg", "proportion", "smart")
+WRITE_MODES = ("raw", "jpg", "proportion", "smart", "yuv420")  # yuv420: every record raw, as YUV 4:2:0
+RAW_FORMATS = ("rgb", "yuv420")  # how raw records store pixels (yuv420_records.RAW_FORMATS, without importing FFCV)
 SHUFFLED, FOLDER, BY_ROLE = "shuffled", "folder", "auto"
 RECORD_ORDERS = (SHUFFLED, FOLDER)
 ORDER_STREAM = 1  # the record order's random stream: apart from the subset's, same seed
@@ -55,7 +56,7 @@ KIB = 1024
 class ConversionSettings:
     """How images are stored; defaults are ffcv-imagenet's ResNet-50 data."""
 
-    write_mode: str = "proportion"  # raw | jpg | proportion | smart (FFCV RGBImageField modes)
+    write_mode: str = "proportion"  # raw | jpg | proportion | smart (FFCV RGBImageField modes) | yuv420
     max_resolution: int = 500  # longest stored side
     compress_probability: float = 0.5  # proportion mode: share stored as JPEG
     jpeg_quality: int = 90
@@ -69,6 +70,7 @@ class ConversionSettings:
     # auto: keep a source JPEG's bytes when it needs no work and decodes no slower than its re-encode;
     # always: whenever it needs no work; never: ffcv-imagenet's records (True/False: always/never)
     jpeg_passthrough: str = AUTO
+    raw_format: str = "rgb"  # rgb (FFCV's raw, any FFCV reader opens the file) | yuv420 (yuv420_records)
 
     def __post_init__(self) -> None:
         try:
@@ -77,6 +79,8 @@ class ConversionSettings:
             raise ConversionError(str(err)) from None
         if self.write_mode not in WRITE_MODES:
             raise ConversionError(f"write mode must be one of {', '.join(WRITE_MODES)}: {self.write_mode!r}")
+        if self.raw_format not in RAW_FORMATS:
+            raise ConversionError(f"raw format must be one of {', '.join(RAW_FORMATS)}: {self.raw_format!r}")
         if not 1 <= self.max_resolution <= MAX_RESOLUTION_LIMIT:
             raise ConversionError(f"max resolution must be in [1, {MAX_RESOLUTION_LIMIT}]: {self.max_resolution}")
         if not 0.0 <= self.compress_probability <= 1.0:
@@ -105,12 +109,21 @@ class ConversionSettings:
     def workers(self) -> int:
         return self.num_workers or os.cpu_count() or 1
 
+    @property
+    def stores_yuv420(self) -> bool:
+        """Whether raw records are YUV 4:2:0: the file is then ours alone (FFCV's reader refuses it)."""
+        return self.write_mode == "yuv420" or (self.raw_format == "yuv420" and self.write_mode != "jpg")
+
     def image_field(self) -> RGBImageField:
         from ffcv.fields import RGBImageField
 
-        return RGBImageField(write_mode=self.write_mode, max_resolution=self.max_resolution,
-                             smart_threshold=self.smart_threshold or None, jpeg_quality=self.jpeg_quality,
-                             compress_probability=self.compress_probability)
+        options = dict(max_resolution=self.max_resolution, smart_threshold=self.smart_threshold or None,
+                       jpeg_quality=self.jpeg_quality, compress_probability=self.compress_probability)
+        if not self.stores_yuv420:
+            return RGBImageField(write_mode=self.write_mode, **options)
+        from ..yuv420_records import YUV420ImageField
+
+        return YUV420ImageField(write_mode="raw" if self.write_mode == "yuv420" else self.write_mode, **options)
 
 
 @dataclass
@@ -316,7 +329,7 @@ def write_reports(out_path: Path, root: Path, classes: list[str], settings: Conv
         "images_per_class": counts.tolist(),
         "num_skipped": len(skipped),
         "source_root": str(root.resolve()),
-        "fields": {"image": "RGBImageField", "label": "IntField"},
+        "fields": {"image": "YUV420ImageField" if settings.stores_yuv420 else "RGBImageField", "label": "IntField"},
         "settings": dataclasses.asdict(settings),
         "record_order": settings.record_order,
         "num_passed_through": int(passed_through.sum()),

@@ -11,6 +11,8 @@ from ..beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, 
                            image_metadata, index_path, label_range, labels, load_class_names, loader_pipelines,
                            load_sidecar, open_beton, read_index, record_bytes, sidecar_path, stored_bytes_by_field)
 from .jpeg_passthrough import chroma_sampling, estimated_quality, passthrough_mode, read_jpeg_header
+from ..yuv420_records import YUV420_MODE, YUV420ImageField, decode_yuv420
+from ..remote_cache import stored_record_bytes
 
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
@@ -26,10 +28,13 @@ QUALITY_RANGES = (("95-100", 95, 100), ("90-94", 90, 94), ("80-89", 80, 89), ("u
 
 
 def read_image(reader: Reader, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
-    """Record ``index`` at its stored size: JPEG records through FFCV's own decoder (TurboJPEG), raw ones copied."""
+    """Record ``index`` at its stored size: JPEG records through FFCV's own decoder (TurboJPEG), raw ones copied
+    (yuv420 ones converted to RGB)."""
     meta = image_metadata(reader, fields)[index]
     height, width = int(meta["height"]), int(meta["width"])
-    data = record_bytes(reader, index, fields)
+    data = stored_record_bytes(reader, index, fields)
+    if meta["mode"] == YUV420_MODE:
+        return decode_yuv420(data, height, width)
     if meta["mode"] != JPEG_MODE:
         return data.reshape(height, width, 3)
     image = np.empty((height, width, 3), dtype=np.uint8)
@@ -48,19 +53,44 @@ def decode_samples(path: str | Path, indices: list[int],
     """Decode ``indices`` through FFCV's Loader, the path training takes: (images NxSxSx3, labels N).
 
     Records differ in size, so each is decoded as its full centre square resized
-    to DECODE_SIDE: every byte of the image is decoded, the output is uniform.
+    to DECODE_SIDE: every byte of the image is decoded, the output is uniform. FFCV has no decoder for a
+    yuv420 field: its images are read whole (``read_image``, our C++) and area-resized, its labels come
+    through the Loader with the image field off.
     """
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
+    from ..remote_cache import is_stand_in
+    from ..remote_pages import read_remote_pages
+
+    reader = open_beton(path, fields)
+    if isinstance(reader.handlers[fields.image], YUV420ImageField):
+        loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
+                        indices=indices, os_cache=not is_stand_in(path),
+                        pipelines={**{name: None for name in reader.field_names}, fields.label: [IntDecoder()]})
+        read_remote_pages(loader)
+        (label_batch,) = next(iter(loader))
+        images = [centre_square(read_image(reader, index, fields), DECODE_SIDE) for index in indices]
+        return np.stack(images), np.asarray(label_batch[:, 0]).astype(np.int64)
     loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
-                    indices=indices,
+                    indices=indices, os_cache=not is_stand_in(path),
                     pipelines=loader_pipelines(path, fields,
                                                [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
                                                [IntDecoder()]))
+    read_remote_pages(loader)  # a remote dataset's stand-in: pages through the node cache
     images, label_batch = next(iter(loader))
     return np.asarray(images), np.asarray(label_batch[:, 0]).astype(np.int64)
+
+
+def centre_square(image: np.ndarray, side: int) -> np.ndarray:
+    """The image's full centre square, area-resized to ``side`` (FFCV's centre crop at ratio 1)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    crop = min(height, width)
+    top, left = (height - crop) // 2, (width - crop) // 2
+    return cv2.resize(image[top:top + crop, left:left + crop], (side, side), interpolation=cv2.INTER_AREA)
 
 
 def histogram_lines(counts: np.ndarray, names: list[str]) -> list[str]:
@@ -93,8 +123,9 @@ def size_lines(reader: Reader, fields: Fields) -> list[str]:
     return [f"stored height: min {heights.min()} / mean {heights.mean():.0f} / max {heights.max()}; "
             f"width: min {widths.min()} / mean {widths.mean():.0f} / max {widths.max()}; "
             f"longest side at most {int(np.maximum(heights, widths).max())}",
-            f"stored as JPEG: {np.mean(meta['mode'] == JPEG_MODE):.0%}, raw: {np.mean(meta['mode'] != JPEG_MODE):.0%}; "
-            f"{stored[fields.image] / len(meta) / KIB:.1f} KiB of image data per record{others}"]
+            f"stored as JPEG: {np.mean(meta['mode'] == JPEG_MODE):.0%}, raw: {np.mean(meta['mode'] != JPEG_MODE):.0%}"
+            + (f" (yuv420: {np.mean(meta['mode'] == YUV420_MODE):.0%})" if (meta["mode"] == YUV420_MODE).any() else "")
+            + f"; {stored[fields.image] / len(meta) / KIB:.1f} KiB of image data per record{others}"]
 
 
 def record_sizes(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
@@ -111,9 +142,14 @@ def record_kind_lines(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> list[s
     what decides how fast a record decodes."""
     meta, sizes = image_metadata(reader, fields), record_sizes(reader, fields)
     is_jpeg = meta["mode"] == JPEG_MODE
+    is_yuv420 = meta["mode"] == YUV420_MODE
     lines = ["KiB per record: " + "; ".join(
         f"{name} {sizes[chosen].mean() / KIB:.1f} ({int(chosen.sum())} records)" if chosen.any() else f"{name}: none"
-        for name, chosen in (("JPEG", is_jpeg), ("raw", ~is_jpeg)))]
+        for name, chosen in (("JPEG", is_jpeg), ("raw", ~is_jpeg & ~is_yuv420)))]
+    if is_yuv420.any():
+        pixels = meta["height"][is_yuv420].astype(np.int64) * meta["width"][is_yuv420].astype(np.int64)
+        lines[0] += (f"; yuv420 {sizes[is_yuv420].mean() / KIB:.1f} ({int(is_yuv420.sum())} records, "
+                     f"{sizes[is_yuv420].sum() / pixels.sum():.2f} bytes per pixel)")
     jpeg_indices = np.flatnonzero(is_jpeg)
     if not len(jpeg_indices):
         return lines

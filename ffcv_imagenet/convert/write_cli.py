@@ -2,28 +2,30 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Sequence
 
 from ..cli import OneLineParser, fail, interrupt_outside_native_callbacks, interrupted
-from .conversion import (BY_ROLE, FOLDER, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, ConversionSummary, convert_imagefolder,
-                         find_class_folders, require_known_classes)
+from .conversion import BY_ROLE, RAW_FORMATS, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, convert_imagefolder
 from ..beton_format import Fields
-from .demo_data import make_demo_imagefolder
+from ..remote import dataset_argument
 from .jpeg_passthrough import ALWAYS, NEVER, PASSTHROUGH_MODES
+from .train_val_pair import DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, convert_demo, convert_pair, print_summary
 
 PROG = "write_datasets.py"
 DEFAULTS = ConversionSettings()
-DEMO_MAX_RESOLUTION = 256  # demo images are at most 540 px; small records keep the demo quick
-DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS = 10, 80, 20
 
 
 def _conversion_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("conversion settings (defaults: ffcv-imagenet's ResNet-50 data)")
     group.add_argument("--write-mode", default=DEFAULTS.write_mode, choices=WRITE_MODES,
                        help="how records are stored: raw pixels, JPEG, a --compress-probability share as "
-                            "JPEG (proportion), or JPEG above --smart-threshold bytes (smart); "
+                            "JPEG (proportion), JPEG above --smart-threshold bytes (smart), or every record raw "
+                            "as YUV 4:2:0 (yuv420: 1.5 bytes per pixel, read by this project only); "
+                            "default %(default)s")
+    group.add_argument("--raw-format", default=DEFAULTS.raw_format, choices=RAW_FORMATS,
+                       help="pixels of the raw records of raw, proportion and smart: rgb (FFCV's, any FFCV reader "
+                            "opens the file) or yuv420 (half the bytes; this project's readers only); "
                             "default %(default)s")
     group.add_argument("--max-resolution", type=int, default=DEFAULTS.max_resolution, metavar="N",
                        help="longest stored side in pixels; default %(default)s")
@@ -72,7 +74,8 @@ def _settings(args: argparse.Namespace) -> ConversionSettings:
                               compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,
                               smart_threshold=args.smart_threshold, num_workers=args.workers,
                               chunk_size=args.chunk_size, max_per_class=args.max_per_class, subset=args.subset,
-                              seed=args.seed, record_order=args.record_order, jpeg_passthrough=args.jpeg_passthrough)
+                              seed=args.seed, record_order=args.record_order, jpeg_passthrough=args.jpeg_passthrough,
+                              raw_format=args.raw_format)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", root_prog=PROG, help="one ImageFolder root -> one .beton")
     convert.add_argument("root", type=Path, help="folder of class folders: ROOT/<class>/<image>")
-    convert.add_argument("out", type=Path, help="output .beton (OUT.json and OUT.skipped are written beside it)")
+    convert.add_argument("out", type=dataset_argument, help="output .beton (OUT.json and OUT.skipped are written "
+                         "beside it), or an s3:// gs:// az:// URL: written locally, then uploaded")
     convert.add_argument("--class-map", type=Path, metavar="TRAIN.beton",
                          help="the train .beton (or its .json) whose class indices this set must use")
     _conversion_options(convert)
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _conversion_options(imagenet)
 
     inspect = commands.add_parser("inspect", root_prog=PROG, help="record count, label histogram, sizes and a few decodes")
-    inspect.add_argument("beton", type=Path)
+    inspect.add_argument("beton", type=dataset_argument, help="a .beton, or an s3:// gs:// az:// URL of one")
     _field_options(inspect)
     inspect.add_argument("--decode-rate", action="store_true",
                          help="also measure the training decode rate per core on a sample of records: the "
@@ -122,60 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def convert_pair(train_root: Path, val_root: Path, out_dir: Path, settings: ConversionSettings,
-                 progress: bool = True) -> tuple[ConversionSummary, ConversionSummary]:
-    """train -> out_dir/train.beton, then val -> out_dir/val.beton with train's class indices, in folder order."""
-    for root in (train_root, val_root):
-        if not root.is_dir():
-            raise ConversionError(f"{root} does not exist: expected {root.parent}/train and {root.parent}/val")
-    # val's classes are checked now, not after the hours train takes
-    require_known_classes(val_root, find_class_folders(val_root), find_class_folders(train_root), str(train_root))
-    train = out_dir / "train.beton"
-    train_summary = convert_imagefolder(train_root, train, settings, progress=progress)
-    _report(train_summary)
-    val_settings = dataclasses.replace(settings, record_order=FOLDER)  # evaluation reads every record anyway
-    val_summary = convert_imagefolder(val_root, out_dir / "val.beton", val_settings, class_map=train, progress=progress)
-    _report(val_summary)
-    return train_summary, val_summary
-
-
-def _report(summary: ConversionSummary) -> None:
-    print(summary, flush=True)
-
-
-def _demo(args: argparse.Namespace) -> None:
-    settings = ConversionSettings(max_resolution=DEMO_MAX_RESOLUTION, num_workers=args.workers)
-    images = make_demo_imagefolder(args.out_dir / "images", num_classes=args.classes,
-                                   train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-                                   seed=args.seed)
-    convert_pair(images / "train", images / "val", args.out_dir, settings)
-
-
-def _adopt(args: argparse.Namespace) -> None:
-    from .adoption import adopt  # imports FFCV: only when needed
-    from ..beton_format import sidecar_path
-
-    sidecar = adopt(args.beton, args.classes_from, Fields(args.image_field, args.label_field))
-    names = "names from " + str(args.classes_from) if args.classes_from else "named by number"
-    print(f"wrote {sidecar_path(args.beton)}: {sidecar['num_images']} images, {len(sidecar['classes'])} classes "
-          f"({names}); {args.beton} unchanged", flush=True)
-
-
 def run(args: argparse.Namespace) -> None:
     if args.command == "convert":
-        _report(convert_imagefolder(args.root, args.out, _settings(args), class_map=args.class_map))
+        from ..remote_cache import CacheSettings, written_locally
+        with written_locally(args.out, CacheSettings()) as out:  # a URL: written here, then uploaded
+            print_summary(convert_imagefolder(args.root, out, _settings(args), class_map=args.class_map))
+        if out != args.out:
+            print(f"uploaded {out.name} and the files beside it to {args.out}", flush=True)
     elif args.command == "imagenet":
         convert_pair(args.imagenet_dir / "train", args.imagenet_dir / "val", args.out_dir, _settings(args))
     elif args.command == "inspect":
-        from .inspection import report  # imports FFCV's loader: only when needed
+        from ..remote_cache import CacheSettings, local_view
         if args.decode_sample < 1:
             raise ValueError(f"--decode-sample must be positive: {args.decode_sample}")
-        print(report(args.beton, Fields(args.image_field, args.label_field), decode_rate=args.decode_rate,
-                     recipe=args.config, decode_sample=args.decode_sample), flush=True)
+        beton = local_view(args.beton, CacheSettings(gib=1.0))  # a URL: its stand-in; a few pages read
+        from .inspection import report as inspection_report  # imports FFCV's loader: only when needed
+        fields = Fields(args.image_field, args.label_field)
+        print(inspection_report(beton, fields, decode_rate=args.decode_rate, recipe=args.config,
+                                decode_sample=args.decode_sample), flush=True)
     elif args.command == "adopt":
-        _adopt(args)
+        from .adoption import adopt, adoption_line  # imports FFCV: only when needed
+        sidecar = adopt(args.beton, args.classes_from, Fields(args.image_field, args.label_field))
+        print(adoption_line(args.beton, args.classes_from, sidecar), flush=True)
     elif args.command == "demo":
-        _demo(args)
+        convert_demo(args.out_dir, args.classes, args.train_per_class, args.val_per_class, args.seed, args.workers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "area_resize.h"
 
 namespace {
@@ -71,9 +75,9 @@ T *sized(std::vector<T> &buffer, size_t count) {
 // One pixel moved as a whole word (4 bytes, or 4 floats): a single load and store instead of three of
 // each. The word's last channel spills into the next pixel, so pixels must be written in an order
 // where that one is written later, and the source must have a word's room after the pixel.
-template <typename T>
+template <int Channels, typename T>
 inline void move_pixel_word(const T *from, T *to) {
-    T word[kChannels + 1];
+    T word[Channels + 1];
     std::memcpy(word, from, sizeof(word));
     std::memcpy(to, word, sizeof(word));
 }
@@ -82,20 +86,20 @@ inline void move_pixel_word(const T *from, T *to) {
 // apart, in tiles. Within a tile, row r writes output pixels (c, r) whose spilled channel lands on
 // (c, r + 1), written next; the last row moves channel by channel (its spill would land on a written
 // pixel, and its reads on the source's end).
-template <typename T>
+template <typename T, int Channels = kChannels>
 void transpose(const T *in, int rows, int cols, size_t in_stride, T *out) {
     for (int r0 = 0; r0 < rows; r0 += kBlock) {
         int r1 = std::min(rows, r0 + kBlock);
         for (int c0 = 0; c0 < cols; c0 += kBlock) {
             int c1 = std::min(cols, c0 + kBlock);
             for (int r = r0; r < r1; r++) {
-                const T *from = in + static_cast<size_t>(r) * in_stride + static_cast<size_t>(c0) * kChannels;
-                T *to = out + (static_cast<size_t>(c0) * rows + r) * kChannels;
-                const size_t to_step = static_cast<size_t>(rows) * kChannels;
+                const T *from = in + static_cast<size_t>(r) * in_stride + static_cast<size_t>(c0) * Channels;
+                T *to = out + (static_cast<size_t>(c0) * rows + r) * Channels;
+                const size_t to_step = static_cast<size_t>(rows) * Channels;
                 if (r + 1 < rows) {
-                    for (int c = c0; c < c1; c++, from += kChannels, to += to_step) move_pixel_word(from, to);
+                    for (int c = c0; c < c1; c++, from += Channels, to += to_step) move_pixel_word<Channels>(from, to);
                 } else {
-                    for (int c = c0; c < c1; c++, from += kChannels, to += to_step) std::copy(from, from + kChannels, to);
+                    for (int c = c0; c < c1; c++, from += Channels, to += to_step) std::copy(from, from + Channels, to);
                 }
             }
         }
@@ -255,21 +259,72 @@ void sum_down(const uint8_t *source, size_t stride, const AxisTaps &axis, int ou
 
 }  // namespace
 
-int area_shrink_fast(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
-                     int out_height, int out_width) {
+// transpose<uint8_t, 1> for a plane, 8 x 8 bytes at a time in SSE2 registers (a byte-wide tile loop moves
+// one byte per step: most of a plane's shrink); the edges past the last whole tile byte by byte.
+void transpose_plane(const uint8_t *in, int rows, int cols, size_t in_stride, uint8_t *out) {
+    int whole_rows = 0, whole_cols = 0;
+#if defined(__SSE2__)
+    whole_rows = rows / 8 * 8;
+    whole_cols = cols / 8 * 8;
+    for (int r = 0; r < whole_rows; r += 8) {
+        for (int c = 0; c < whole_cols; c += 8) {
+            __m128i row[8];
+            for (int i = 0; i < 8; i++)
+                row[i] = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(in + (r + i) * in_stride + c));
+            const __m128i a0 = _mm_unpacklo_epi8(row[0], row[1]), a1 = _mm_unpacklo_epi8(row[2], row[3]);
+            const __m128i a2 = _mm_unpacklo_epi8(row[4], row[5]), a3 = _mm_unpacklo_epi8(row[6], row[7]);
+            const __m128i b0 = _mm_unpacklo_epi16(a0, a1), b1 = _mm_unpackhi_epi16(a0, a1);
+            const __m128i b2 = _mm_unpacklo_epi16(a2, a3), b3 = _mm_unpackhi_epi16(a2, a3);
+            const __m128i pairs[4] = {_mm_unpacklo_epi32(b0, b2), _mm_unpackhi_epi32(b0, b2),
+                                      _mm_unpacklo_epi32(b1, b3), _mm_unpackhi_epi32(b1, b3)};
+            for (int i = 0; i < 4; i++) {  // columns 2i and 2i + 1, 8 rows each
+                _mm_storel_epi64(reinterpret_cast<__m128i *>(out + static_cast<size_t>(c + 2 * i) * rows + r), pairs[i]);
+                _mm_storel_epi64(reinterpret_cast<__m128i *>(out + static_cast<size_t>(c + 2 * i + 1) * rows + r),
+                                 _mm_unpackhi_epi64(pairs[i], pairs[i]));
+            }
+        }
+    }
+#endif
+    for (int r = 0; r < rows; r++) {
+        const int first_col = r < whole_rows ? whole_cols : 0;  // whole tiles already moved
+        for (int c = first_col; c < cols; c++) out[static_cast<size_t>(c) * rows + r] = in[r * in_stride + c];
+    }
+}
+
+template <int Channels>
+int area_shrink_fast_planes(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
+                            int out_height, int out_width) {
     if (out_height < 1 || out_width < 1 || out_height > height || out_width > width) return kNotAShrink;
     fill_taps(x_taps, width, out_width);
     fill_taps(y_taps, height, out_height);
-    const size_t row_length = static_cast<size_t>(width) * kChannels;
-    const size_t column_length = static_cast<size_t>(out_height) * kChannels;
+    const size_t row_length = static_cast<size_t>(width) * Channels;
+    const size_t column_length = static_cast<size_t>(out_height) * Channels;
     uint8_t *down = sized(down_rows, static_cast<size_t>(out_height) * row_length);
     sum_down(source, source_stride, y_taps, out_height, row_length, down);
     uint8_t *columns_t = sized(down_columns, static_cast<size_t>(width) * column_length);
-    transpose(down, out_height, width, row_length, columns_t);
+    if (Channels == 1) {
+        transpose_plane(down, out_height, width, row_length, columns_t);
+    } else {
+        transpose<uint8_t, Channels>(down, out_height, width, row_length, columns_t);
+    }
     uint8_t *across_t = sized(across_columns, static_cast<size_t>(out_width) * column_length);
     sum_down(columns_t, column_length, x_taps, out_width, column_length, across_t);
-    transpose(across_t, out_width, out_height, column_length, out);
+    if (Channels == 1) {
+        transpose_plane(across_t, out_width, out_height, column_length, out);
+    } else {
+        transpose<uint8_t, Channels>(across_t, out_width, out_height, column_length, out);
+    }
     return kOk;
+}
+
+int area_shrink_fast(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
+                     int out_height, int out_width) {
+    return area_shrink_fast_planes<kChannels>(source, height, width, source_stride, out, out_height, out_width);
+}
+
+int area_shrink_fast_plane(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
+                           int out_height, int out_width) {
+    return area_shrink_fast_planes<1>(source, height, width, source_stride, out, out_height, out_width);
 }
 
 namespace {

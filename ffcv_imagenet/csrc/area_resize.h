@@ -14,3 +14,7 @@ int area_resize_strided(const uint8_t *source, int height, int width, size_t sou
 // INTER_AREA at a general ratio is 5-10x. Same arguments and return value.
 int area_shrink_fast(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
                      int out_height, int out_width);
+
+// The same for one 8-bit plane (height x width bytes; a YUV record's Y, U or V), same return value.
+int area_shrink_fast_plane(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
+                           int out_height, int out_width);

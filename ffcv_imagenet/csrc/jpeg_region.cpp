@@ -16,6 +16,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "area_resize.h"
+#include "resize_fast.h"
 
 #if !defined(LIBJPEG_TURBO_VERSION_NUMBER) || LIBJPEG_TURBO_VERSION_NUMBER < 1005000
 #error "ffcv_imagenet needs libjpeg-turbo 1.5 or newer (jpeg_crop_scanline, jpeg_skip_scanlines)"
@@ -62,6 +63,8 @@ thread_local cv::Mat boxed;  // resize_fast's intermediate, reused across images
 thread_local std::vector<JSAMPLE> check_row;  // entropy_check's one decoded row
 thread_local std::vector<JSAMPROW> rows;  // decode_rgb's row pointers into the caller's array
 
+}  // namespace
+
 // Window -> out, an area filter throughout, at a fraction of OpenCV's INTER_AREA cost at general ratios:
 // once the window is twice the output per side or more, first an exact k x k box average (OpenCV's
 // integer INTER_AREA path; the window trimmed by under k pixels to a multiple of k) that leaves it under
@@ -86,10 +89,13 @@ void resize_fast(const cv::Mat &window, cv::Mat &out) {
         shrunk.copyTo(out);
         return;
     }
-    if (area_shrink_fast(shrunk.data, shrunk.rows, shrunk.cols, shrunk.step, out.data, out.rows, out.cols) != kOk) {
+    const auto shrink = shrunk.channels() == 1 ? area_shrink_fast_plane : area_shrink_fast;  // a YUV plane, or RGB
+    if (shrink(shrunk.data, shrunk.rows, shrunk.cols, shrunk.step, out.data, out.rows, out.cols) != kOk) {
         cv::resize(shrunk, out, out.size(), 0, 0, cv::INTER_AREA);  // a cell too long for its taps: not after the box
     }
 }
+
+namespace {
 
 void resize_window(const cv::Mat &window, cv::Mat &out, int interpolation) {
     if (interpolation == kFastResize) {

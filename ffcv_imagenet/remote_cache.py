@@ -1,0 +1,388 @@
+"""The node's cache of remote datasets: a local stand-in per object version, and a bounded page store.
+
+**Stand-in.** For ``s3://bucket/train.beton`` with ETag E, ``local_view`` writes a sparse local file
+of the object's size whose header, field descriptors, metadata and allocation table are the
+object's own bytes (fetched once, then found by ETag), the data pages left as holes; the sidecar,
+index and skipped report beside the object are copied beside it. Everything that reads only
+those parts (preflight, FFCV's Reader, ``inspect``'s counts) reads the stand-in as it reads a local
+file. A marker file beside it names the object, so a loader given the stand-in knows to read its
+pages from the object (``remote_pages``).
+
+**Pages** live in one folder per cache, one file per page, bounded to ``data.remote_cache_gib`` over
+every object and every rank of the node. Each page is downloaded once per node: a rank that wants
+a page claims it (an exclusive ``.claim`` file, made under the cache's lock together with the room
+it needs), downloads it to a temporary name, checks its length and renames it; a second rank that
+finds the claim waits for the page instead of fetching it. A claim left by a dead process is taken
+over. A failed or short download leaves no page file, so it is fetched again, never decoded.
+
+**Eviction** makes room at claim time, in this order: pages the claiming rank will not need again
+this epoch that have been read (least recently read first); then pages it will need, the one
+needed last first; then pages nobody has read yet (prefetched by another rank), oldest first.
+A page's access time records its last read (0: never read).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .beton_format import DEFAULT_FIELDS, Fields, record_bytes, record_extent
+from .remote import RemoteError, RemoteObject, is_remote, open_store, split_url, upload
+
+GIB = 2 ** 30
+MARKER_SUFFIX = ".remote.json"  # beside a stand-in: which object it stands for
+SIBLING_SUFFIXES = (".json", ".index", ".skipped")  # beton_format's files beside a .beton
+CLAIM, TEMP = ".claim", ".part"
+WAIT_SECONDS = 0.02  # between looks at a page another rank is fetching
+NEVER_READ = 0.0  # a page file's access time until a rank reads it
+INFINITY = float("inf")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ffcv_imagenet" / "remote"
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The recipe's data.remote_cache_dir ('' = the user's cache folder), remote_cache_gib, remote_requests."""
+
+    directory: str = ""
+    gib: float = 50.0
+    requests: int = 16
+
+    @classmethod
+    def of(cls, data: Any) -> CacheSettings:
+        return cls(data.remote_cache_dir, data.remote_cache_gib, data.remote_requests)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.directory) if self.directory else default_cache_dir()
+
+    @property
+    def limit_bytes(self) -> int:
+        return int(self.gib * GIB)
+
+
+def _digest(text: str, length: int = 16) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
+def stand_in_folder(settings: CacheSettings, url: str, etag: str) -> Path:
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[1])[-80:]
+    return settings.root / "objects" / f"{readable}-{_digest(url, 10)}" / _digest(etag)
+
+
+def marker_path(stand_in: str | Path) -> Path:
+    stand_in = Path(stand_in)
+    return stand_in.with_name(stand_in.name + MARKER_SUFFIX)
+
+
+def is_stand_in(path: str | Path) -> bool:
+    """A local stand-in for a remote object (``local_view``): its pages are read from the object."""
+    return marker_path(path).is_file()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between the node's processes (and threads: each call opens its own file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def local_view(path: str | Path, settings: CacheSettings) -> str:
+    """``path`` itself for a local file; for an object-store URL, its local stand-in (module docstring),
+    made once per node and object version."""
+    if not is_remote(path):
+        return str(path)
+    url = str(path)
+    remote = RemoteObject.open(url)
+    stand_in = stand_in_folder(settings, url, remote.etag) / url.rsplit("/", 1)[1]
+    marker = marker_path(stand_in)
+    if not marker.is_file() or json.loads(marker.read_text())["settings"] != asdict(settings):
+        with file_lock(stand_in.parent / ".lock"):  # the node's other ranks wait, then find it made
+            if not marker.is_file():
+                page_size = _write_stand_in(remote, stand_in, settings)
+            else:  # the same object read with other cache settings (a new recipe, inspect)
+                page_size = json.loads(marker.read_text())["page_size"]
+            info = {"url": remote.url, "etag": remote.etag, "size": remote.size, "page_size": page_size,
+                    "settings": asdict(settings)}
+            temp = marker.with_name(marker.name + TEMP)
+            temp.write_text(json.dumps(info))
+            os.replace(temp, marker)
+    return str(stand_in)
+
+
+@contextlib.contextmanager
+def written_locally(out: str | Path, settings: CacheSettings) -> Iterator[Path]:
+    """Where a conversion to ``out`` writes: ``out`` itself, or for a URL a staging folder in the
+    cache, uploaded once the conversion is done (the files beside the .beton first, the .beton
+    last, each appearing only once complete), then removed; kept, and named, if an upload fails."""
+    if not is_remote(out):
+        yield Path(out)
+        return
+    url = str(out)
+    split_url(url)  # a malformed URL before any work
+    staging = settings.root / "staging" / _digest(url, 10)
+    staging.mkdir(parents=True, exist_ok=True)
+    local = staging / url.rsplit("/", 1)[1]
+    yield local
+    try:
+        for suffix in SIBLING_SUFFIXES:
+            if local.with_name(local.name + suffix).is_file():
+                upload(local.with_name(local.name + suffix), url + suffix)
+        upload(local, url)
+    except RemoteError as err:
+        raise RemoteError(f"{err} (the converted files are kept in {staging})") from None
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _beton_layout(remote: RemoteObject) -> tuple[int, int, int, int]:
+    """(end of the metadata, allocation table's offset, page size, sample count), from the object's header."""
+    from ffcv.types import CURRENT_VERSION, FieldDescType, HeaderType, get_handlers, get_metadata_type
+
+    header = np.frombuffer(remote.read(0, HeaderType.itemsize, "GET header"), dtype=HeaderType)[0]
+    if header["version"] != CURRENT_VERSION or not 0 < int(header["alloc_table_ptr"]) < remote.size:
+        raise RemoteError(f"{remote.url} is not a readable .beton (its header is not FFCV's version "
+                          f"{CURRENT_VERSION} format)")
+    fields_end = HeaderType.itemsize + int(header["num_fields"]) * FieldDescType.itemsize
+    descriptors = np.frombuffer(remote.read(HeaderType.itemsize, fields_end, "GET field descriptors"),
+                                dtype=FieldDescType)
+    try:
+        metadata_type = get_metadata_type(get_handlers(descriptors))
+    except Exception as err:  # a field type this FFCV does not know
+        raise RemoteError(f"{remote.url} is not a readable .beton: {type(err).__name__}: {err}") from None
+    num_samples = int(header["num_samples"])
+    return (fields_end + num_samples * metadata_type.itemsize, int(header["alloc_table_ptr"]),
+            int(header["page_size"]), num_samples)
+
+
+def _write_stand_in(remote: RemoteObject, stand_in: Path, settings: CacheSettings) -> int:
+    """The stand-in and the files beside the object; returns the object's page size."""
+    metadata_end, table_start, page_size, _ = _beton_layout(remote)
+    stand_in.parent.mkdir(parents=True, exist_ok=True)
+    temp = stand_in.with_name(stand_in.name + TEMP)
+    try:
+        with open(temp, "wb") as handle:
+            handle.truncate(remote.size)  # sparse: the data pages take no disk
+            handle.write(remote.read(0, metadata_end, "GET header and metadata"))
+            handle.seek(table_start)
+            handle.write(remote.read(table_start, remote.size, "GET allocation table"))
+        for suffix in SIBLING_SUFFIXES:
+            data = remote.sibling(stand_in.name + suffix)
+            if data is not None:
+                stand_in.with_name(stand_in.name + suffix).write_bytes(data)
+        os.replace(temp, stand_in)
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        raise cache_disk_error(settings, err) from None
+    return page_size
+
+
+def stored_record_bytes(reader: Any, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
+    """``beton_format.record_bytes``, also for a remote dataset's stand-in (which holds no record
+    bytes): those are read from the object by one ranged GET."""
+    cache = NodeCache.for_stand_in(reader.file_name)
+    if cache is None:
+        return record_bytes(reader, index, fields)
+    offset, size = record_extent(reader, index, fields)
+    return np.frombuffer(cache.remote.read(offset, offset + size, f"GET record {index}"), dtype=np.uint8)
+
+
+def cache_disk_error(settings: CacheSettings, err: OSError) -> RemoteError:
+    if err.errno == errno.ENOSPC:
+        return RemoteError(f"the remote cache's disk is full ({settings.root}): free space there, or set "
+                           f"data.remote_cache_dir elsewhere or a smaller data.remote_cache_gib")
+    return RemoteError(f"the remote cache {settings.root} cannot be written: {err}")
+
+
+@dataclass
+class _PageFile:
+    name: str
+    size: int
+    read_at: float
+    written_at: float
+
+
+class NodeCache:
+    """One object version's pages in the node's bounded page store (module docstring)."""
+
+    def __init__(self, remote: RemoteObject, page_size: int, settings: CacheSettings, stand_in: str):
+        self.remote = remote
+        self.page_size = page_size
+        self.settings = settings
+        self.stand_in = stand_in
+        self.folder = settings.root / "pages"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.tag = _digest(remote.url + "\0" + remote.etag)
+        self.lock_path = settings.root / ".pages.lock"
+        self.check_room()
+
+    @classmethod
+    def for_stand_in(cls, stand_in: str | Path) -> NodeCache | None:
+        """The cache of the object ``stand_in`` stands for; None for an ordinary local file."""
+        marker = marker_path(stand_in)
+        if not marker.is_file():
+            return None
+        info = json.loads(marker.read_text())
+        remote = RemoteObject(info["url"], open_store(info["url"]), split_url(info["url"])[2], info["size"],
+                              info["etag"])
+        return cls(remote, info["page_size"], CacheSettings(**info["settings"]), str(stand_in))
+
+    def check_room(self) -> None:
+        """The bound must hold a few pages per request in flight, and fit on the disk."""
+        smallest = (self.settings.requests + 2) * self.page_size
+        if self.settings.limit_bytes < smallest:
+            raise RemoteError(f"data.remote_cache_gib: {self.settings.gib} GiB holds fewer than "
+                              f"{self.settings.requests + 2} pages of {self.page_size / 2 ** 20:g} MiB "
+                              f"(data.remote_requests + 2); raise it to at least {smallest / GIB:.3f}")
+        free = shutil.disk_usage(self.folder).free + sum(page.size for page in self._page_files())
+        if free < self.settings.limit_bytes:
+            raise RemoteError(f"data.remote_cache_gib: {self.settings.gib} GiB is more than the "
+                              f"{free / GIB:.1f} GiB free for the remote cache at {self.folder}; "
+                              "lower it or set data.remote_cache_dir elsewhere")
+
+    # ------------------------------------------------------------------ names
+    def page_name(self, page: int) -> str:
+        return f"{self.tag}-{page:09d}"
+
+    def page_of(self, name: str) -> int | None:
+        """The page number of a page file of this object version; None for another object's."""
+        tag, _, number = name.partition("-")
+        return int(number) if tag == self.tag else None
+
+    def page_bytes(self, page: int) -> int:
+        return min(self.page_size, self.remote.size - page * self.page_size)
+
+    # ------------------------------------------------------------------ reading
+    def read_into(self, page: int, out: np.ndarray, next_use: Callable[[str], float]) -> None:
+        """Copy ``page`` into ``out``, fetching it first if no rank of the node has."""
+        path = self.folder / self.page_name(page)
+        expected = self.page_bytes(page)
+        while True:
+            try:
+                with open(path, "rb") as handle:
+                    got = handle.readinto(memoryview(out)[:expected])
+                    written_at = os.fstat(handle.fileno()).st_mtime
+                if got == expected:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.utime(path, (time.time(), written_at))  # read: evictable once no longer needed
+                    return
+                path.unlink(missing_ok=True)  # never written by fetch(): leave nothing half there
+            except FileNotFoundError:
+                pass
+            self.fetch(page, next_use)
+
+    def fetch(self, page: int, next_use: Callable[[str], float]) -> None:
+        """Make sure ``page`` is in the cache: download it, or wait for the rank that is."""
+        while True:
+            state = self._claim(page, next_use)
+            if state == "present":
+                return
+            if state == "claimed":
+                self._download(page)
+                return
+            time.sleep(WAIT_SECONDS)  # another rank is fetching it, or the cache is all in flight
+
+    def _download(self, page: int) -> None:
+        name = self.page_name(page)
+        final, temp, claim = (self.folder / name, self.folder / (name + TEMP), self.folder / (name + CLAIM))
+        try:
+            start = page * self.page_size
+            data = self.remote.read(start, start + self.page_bytes(page), f"GET page {page}")
+            with open(temp, "wb") as handle:
+                handle.write(data)
+            os.utime(temp, (NEVER_READ, time.time()))
+            os.replace(temp, final)
+        except OSError as err:
+            raise cache_disk_error(self.settings, err) from None
+        finally:
+            temp.unlink(missing_ok=True)
+            claim.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ the bound
+    def _claim(self, page: int, next_use: Callable[[str], float]) -> str:
+        """'present', 'claimed' (by this call, with room made for it) or 'wait'."""
+        name = self.page_name(page)
+        with file_lock(self.lock_path):
+            if (self.folder / name).exists():
+                return "present"
+            claim = self.folder / (name + CLAIM)
+            if claim.exists() and not _stale(claim):
+                return "wait"
+            if not self._make_room(self.page_bytes(page), next_use):
+                return "wait"
+            claim.write_text(f"{os.getpid()} {self.page_bytes(page)}")
+            return "claimed"
+
+    def _page_files(self) -> list[_PageFile]:
+        files = []
+        for entry in os.scandir(self.folder):
+            if entry.name.endswith((CLAIM, TEMP)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                stat = entry.stat()
+                files.append(_PageFile(entry.name, stat.st_size, stat.st_atime, stat.st_mtime))
+        return files
+
+    def _claimed_bytes(self) -> int:
+        total = 0
+        for claim in self.folder.glob("*" + CLAIM):
+            with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+                total += int(claim.read_text().split()[1])
+        return total
+
+    def _make_room(self, need: int, next_use: Callable[[str], float]) -> bool:
+        """Evict (module docstring's order) until ``need`` more bytes fit; False if they cannot yet."""
+        files = self._page_files()
+        used = sum(page.size for page in files) + self._claimed_bytes()
+        if used + need <= self.settings.limit_bytes:
+            return True
+        for victim in sorted(files, key=lambda page: eviction_rank(page, next_use(page.name))):
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / victim.name).unlink()
+                used -= victim.size
+            if used + need <= self.settings.limit_bytes:
+                return True
+        return False
+
+    def used_bytes(self) -> int:
+        return sum(page.size for page in self._page_files())
+
+
+def eviction_rank(page: _PageFile, next_use: float) -> tuple[int, float]:
+    """Smaller goes first: read and not needed again, then needed latest first, then never read."""
+    if page.read_at > NEVER_READ:
+        return (0, page.read_at) if next_use == INFINITY else (1, -next_use)
+    return (1, -next_use) if next_use != INFINITY else (2, page.written_at)
+
+
+def _stale(claim: Path) -> bool:
+    """A claim whose process is gone: its page is fetched again."""
+    try:
+        pid = int(claim.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        claim.unlink(missing_ok=True)
+        return True
+    except PermissionError:
+        return False
+    return False
