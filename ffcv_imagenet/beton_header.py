@@ -72,11 +72,6 @@ class BetonLayout:
         return self.metadata[f"f{self.field_names.index(field)}"]
 
 
-def is_url(path: str | Path) -> bool:
-    """A remote location (``s3://...``), not a local file: there is no header to read here."""
-    return "://" in str(path)
-
-
 def read_header(path: str | Path) -> np.void:
     """The header (version, num_fields, page_size, num_samples, alloc_table_ptr)."""
     header = np.fromfile(path, dtype=HEADER_DTYPE, count=1)

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import schedule
-from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, checked_labels, class_names, label_range,
-                           open_beton, open_layout, recorded_fields, sidecar_path)
-from .beton_header import is_url
+from .beton_format import (DEFAULT_FIELDS, ConversionError, Fields, checked_labels, class_names, open_layout,
+                           recorded_fields, sidecar_path)
 from .config import SECTIONS, Config, ConfigError, DataConfig, check_section
+from .remote import is_remote
 from .remote_cache import CacheSettings, local_view
 from .tensorboard_log import check_tensorboard
 
@@ -71,10 +71,8 @@ def read_dataset(key: str, value: str, data: DataConfig) -> DatasetFile:
 
 
 def dataset_labels(path: str, fields: Fields) -> np.ndarray:
-    """Every record's label, checked: a local file's from its metadata table alone (no FFCV, no torch);
-    a remote one's through FFCV's reader."""
-    if is_url(path):
-        return label_range(path, open_beton(path, fields), fields)
+    """Every record's label, checked, from the file's metadata table alone (no FFCV, no torch); a remote
+    dataset is read from its local stand-in (``remote_cache.local_view``), which holds the real table."""
     layout = open_layout(path, fields)
     return checked_labels(path, layout.column(fields.label).astype(np.int64), fields)
 
@@ -161,7 +159,7 @@ def check_before_torch(config: Config, world_size: int) -> None:
     """The dataset checks (files, fields, labels, classes, and the recipe against them), from the files'
     headers and metadata alone, so that a mistake answers before torch and FFCV load. Remote datasets
     are left to ``preflight``, which reads them once FFCV is loaded."""
-    if any(is_url(path) for path in (config.data.train_dataset, config.data.val_dataset)):
+    if any(is_remote(path) for path in (config.data.train_dataset, config.data.val_dataset)):
         return
     check_dataset_fit(config, check_datasets(config), world_size)
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ffcv_imagenet.beton_format import ConversionError, open_layout
-from ffcv_imagenet.beton_header import (FIELD_DESC_DTYPE, FIELD_KINDS, HEADER_DTYPE, BetonFormatError, is_url,
+from ffcv_imagenet.remote import is_remote
+from ffcv_imagenet.beton_header import (FIELD_DESC_DTYPE, FIELD_KINDS, HEADER_DTYPE, BetonFormatError,
                                         read_alloc_table, read_header, read_layout)
 from helpers import REPO, TRAIN, DEMO_RECIPE, cpu_env, tiny_overrides
 
@@ -98,7 +99,7 @@ def test_foreign_and_cut_files_are_refused_in_one_line(demo_betons: dict, tmp_pa
             read_layout(tmp_path / name)
         with pytest.raises(ConversionError, match=f"{name} is not a readable .beton: {expected}"):
             open_layout(tmp_path / name)
-    assert is_url("s3://bucket/train.beton") and not is_url(demo_betons["train"])
+    assert is_remote("s3://bucket/train.beton") and not is_remote(demo_betons["train"])
 
 
 def imported_modules(stderr: str) -> set[str]:

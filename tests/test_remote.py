@@ -17,7 +17,7 @@ from s3_server import BUCKET, S3Server
 from ffcv_imagenet.cli import EXIT_PREEMPTED
 from ffcv_imagenet.remote import STATS, RemoteChanged, RemoteError
 from ffcv_imagenet.remote_cache import CacheSettings, NodeCache, local_view
-from ffcv_imagenet.trainer import FINAL_WEIGHTS
+from ffcv_imagenet.checkpointing import FINAL_WEIGHTS
 
 PAGE = 2 ** 21  # FFCV's smallest page: the test file has several
 

@@ -78,11 +78,13 @@ def test_demo_weights_score_the_same_on_yuv420_records_of_the_val_images(readme_
                                cwd=readme_demo, capture_output=True, text=True, env=cpu_env(2, users_numba=True),
                                timeout=600)
     assert evaluated.returncode == 0, explain(evaluated)
-    default, yuv = ({row["res"]: row["top1"] for row in table["rows"]} for table in resolution_tables(run_folder)[-2:])
-    assert set(default) == set(yuv) and len(default) == 3
-    assert min(default.values()) >= 0.4, default  # a model that has learnt something, so agreement means something
-    for res in default:  # 200 images: 10 of them are noise (the records differ by JPEG's loss, ~35 dB)
-        assert abs(yuv[res] - default[res]) <= YUV420_TOP1_NOISE, (res, default, yuv)
+    (table,) = resolution_tables(run_folder)  # the evaluation's; training logs its own as epoch records
+    val_res = load_config(DEMO_RECIPE).validation.resolution
+    yuv_top1 = next(row["top1"] for row in table["rows"] if row["res"] == val_res)
+    default_top1 = epoch_records(run_folder)[-1]["val_top1"]  # the same weights on the default records, at val_res
+    assert default_top1 >= 0.4  # a model that has learnt something, so agreement means something
+    # 200 images: 10 of them are noise (the records differ by the JPEG's loss, ~35 dB)
+    assert abs(yuv_top1 - default_top1) <= YUV420_TOP1_NOISE, (default_top1, yuv_top1, table["rows"])
 
 
 def test_bn_fc_fixres_phase_trains_only_batchnorm_and_classifier(demo_betons: dict, tmp_path: Path) -> None:
