@@ -1,4 +1,5 @@
-"""A train/val pair of .beton files from two ImageFolder roots (``imagenet`` and ``demo`` commands).
+"""A train/val pair of .beton files from two ImageFolder roots (``imagenet`` and ``demo`` commands), and
+one folder to a local path or an object-store URL (``convert``).
 
 Val is converted after train with train's class indices and in folder order; its classes are
 checked against train's before train's conversion starts, not after the hours it takes.
@@ -18,6 +19,16 @@ DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS = 10, 80, 20
 
 def print_summary(summary: ConversionSummary) -> None:
     print(summary, flush=True)
+
+
+def convert_one(root: Path, out: str | Path, settings: ConversionSettings, class_map: Path | None = None) -> None:
+    """root -> out; an ``s3://``-style ``out`` is written in the local cache, then uploaded (``remote_cache``)."""
+    from ..remote_cache import CacheSettings, written_locally
+
+    with written_locally(out, CacheSettings()) as local:
+        print_summary(convert_imagefolder(root, local, settings, class_map=class_map))
+    if local != out:
+        print(f"uploaded {local.name} and the files beside it to {out}", flush=True)
 
 
 def convert_pair(train_root: Path, val_root: Path, out_dir: Path, settings: ConversionSettings,

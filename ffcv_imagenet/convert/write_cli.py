@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Sequence
 
 from ..cli import OneLineParser, fail, interrupt_outside_native_callbacks, interrupted
-from .conversion import BY_ROLE, RAW_FORMATS, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings, convert_imagefolder
+from .conversion import BY_ROLE, RAW_FORMATS, RECORD_ORDERS, WRITE_MODES, ConversionError, ConversionSettings
 from ..beton_format import Fields
 from ..remote import dataset_argument
 from .jpeg_passthrough import ALWAYS, NEVER, PASSTHROUGH_MODES
-from .train_val_pair import DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, convert_demo, convert_pair, print_summary
+from .train_val_pair import (DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, convert_demo, convert_one,
+                             convert_pair)
 
 PROG = "write_datasets.py"
 DEFAULTS = ConversionSettings()
@@ -128,11 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     if args.command == "convert":
-        from ..remote_cache import CacheSettings, written_locally
-        with written_locally(args.out, CacheSettings()) as out:  # a URL: written here, then uploaded
-            print_summary(convert_imagefolder(args.root, out, _settings(args), class_map=args.class_map))
-        if out != args.out:
-            print(f"uploaded {out.name} and the files beside it to {args.out}", flush=True)
+        convert_one(args.root, args.out, _settings(args), args.class_map)
     elif args.command == "imagenet":
         convert_pair(args.imagenet_dir / "train", args.imagenet_dir / "val", args.out_dir, _settings(args))
     elif args.command == "inspect":
