@@ -214,8 +214,15 @@ def estimated_quality(header: JpegHeader) -> int | None:
     tables = header.component_tables()
     if not tables:
         return None
-    luma = np.array(tables[0])
-    return min(QUALITIES, key=lambda quality: int(np.abs(luma - reencode_tables(quality)[0]).sum()))
+    distances = np.abs(luma_tables_by_quality() - np.array(tables[0])).sum(axis=1)
+    return QUALITIES[int(distances.argmin())]  # the first nearest, the lowest quality on a tie
+
+
+@functools.lru_cache(maxsize=1)
+def luma_tables_by_quality() -> np.ndarray:
+    """Row q - 1: the luma steps of the re-encode at quality q (100 encodes, once per process: a
+    quality estimate is made for each of inspect's sampled headers)."""
+    return np.array([reencode_tables(quality)[0] for quality in QUALITIES])
 
 
 def decodes_cleanly(source: SourceJpeg) -> bool:
