@@ -146,16 +146,21 @@ def stored_bytes_by_field(reader: Reader) -> dict[str, int]:
     """Bytes of record data per field, for the fields that store it outside the metadata table
     (images, byte strings, arrays: each record's allocation is found by the address its metadata
     holds); fields held whole in the metadata (labels) are absent."""
-    table = reader.alloc_table
-    order = np.argsort(table["ptr"], kind="stable")
-    addresses, sizes = table["ptr"][order], table["size"][order].astype(np.int64)
     stored = {}
     for index, name in enumerate(reader.field_names):
         column = reader.metadata[f"f{index}"]
         pointer = next((key for key in POINTER_COLUMNS if key in (column.dtype.names or ())), None)
         if pointer is not None:
-            stored[name] = int(sizes[np.searchsorted(addresses, column[pointer])].sum())
+            stored[name] = int(allocation_sizes(reader, column[pointer]).sum())
     return stored
+
+
+def allocation_sizes(reader: Reader, pointers: np.ndarray) -> np.ndarray:
+    """The size of the allocation at each of ``pointers`` (data addresses a metadata column holds)."""
+    table = reader.alloc_table
+    order = np.argsort(table["ptr"], kind="stable")
+    at = np.searchsorted(table["ptr"][order], pointers)
+    return table["size"][order][np.minimum(at, len(order) - 1)].astype(np.int64)
 
 
 def open_beton(path: str | Path, fields: Fields = DEFAULT_FIELDS) -> Reader:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .beton_format import DEFAULT_FIELDS, Fields, record_bytes, record_extent
+from .beton_format import DEFAULT_FIELDS, Fields, record_extent
 from .remote import RemoteError, RemoteObject, is_remote, open_store, split_url, upload
 
 GIB = 2 ** 30
@@ -197,11 +197,18 @@ def _write_stand_in(remote: RemoteObject, stand_in: Path, settings: CacheSetting
 def stored_record_bytes(reader: Any, index: int, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
     """``beton_format.record_bytes``, also for a remote dataset's stand-in (which holds no record
     bytes): those are read from the object by one ranged GET."""
+    offset, size = record_extent(reader, index, fields)
+    return stored_range(reader, offset, size)
+
+
+def stored_range(reader: Any, offset: int, size: int) -> np.ndarray:
+    """``size`` bytes of ``reader``'s file from ``offset``: read locally, or for a remote dataset's
+    stand-in (which holds no record bytes) from the object by one ranged GET."""
     cache = NodeCache.for_stand_in(reader.file_name)
     if cache is None:
-        return record_bytes(reader, index, fields)
-    offset, size = record_extent(reader, index, fields)
-    return np.frombuffer(cache.remote.read(offset, offset + size, f"GET record {index}"), dtype=np.uint8)
+        return np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=offset)
+    return np.frombuffer(cache.remote.read(offset, offset + size, f"GET bytes {offset}-{offset + size}"),
+                         dtype=np.uint8)
 
 
 def cache_disk_error(settings: CacheSettings, err: OSError) -> RemoteError:

@@ -222,6 +222,8 @@ def test_convert_to_an_s3_url_uploads_the_files_and_inspect_reads_it(s3, demo_ro
     inspected = run([*write, "inspect", url], extra_env=cache)
     assert inspected.returncode == 0, explain(inspected)
     assert "42 records" in inspected.stdout and "names from val.beton.json" in inspected.stdout
+    # the JPEG records' headers are read from the object, not from the stand-in's empty pages
+    assert "), chroma: 4:2:0" in inspected.stdout and "no readable header" not in inspected.stdout, inspected.stdout
 
 
 def test_inspect_of_a_missing_object_is_one_line(s3, tmp_path: Path) -> None:

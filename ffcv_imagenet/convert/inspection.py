@@ -7,12 +7,12 @@ import numpy as np
 from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 
-from ..beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, class_names,  # noqa: F401
+from ..beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, allocation_sizes, class_names,  # noqa: F401
                            image_metadata, index_path, label_range, labels, load_class_names, loader_pipelines,
                            load_sidecar, open_beton, read_index, record_bytes, sidecar_path, stored_bytes_by_field)
 from .jpeg_passthrough import chroma_sampling, estimated_quality, passthrough_mode, read_jpeg_header
 from ..yuv420_records import YUV420_MODE, YUV420ImageField, decode_yuv420
-from ..remote_cache import stored_record_bytes
+from ..remote_cache import stored_range, stored_record_bytes
 
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
@@ -130,11 +130,7 @@ def size_lines(reader: Reader, fields: Fields) -> list[str]:
 
 def record_sizes(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> np.ndarray:
     """Every record's image bytes (its allocation at the metadata's data pointer)."""
-    meta = image_metadata(reader, fields)
-    table = reader.alloc_table
-    order = np.argsort(table["ptr"], kind="stable")
-    at = np.searchsorted(table["ptr"][order], meta["data_ptr"])
-    return table["size"][order][np.minimum(at, len(order) - 1)].astype(np.int64)
+    return allocation_sizes(reader, image_metadata(reader, fields)["data_ptr"])
 
 
 def record_kind_lines(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> list[str]:
@@ -174,10 +170,9 @@ def record_kind_lines(reader: Reader, fields: Fields = DEFAULT_FIELDS) -> list[s
 
 
 def _jpeg_header(reader: Reader, offset: int, size: int) -> object:
-    head = np.fromfile(reader.file_name, dtype=np.uint8, count=min(size, HEADER_BYTES), offset=offset).tobytes()
-    header = read_jpeg_header(head)
+    header = read_jpeg_header(stored_range(reader, offset, min(size, HEADER_BYTES)).tobytes())
     if header is None or (size > HEADER_BYTES and not header.component_tables()):
-        header = read_jpeg_header(np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=offset).tobytes())
+        header = read_jpeg_header(stored_range(reader, offset, size).tobytes())
     return header
 
 
