@@ -101,18 +101,28 @@ def read_layout(path: str | Path) -> BetonLayout:
         raise BetonFormatError(f"format version {int(header['version'])}; FFCV reads version {VERSION}")
     descriptors = read_field_descriptors(path, header)
     names = [field_name(descriptor) for descriptor in descriptors]
-    unknown = {name: int(type_id) for name, type_id in zip(names, descriptors["type_id"])
-               if int(type_id) not in FIELD_KINDS}
-    if unknown:
-        raise BetonFormatError(f"field(s) of a type unknown here (type ids {unknown})")
-    kinds = [FIELD_KINDS[int(type_id)] for type_id in descriptors["type_id"]]
-    row = np.dtype([("", kind.metadata) for kind in kinds], align=True)  # as ffcv.types.get_metadata_type
+    kinds = field_kinds(descriptors)
+    row = metadata_row(kinds)
     count = int(header["num_samples"])
     metadata = np.fromfile(path, dtype=row, count=count, offset=HEADER_DTYPE.itemsize + descriptors.nbytes)
     if len(metadata) != count:
         raise BetonFormatError(f"cut short: its header promises {count} records, its metadata table holds "
                                f"{len(metadata)}")
     return BetonLayout(header, names, kinds, metadata)
+
+
+def field_kinds(descriptors: np.ndarray) -> list[FieldKind]:
+    """Each field's kind, in file order, or BetonFormatError for a type id unknown here."""
+    unknown = {field_name(descriptor): int(descriptor["type_id"]) for descriptor in descriptors
+               if int(descriptor["type_id"]) not in FIELD_KINDS}
+    if unknown:
+        raise BetonFormatError(f"field(s) of a type unknown here (type ids {unknown})")
+    return [FIELD_KINDS[int(type_id)] for type_id in descriptors["type_id"]]
+
+
+def metadata_row(kinds: list[FieldKind]) -> np.dtype:
+    """One record's row of the metadata table, as ffcv.types.get_metadata_type builds it."""
+    return np.dtype([("", kind.metadata) for kind in kinds], align=True)
 
 
 def read_alloc_table(path: str | Path, header: np.void | None = None) -> np.ndarray:

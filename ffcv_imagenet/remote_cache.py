@@ -38,6 +38,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .beton_format import DEFAULT_FIELDS, Fields, record_extent
+from .beton_header import (FIELD_DESC_DTYPE, HEADER_DTYPE, VERSION, BetonFormatError, field_kinds,
+                           metadata_row)
 from .remote import RemoteError, RemoteObject, is_remote, open_store, split_url, upload
 
 GIB = 2 ** 30
@@ -154,21 +156,19 @@ def written_locally(out: str | Path, settings: CacheSettings) -> Iterator[Path]:
 
 def _beton_layout(remote: RemoteObject) -> tuple[int, int, int, int]:
     """(end of the metadata, allocation table's offset, page size, sample count), from the object's header."""
-    from ffcv.types import CURRENT_VERSION, FieldDescType, HeaderType, get_handlers, get_metadata_type
-
-    header = np.frombuffer(remote.read(0, HeaderType.itemsize, "GET header"), dtype=HeaderType)[0]
-    if header["version"] != CURRENT_VERSION or not 0 < int(header["alloc_table_ptr"]) < remote.size:
+    header = np.frombuffer(remote.read(0, HEADER_DTYPE.itemsize, "GET header"), dtype=HEADER_DTYPE)[0]
+    if header["version"] != VERSION or not 0 < int(header["alloc_table_ptr"]) < remote.size:
         raise RemoteError(f"{remote.url} is not a readable .beton (its header is not FFCV's version "
-                          f"{CURRENT_VERSION} format)")
-    fields_end = HeaderType.itemsize + int(header["num_fields"]) * FieldDescType.itemsize
-    descriptors = np.frombuffer(remote.read(HeaderType.itemsize, fields_end, "GET field descriptors"),
-                                dtype=FieldDescType)
+                          f"{VERSION} format)")
+    fields_end = HEADER_DTYPE.itemsize + int(header["num_fields"]) * FIELD_DESC_DTYPE.itemsize
+    descriptors = np.frombuffer(remote.read(HEADER_DTYPE.itemsize, fields_end, "GET field descriptors"),
+                                dtype=FIELD_DESC_DTYPE)
     try:
-        metadata_type = get_metadata_type(get_handlers(descriptors))
-    except Exception as err:  # a field type this FFCV does not know
-        raise RemoteError(f"{remote.url} is not a readable .beton: {type(err).__name__}: {err}") from None
+        row = metadata_row(field_kinds(descriptors))
+    except BetonFormatError as err:
+        raise RemoteError(f"{remote.url} is not a readable .beton: {err}") from None
     num_samples = int(header["num_samples"])
-    return (fields_end + num_samples * metadata_type.itemsize, int(header["alloc_table_ptr"]),
+    return (fields_end + num_samples * row.itemsize, int(header["alloc_table_ptr"]),
             int(header["page_size"]), num_samples)
 
 

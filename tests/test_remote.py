@@ -226,6 +226,20 @@ def test_convert_to_an_s3_url_uploads_the_files_and_inspect_reads_it(s3, demo_ro
     assert "), chroma: 4:2:0" in inspected.stdout and "no readable header" not in inspected.stdout, inspected.stdout
 
 
+def test_a_remote_file_of_yuv420_records_is_inspected_in_a_fresh_process(s3, demo_root: Path, tmp_path: Path) -> None:
+    """The stand-in is laid out from the object's header by beton_header, which knows our yuv420 field
+    without importing it (FFCV's field table learns type id 89 only once yuv420_records is imported)."""
+    url = f"s3://{BUCKET}/converted/val_yuv420.beton"
+    write = [sys.executable, str(REPO / "write_datasets.py")]
+    cache = {"XDG_CACHE_HOME": str(tmp_path)}
+    converted = run([*write, "convert", str(demo_root / "val"), url, "--workers", "1", "--raw-format", "yuv420"],
+                    extra_env=cache)
+    assert converted.returncode == 0, explain(converted)
+    inspected = run([*write, "inspect", url], extra_env=cache)
+    assert inspected.returncode == 0, explain(inspected)
+    assert "42 records" in inspected.stdout and "(yuv420: " in inspected.stdout, inspected.stdout
+
+
 def test_inspect_of_a_missing_object_is_one_line(s3, tmp_path: Path) -> None:
     url = f"s3://{BUCKET}/nothing/here.beton"
     result = run([sys.executable, str(REPO / "write_datasets.py"), "inspect", url],
