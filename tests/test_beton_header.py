@@ -70,6 +70,8 @@ def assert_reads_as_ffcv_does(path: Path) -> None:
 def test_every_field_kind_reads_as_ffcv_reads_it(every_kind: Path) -> None:
     from ffcv.types import TYPE_ID_HANDLER
 
+    import ffcv_imagenet.yuv420_records  # noqa: F401 - registers our yuv420 field's type id with FFCV
+
     assert {type_id: kind.name for type_id, kind in FIELD_KINDS.items()} == \
         {type_id: handler.__name__ for type_id, handler in TYPE_ID_HANDLER.items() if handler is not None}
     assert_reads_as_ffcv_does(every_kind)
