@@ -48,7 +48,7 @@ def main() -> None:
     epochs_at = Counter((plan.crop_mode, plan.res) for plan in full_schedule(config.resolution, config.training.epochs))
     with tempfile.TemporaryDirectory() as tmp:
         root = prepare_sources(args, Path(tmp))
-        _, cpu_ms = time_mode(root, Path(tmp), ConversionSettings(), repeats=1)
+        _, cpu_ms = time_mode(root, Path(tmp), ConversionSettings(), repeats=1, ways=WAY_OF.values())
         files = {name: Path(tmp) / f"{WAY_OF[name]}.beton" for name in (THEIRS, OURS)}
         rates = {case: time_case(files, *case, args.rounds) for case in epochs_at}
     print(f"{args.config.name}: " + ", ".join(f"{mode} {res} x {count} epochs" for (mode, res), count in epochs_at.items())
