@@ -68,11 +68,6 @@ def split_url(url: str) -> tuple[str, str, str]:
     return scheme, bucket, key
 
 
-def join_url(url: str, name: str) -> str:
-    """The URL of ``name`` beside the object at ``url`` (``train.beton`` -> ``train.beton.json``)."""
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
 @dataclass
 class RequestStats:
     """What this process asked of the store: counted for the log and the benchmark."""
