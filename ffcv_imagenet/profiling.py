@@ -280,7 +280,9 @@ class Profiler:
         return self._host_loader
 
     def measure(self, res: int, crop_mode: str) -> Row:
-        train_step = self.trainer.train_step
+        # Queued, not settled: training reads each update's loss one update late, so a timed step
+        # must not wait for the device's answer either (the window's closing synchronize waits once).
+        train_step = self.trainer.queue_step
         self.trainer.enter_phase(schedule.EpochPlan(0, res, crop_mode))  # batch augmentation as training has it
         on_device = train_epochs(self.trainer.train_loader, res, crop_mode)
         windows = {"loader_device": Window(on_device.next, on_device)}
