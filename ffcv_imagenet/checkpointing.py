@@ -218,7 +218,13 @@ def read_trained_weights(path: str | Path, option: str = "--evaluate") -> tuple[
 
 def load_trained_weights(model: nn.Module, path: str | Path, arch: str, option: str = "--evaluate") -> None:
     """A run's checkpoint (last.pt, best.pt) or its exported final_weights.pt, into ``model``."""
-    weights, is_checkpoint = read_trained_weights(path, option)
+    put_trained_weights(model, *read_trained_weights(path, option), path, arch, option)
+
+
+def put_trained_weights(model: nn.Module, weights: dict[str, torch.Tensor], is_checkpoint: bool, path: str | Path,
+                        arch: str, option: str) -> None:
+    """Weights already read (``read_trained_weights``) into ``model``; ``path`` and ``option`` name them
+    in the error line."""
     try:
         if is_checkpoint:
             model.load_state_dict(weights)

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .beton_format import ConversionError, Fields, load_class_names, open_beton
-from .checkpointing import load_trained_weights, read_trained_weights
+from .checkpointing import put_trained_weights, read_trained_weights
 from .config import Config, ConfigError, DataConfig, to_dict
 from .decoders import CorruptRecordError
 from .distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
@@ -71,9 +71,10 @@ def dataset_classes(dataset: Path, data: DataConfig) -> tuple[list[str], int, Fi
         raise ConfigError(f"--dataset: {err}") from None
 
 
-def check_class_count(weights: Path, dataset: Path, classes: list[str], config: Config) -> None:
-    """The weights' classifier and the .beton must count the same classes (labels index both)."""
-    state, _ = read_trained_weights(weights, "--weights")
+def check_class_count(state: dict[str, torch.Tensor], weights: Path, dataset: Path, classes: list[str],
+                      config: Config) -> None:
+    """The weights' classifier (``state``, read from ``weights``) and the .beton must count the same
+    classes (labels index both)."""
     outputs = state["fc.weight"].shape[0] if "fc.weight" in state else None
     for expected, what in ((outputs, f"the weights {weights} classify"),
                            (config.model.num_classes or None, "model.num_classes is")):
@@ -198,7 +199,8 @@ def export(config: Config, weights: Path, dataset: Path, resolutions: Sequence[i
     except ConversionError as err:
         raise ConfigError(f"--dataset: {err}") from None
     classes, count, fields = dataset_classes(dataset, config.data)
-    check_class_count(weights, dataset, classes, config)
+    trained = read_trained_weights(weights, "--weights")  # (state, is a checkpoint): read once, used twice
+    check_class_count(trained[0], weights, dataset, classes, config)
     ctx = init_distributed(config.dist)
     try:
         check_precision(config, ctx.device)
@@ -212,7 +214,7 @@ def export(config: Config, weights: Path, dataset: Path, resolutions: Sequence[i
         if refusal:
             raise ConfigError(str(refusal))
         model = prepare_model(config, ctx, len(classes))
-        load_trained_weights(model, weights, config.model.arch, "--weights")
+        put_trained_weights(model, *trained, weights, config.model.arch, "--weights")
         model.eval()
         plan = ExportPlan(weights=weights, dataset=dataset, classes=classes, count=count,
                           embedding_size=model.fc.in_features, logits=logits,
