@@ -59,7 +59,7 @@ struct Decompressor {
 };
 
 thread_local Decompressor decompressor;
-thread_local cv::Mat boxed;  // resize_fast's intermediate, reused across images
+thread_local std::vector<uint8_t> boxed_bytes;  // resize_fast's intermediate, reused across images
 thread_local std::vector<JSAMPLE> check_row;  // entropy_check's one decoded row
 thread_local std::vector<JSAMPROW> rows;  // decode_rgb's row pointers into the caller's array
 
@@ -82,7 +82,8 @@ void resize_fast(const cv::Mat &window, cv::Mat &out) {
     if (k >= kBoxFrom) {
         const int height = window.rows / k * k, width = window.cols / k * k;
         const cv::Rect trimmed((window.cols - width) / 2, (window.rows - height) / 2, width, height);
-        cv::resize(window(trimmed), boxed, cv::Size(width / k, height / k), 0, 0, cv::INTER_AREA);
+        cv::Mat boxed = grown_mat(boxed_bytes, height / k, width / k, window.type());
+        cv::resize(window(trimmed), boxed, boxed.size(), 0, 0, cv::INTER_AREA);
         shrunk = boxed;
     }
     if (shrunk.size() == out.size()) {

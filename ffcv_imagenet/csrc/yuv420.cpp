@@ -22,7 +22,8 @@ constexpr int kChannels = 3;
 constexpr int kOk = 0;
 constexpr int kBadWindow = -2;
 
-thread_local cv::Mat y_out, u_out, v_out, red, green, blue;  // planes at the output size, reused across images
+thread_local cv::Mat y_out, red, green, blue;  // planes at the output size, reused across images
+thread_local std::vector<uint8_t> u_bytes, v_bytes;  // the chroma planes, whose size follows the window
 
 // BT.601 full range (JFIF), as JPEG: R = Y + 1.402 Cr', G = Y - 0.344136 Cb' - 0.714136 Cr', B = Y + 1.772 Cb'
 // (Cb' = Cb - 128, Cr' = Cr - 128), in 16-bit lanes the compiler vectorises 8 at a time: values in quarter
@@ -86,8 +87,8 @@ int32_t yuv420_crop_resize(const uint8_t *source, int32_t height, int32_t width,
     const ChromaFit rows = fit_chroma(top, bottom, out_h), columns = fit_chroma(left, right, out_w);
     const cv::Rect chroma_window(columns.first, rows.first, columns.count, rows.count);
     y_out.create(out_h, out_w, CV_8UC1);
-    u_out.create(rows.size, columns.size, CV_8UC1);
-    v_out.create(rows.size, columns.size, CV_8UC1);
+    cv::Mat u_out = grown_mat(u_bytes, rows.size, columns.size, CV_8UC1);
+    cv::Mat v_out = grown_mat(v_bytes, rows.size, columns.size, CV_8UC1);
     resize_fast(cv::Mat(height, width, CV_8UC1, luma)(window), y_out);
     resize_fast(cv::Mat(chroma_h, chroma_w, CV_8UC1, cb)(chroma_window), u_out);
     resize_fast(cv::Mat(chroma_h, chroma_w, CV_8UC1, cr)(chroma_window), v_out);
