@@ -36,6 +36,7 @@ from .config import AugmentConfig, Config, ConfigError
 from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, FixResCropDecoder,
                        RandomResizedCropDecoder, SeededCropDecoder)
 from .distributed import job_cores, ranks_on_node
+from .preflight import Datasets
 from .remote import STATS
 from .remote_cache import CacheSettings, NodeCache, is_stand_in, local_view
 from .remote_pages import read_remote_pages
@@ -391,12 +392,13 @@ class TrainLoader:
             stop_epoch(batches)
 
 
-def build_train_loader(config: Config, settings: LoaderSettings, *, distributed: bool,
-                       fields: Fields = DEFAULT_FIELDS) -> TrainLoader:
-    """The recipe's training loader (``config.data.train_dataset``; ``fields`` as preflight found them),
-    delivering to ``settings.device``: the trainer's, or the profiler's second one on the host."""
-    data = config.data
-    return TrainLoader(data.train_dataset, settings, order=data.order, in_memory=data.in_memory,
+def build_train_loader(config: Config, settings: LoaderSettings, datasets: Datasets, *,
+                       distributed: bool) -> TrainLoader:
+    """The recipe's training loader over the training file preflight checked (``datasets``: for a URL,
+    the stand-in of the object version it read, with no second HEAD), delivering to ``settings.device``:
+    the trainer's, or the profiler's second one on the host."""
+    data, fields = config.data, datasets.fields
+    return TrainLoader(datasets.train_path, settings, order=data.order, in_memory=data.in_memory,
                        distributed=distributed, seed=config.training.seed, cache_mib=data.cache_mib,
                        fixres_crop_ratio=config.resolution.fixres_crop_ratio, decoder=data.decoder, fields=fields,
                        crop=CropSettings.from_recipe(config.augment), remote=CacheSettings.of(data))

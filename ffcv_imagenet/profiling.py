@@ -275,8 +275,8 @@ class Profiler:
         if self._host_loader is None:
             host = dataclasses.replace(self.trainer.loader_settings, device=torch.device("cpu"))
             trainer = self.trainer
-            self._host_loader = build_train_loader(trainer.config, host, distributed=trainer.ctx.distributed,
-                                                   fields=trainer.datasets.fields)
+            self._host_loader = build_train_loader(trainer.config, host, trainer.datasets,
+                                                   distributed=trainer.ctx.distributed)
         return self._host_loader
 
     def measure(self, res: int, crop_mode: str) -> Row:

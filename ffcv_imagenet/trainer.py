@@ -97,8 +97,7 @@ class Trainer:
         self.loader_settings = LoaderSettings(batch_size=config.training.batch_size,
                                               num_workers=workers_per_rank(config.data.num_workers),
                                               device=ctx.device, channels_last=config.training.channels_last)
-        self.train_loader = build_train_loader(config, self.loader_settings, distributed=ctx.distributed,
-                                               fields=datasets.fields)
+        self.train_loader = build_train_loader(config, self.loader_settings, datasets, distributed=ctx.distributed)
         self.checkpoints = checkpointing.CheckpointWriter()
         self.last_save = time.monotonic()
         self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)
