@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import weakref
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -60,6 +61,8 @@ def interrupted(prog: str, message: str, show: bool = True) -> int:
 
 INTERRUPT_RETRY_SECONDS = 0.05
 NATIVE_CALLBACK_MODULES = f"{os.sep}llvmlite{os.sep}"  # numba's LLVM binding, which C code calls back into
+FINALIZER_FILE = weakref.__file__  # weakref.finalize callbacks, run by the garbage collector
+FINALIZER_NAME = "__del__"
 
 
 def interrupt_outside_native_callbacks() -> None:
@@ -67,16 +70,17 @@ def interrupt_outside_native_callbacks() -> None:
 
     Numba compiles through llvmlite, whose C code calls back into Python (its object cache, its
     diagnostics). A KeyboardInterrupt raised inside such a callback is printed as "Exception ignored"
-    and lost: an export interrupted 0.2 s into its compile ran on to its end. A Ctrl-C that lands
-    there is sent again a moment later, after the callback has returned. A process started with
-    SIGINT ignored (a background job) keeps ignoring it.
+    and lost: an export interrupted 0.2 s into its compile ran on to its end. The same happens inside
+    a ``__del__`` or a ``weakref.finalize`` callback that the garbage collector runs (numba's
+    dispatchers have one). A Ctrl-C that lands in either is sent again a moment later, after it has
+    returned. A process started with SIGINT ignored (a background job) keeps ignoring it.
     """
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    if _inside_native_callback(frame):
+    if _where_exceptions_are_dropped(frame):
         retry = threading.Timer(INTERRUPT_RETRY_SECONDS, os.kill, (os.getpid(), signum))
         retry.daemon = True
         retry.start()
@@ -84,9 +88,11 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _inside_native_callback(frame: FrameType | None) -> bool:
+def _where_exceptions_are_dropped(frame: FrameType | None) -> bool:
     while frame is not None:
-        if NATIVE_CALLBACK_MODULES in frame.f_code.co_filename:
+        code = frame.f_code
+        if (NATIVE_CALLBACK_MODULES in code.co_filename or code.co_filename == FINALIZER_FILE
+                or code.co_name == FINALIZER_NAME):
             return True
         frame = frame.f_back
     return False

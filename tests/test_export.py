@@ -137,7 +137,7 @@ def test_interrupted_export_leaves_no_file_at_the_final_names(tiny_run: tuple[Pa
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=300)
     if process.returncode == 0:  # it finished first; nothing was interrupted
-        pytest.fail(f"the export finished before the interrupt reached it\n{stdout}")
+        pytest.fail(f"the export finished before the interrupt reached it\n{stdout}\n{stderr}")
     assert process.returncode == EXIT_INTERRUPTED, f"{stdout}\n{stderr}"
     assert len(stderr.strip().splitlines()) == 1 and "interrupted" in stderr
     assert list(folder.iterdir()) == []  # neither final files nor partial ones
@@ -173,6 +173,44 @@ def test_a_ctrl_c_inside_an_llvm_callback_is_not_lost(handler: str) -> None:
     with sigint_not_ignored():
         result = subprocess.run([sys.executable, "-c", CTRL_C_IN_LLVM_CALLBACK, handler], capture_output=True,
                                 text=True, cwd=REPO, timeout=60)
+    if handler == "python":
+        assert result.stdout.strip() == "not interrupted" and "Exception ignored" in result.stderr
+    else:
+        assert result.stdout.strip() == "interrupted" and result.stderr == "", result.stderr
+
+
+CTRL_C_IN_A_FINALIZER = """
+import gc, os, signal, sys, time, weakref
+if sys.argv[1] == "ours":
+    from ffcv_imagenet.cli import interrupt_outside_native_callbacks
+    interrupt_outside_native_callbacks()
+def ctrl_c():  # a Ctrl-C that lands while the garbage collector runs a clean-up
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+class Collected:
+    def __del__(self):
+        ctrl_c()
+try:
+    if sys.argv[2] == "__del__":
+        Collected()
+    else:
+        weakref.finalize(Collected.__new__(Collected), ctrl_c)
+    gc.collect()
+    time.sleep(5)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("handler", ["python", "ours"])
+@pytest.mark.parametrize("cleanup", ["__del__", "finalize"])
+def test_a_ctrl_c_inside_a_finalizer_is_not_lost(handler: str, cleanup: str) -> None:
+    """A KeyboardInterrupt raised in a ``__del__`` or ``weakref.finalize`` callback is printed and dropped
+    too (numba's dispatchers have such a finalizer, and the collector runs it at any allocation)."""
+    with sigint_not_ignored():
+        result = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_FINALIZER, handler, cleanup],
+                                capture_output=True, text=True, cwd=REPO, timeout=60)
     if handler == "python":
         assert result.stdout.strip() == "not interrupted" and "Exception ignored" in result.stderr
     else:
