@@ -295,11 +295,13 @@ class NodeCache:
                 pass
             self.fetch(page, next_use)
 
-    def fetch(self, page: int, next_use: Callable[[str], float]) -> None:
-        """Make sure ``page`` is in the cache: download it, or wait for the rank that is."""
+    def fetch(self, page: int, next_use: Callable[[str], float], wanted: Callable[[], bool] | None = None) -> None:
+        """Make sure ``page`` is in the cache: download it, or wait for the rank that is. With ``wanted``
+        (a prefetch), nothing is done once it says no, checked under the cache's lock: a page its rank
+        has already read meanwhile (and another rank perhaps evicted) is not fetched again."""
         while True:
-            state = self._claim(page, next_use)
-            if state == "present":
+            state = self._claim(page, next_use, wanted)
+            if state in ("present", "unwanted"):
                 return
             if state == "claimed":
                 self._download(page)
@@ -323,12 +325,14 @@ class NodeCache:
             claim.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ the bound
-    def _claim(self, page: int, next_use: Callable[[str], float]) -> str:
-        """'present', 'claimed' (by this call, with room made for it) or 'wait'."""
+    def _claim(self, page: int, next_use: Callable[[str], float], wanted: Callable[[], bool] | None = None) -> str:
+        """'present', 'unwanted', 'claimed' (by this call, with room made for it) or 'wait'."""
         name = self.page_name(page)
         with file_lock(self.lock_path):
             if (self.folder / name).exists():
                 return "present"
+            if wanted is not None and not wanted():
+                return "unwanted"
             claim = self.folder / (name + CLAIM)
             if claim.exists() and not _stale(claim):
                 return "wait"

@@ -1,5 +1,5 @@
 """Datasets in an object store, against a local S3 server (moto's server mode, tests/s3_server.py)
-reached over HTTP through obstore as a real bucket is: one server and one upload per module."""
+reached over HTTP through obstore as a real bucket is: one server per process (conftest), one upload per module."""
 from __future__ import annotations
 
 import os
@@ -23,19 +23,15 @@ PAGE = 2 ** 21  # FFCV's smallest page: the test file has several
 
 
 @pytest.fixture(scope="module")
-def s3() -> S3Server:
-    server = S3Server()
-    server.start()
-    server.setup()
-    saved = {key: os.environ.get(key) for key in server.environment()}
-    os.environ.update(server.environment())  # this process and the runs it starts
-    yield server
+def s3(s3_server: S3Server) -> S3Server:
+    saved = {key: os.environ.get(key) for key in s3_server.environment()}
+    os.environ.update(s3_server.environment())  # this process and the runs it starts
+    yield s3_server
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    server.stop()
 
 
 @pytest.fixture(scope="module")
