@@ -20,15 +20,18 @@ server holds every request 0, 20 and 50 ms by default, as a distant store would.
 - the s3:// URL of the same file, the node cache bounded to 25% of the file and emptied before
   each epoch, so every page is fetched in the epoch timed.
 
-Reported: img/s and its ratio to local disk, bytes fetched in the epoch / file size, seconds from
-the start of the epoch to its first batch, and the CPU seconds of the epoch spent by the loader's
-process, the server and the proxy (all on the same cores here). Data: real-like JPEG sources
+Each latency runs ``--rounds`` pairs of epochs, a remote one then a local one (the box may be
+shared: each remote epoch is compared with the local epoch right after it). Reported, medians over
+the rounds: img/s and its ratio to local disk, bytes fetched in the epoch / file size, seconds from
+the start of the epoch to its first batch (and how many pages that batch touches: what it waits
+for), and the CPU seconds of the epoch spent by the loader's process, the server and the proxy
+(all on the same cores here). Data: real-like JPEG sources
 (ImageNet's mix of chroma, quality and sizes: benchmarks/real_like_sources.py) stored as JPEG at
 most 512 px by FFCV's DatasetWriter with 2 MiB pages (FFCV's smallest), so that a small file still
 has tens of pages.
 
     python benchmarks/bench_remote.py [--images 1500] [--res 160] [--latency-ms 0 20 50] [--folder DIR]
-        [--server nginx|moto] [--beton PATH]
+        [--server nginx|moto] [--rounds 3] [--beton PATH]
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +101,9 @@ def wait_for_port(port: int, what: str) -> None:
 
 def start_nginx(beton: Path, tmp: Path) -> tuple[subprocess.Popen, int]:
     """nginx serving ``beton`` at /BUCKET/KEY (a hard link, or a copy across file systems)."""
+    if not Path(NGINX).is_file():
+        sys.exit(f"bench_remote.py: error: --server nginx needs {NGINX} (Debian: apt-get install nginx-light); "
+                 "or use --server moto")
     root = tmp / "nginx-root"
     (root / BUCKET).mkdir(parents=True)
     try:
@@ -145,10 +152,10 @@ class DelayProxy:
         self.process.wait(10)
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    """User + system CPU seconds of ``process`` and its children (nginx's worker)."""
+def cpu_seconds(process: psutil.Process, children: bool) -> float:
+    """User + system CPU seconds of ``process``, with its children's (nginx's worker) if asked."""
     total = 0.0
-    for each in [process, *process.children(recursive=True)]:
+    for each in [process, *(process.children(recursive=True) if children else [])]:
         times = each.cpu_times()
         total += times.user + times.system
     return total
@@ -175,7 +182,8 @@ class Meters:
         self.processes = [psutil.Process(), psutil.Process(server.pid), psutil.Process(proxy.process.pid)]
 
     def read(self) -> list[float]:
-        return [cpu_seconds(process) for process in self.processes]
+        # the loader's own process only: the server and the proxy are its children here
+        return [cpu_seconds(process, children=index > 0) for index, process in enumerate(self.processes)]
 
 
 def timed_epoch(loader: TrainLoader, res: int, epoch: int, meters: Meters) -> dict:
@@ -205,6 +213,7 @@ def main() -> None:
     parser.add_argument("--server", choices=("nginx", "moto"), default="nginx",
                         help="nginx (default): cost per GET proportional to its range; moto: the tests' server, "
                              "which reads the whole object for every ranged GET")
+    parser.add_argument("--rounds", type=int, default=3, help="remote and local epochs per latency (medians)")
     parser.add_argument("--beton", type=Path, help="the .beton to read (written there from the sources if absent)")
     args = parser.parse_args()
 
@@ -229,11 +238,13 @@ def run(args: argparse.Namespace, beton: Path, size: int, meters: Meters, proxy:
                               device=torch.device("cpu"))
     cache_mib = max(1, int(size * CACHE_SHARE / 2 ** 20))
     remote = CacheSettings(str(tmp / "cache"), gib=size * CACHE_SHARE / 2 ** 30, requests=REQUESTS)
-    print(f"{beton.name}: {size / 2 ** 20:.0f} MiB in {-(-size // PAGE)} pages of 2 MiB; cache {cache_mib} MiB "
+    pages = -(-size // PAGE)
+    print(f"{beton.name}: {size / 2 ** 20:.0f} MiB in {pages} pages of 2 MiB; cache {cache_mib} MiB "
           f"(25%), {REQUESTS} concurrent GETs, RRC {args.res} px, batch {args.batch_size}, "
-          f"{settings.num_workers} decode threads; server: {args.server}", flush=True)
-    print("order         source          img/s  vs local  fetched/file  first batch  CPU s: loader server proxy",
-          flush=True)
+          f"{settings.num_workers} decode threads; server: {args.server}; medians of {args.rounds} rounds, "
+          "each a remote epoch then a local one", flush=True)
+    print("order         source        img/s  vs local  fetched/file  first batch (its pages)  "
+          "CPU s: loader server proxy", flush=True)
     for order, local_in_memory in (("quasi_random", False), ("random", True)):
         common = dict(order=order, distributed=False, seed=0, fixres_crop_ratio=0.875, cache_mib=cache_mib)
         local = TrainLoader(beton, settings, in_memory=local_in_memory, **common)
@@ -241,26 +252,47 @@ def run(args: argparse.Namespace, beton: Path, size: int, meters: Meters, proxy:
         timed_epoch(local, args.res, 0, meters)  # numba compiles each pipeline once, untimed
         timed_epoch(from_store, args.res, 0, meters)
         epoch = 1
-        on_disk = timed_epoch(local, args.res, epoch, meters)
-        local_rate = on_disk["rate"]
-        report(order, "local disk", on_disk, local_rate, size)
+        first_batch, held = epoch_pages(from_store, epoch, args.batch_size, args.res)
+        first_pages = f"({first_batch}/{pages})"
+        print(f"{order}: the first batch touches {first_batch} of {pages} pages; FFCV's process cache holds up to "
+              f"{held} pages ({held * PAGE / 2 ** 20:.0f} MiB) at once", flush=True)
+        locals_: list[dict] = []
         for latency in args.latency_ms:
             proxy.set_delay(latency / 1000)
-            shutil.rmtree(remote.root / "pages", ignore_errors=True)  # every page fetched in the epoch timed
-            (remote.root / "pages").mkdir()
-            from_s3 = timed_epoch(from_store, args.res, epoch, meters)
-            on_disk_again = timed_epoch(local, args.res, epoch, meters)  # the box is shared: local again, same epoch
-            local_rate = (local_rate + on_disk_again["rate"]) / 2
-            report(order, f"s3 +{latency:.0f} ms", from_s3, local_rate, size)
-        report(order, "local (mean)", {**on_disk_again, "rate": local_rate}, local_rate, size)
+            remotes = []
+            for _ in range(args.rounds):
+                shutil.rmtree(remote.root / "pages", ignore_errors=True)  # every page fetched in the epoch timed
+                (remote.root / "pages").mkdir()
+                remotes.append(timed_epoch(from_store, args.res, epoch, meters))
+                locals_.append(timed_epoch(local, args.res, epoch, meters))  # the box is shared: pairs
+                remotes[-1]["ratio"] = remotes[-1]["rate"] / locals_[-1]["rate"]
+            report(order, f"s3 +{latency:.0f} ms", median_of(remotes), size, first_pages)
+        report(order, "local disk", {**median_of(locals_), "ratio": 1.0}, size, "")
 
 
-def report(order: str, source: str, epoch: dict, local_rate: float, size: int) -> None:
-    remote = not source.startswith("local")
-    fetched = f"{epoch['fetched'] / size:.2f}x" if remote else "-"
-    print(f"{order:<13} {source:<13} {epoch['rate']:7.0f}  {epoch['rate'] / local_rate:6.2f}x  {fetched:>12}  "
-          f"{epoch['first']:9.2f} s  {epoch['loader_cpu']:12.1f} {epoch['server_cpu']:6.1f} {epoch['proxy_cpu']:5.1f}",
-          flush=True)
+def median_of(epochs: list[dict]) -> dict:
+    return {key: statistics.median(epoch[key] for epoch in epochs) for key in epochs[0]}
+
+
+def epoch_pages(loader: TrainLoader, epoch: int, batch_size: int, res: int) -> tuple[int, int]:
+    """(pages the first batch of ``epoch`` touches: what it waits for, pages FFCV's process cache
+    holds at once in that epoch: its memory)."""
+    from ffcv.memory_managers.process_cache.schedule import compute_schedule
+
+    loader.prepare(EpochPlan(epoch=epoch, res=res, crop_mode=RRC))
+    ffcv_loader = loader._loader
+    samples = ffcv_loader.traversal_order.sample_order(epoch)
+    pages_at_batch = [set().union(*(ffcv_loader.memory_manager.sample_to_pages[sample]
+                                    for sample in samples[start:start + batch_size]))
+                      for start in range(0, len(samples) - batch_size + 1, batch_size)]
+    return len(pages_at_batch[0]), compute_schedule(pages_at_batch).num_slots
+
+
+def report(order: str, source: str, epoch: dict, size: int, first_pages: str) -> None:
+    fetched = f"{epoch['fetched'] / size:.2f}x" if source.startswith("s3") else "-"
+    print(f"{order:<13} {source:<11} {epoch['rate']:7.0f}  {epoch['ratio']:6.2f}x  {fetched:>12}  "
+          f"{epoch['first']:7.2f} s {first_pages:>11}  {epoch['loader_cpu']:12.1f} {epoch['server_cpu']:6.1f} "
+          f"{epoch['proxy_cpu']:5.1f}", flush=True)
 
 
 if __name__ == "__main__":
