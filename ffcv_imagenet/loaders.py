@@ -259,6 +259,7 @@ class TrainLoader:
                  decoder: str = FAST, crop: CropSettings = CropSettings(), fields: Fields = DEFAULT_FIELDS,
                  remote: CacheSettings = CacheSettings()):
         self.path = local_view(path, remote)
+        self.remote = remote
         self.crop = crop
         self.fields = fields
         self.method = _decode_method(decoder)
@@ -297,7 +298,7 @@ class TrainLoader:
                                   pipelines=loader_pipelines(self.path, self.fields,
                                                              [decoder, *_image_tail(settings.device)],
                                                              _label_pipeline(settings.device)))
-        self.node_cache = read_remote_pages(loader, ranks_on_node()) or self.node_cache
+        self.node_cache = read_remote_pages(loader, self.remote, ranks_on_node()) or self.node_cache
         inner = (self._page_shuffle(loader) if self.order == "quasi_random"
                  else RandomOrder(loader.indices, seed=self.seed))
         rank, world_size = self.rank_and_world_size()
@@ -456,8 +457,9 @@ class ValLoader:
 
 def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, crop_ratio: float,
                      num_samples: int, rank: int, world_size: int, decoder: str = FAST,
-                     fields: Fields = DEFAULT_FIELDS) -> ValLoader:
+                     fields: Fields = DEFAULT_FIELDS, remote: CacheSettings = CacheSettings()) -> ValLoader:
     """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1)).
+    A remote dataset's stand-in reads its pages through the node cache ``remote`` describes.
 
     'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records; it reads no yuv420 field).
     """
@@ -471,5 +473,5 @@ def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, cr
     if ours is None and isinstance(loader.reader.handlers[fields.image], YUV420ImageField):
         raise ConfigError(f"{path} holds yuv420 records, which FFCV's stock decoder cannot read: "
                           f"validate with data.decoder={FAST}")
-    read_remote_pages(loader, ranks_on_node())
+    read_remote_pages(loader, remote, ranks_on_node())
     return ValLoader(loader, ours, str(path), settings.channels_last, settings.device)

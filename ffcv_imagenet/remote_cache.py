@@ -31,7 +31,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -95,6 +95,16 @@ def is_stand_in(path: str | Path) -> bool:
     return marker_path(path).is_file()
 
 
+def stand_in_object(stand_in: str | Path) -> RemoteObject | None:
+    """The object version ``stand_in`` stands for (its marker's URL, size and ETag; no request made);
+    None for an ordinary local file."""
+    marker = marker_path(stand_in)
+    if not marker.is_file():
+        return None
+    info = json.loads(marker.read_text())
+    return RemoteObject(info["url"], open_store(info["url"]), split_url(info["url"])[2], info["size"], info["etag"])
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock between the node's processes (and threads: each call opens its own file)."""
@@ -116,17 +126,16 @@ def local_view(path: str | Path, settings: CacheSettings) -> str:
     remote = RemoteObject.open(url)
     stand_in = stand_in_folder(settings, url, remote.etag) / url.rsplit("/", 1)[1]
     marker = marker_path(stand_in)
-    if not marker.is_file() or json.loads(marker.read_text())["settings"] != asdict(settings):
+    if not marker.is_file():
         with file_lock(stand_in.parent / ".lock"):  # the node's other ranks wait, then find it made
             if not marker.is_file():
                 page_size = _write_stand_in(remote, stand_in, settings)
-            else:  # the same object read with other cache settings (a new recipe, inspect)
-                page_size = json.loads(marker.read_text())["page_size"]
-            info = {"url": remote.url, "etag": remote.etag, "size": remote.size, "page_size": page_size,
-                    "settings": asdict(settings)}
-            temp = marker.with_name(marker.name + TEMP)
-            temp.write_text(json.dumps(info))
-            os.replace(temp, marker)
+                # What describes the object, nothing of how it is cached: every reader passes its own
+                # CacheSettings (an inspect with a 1 GiB bound must not change a training run's).
+                info = {"url": remote.url, "etag": remote.etag, "size": remote.size, "page_size": page_size}
+                temp = marker.with_name(marker.name + TEMP)
+                temp.write_text(json.dumps(info))
+                os.replace(temp, marker)
     return str(stand_in)
 
 
@@ -204,10 +213,10 @@ def stored_record_bytes(reader: Any, index: int, fields: Fields = DEFAULT_FIELDS
 def stored_range(reader: Any, offset: int, size: int) -> np.ndarray:
     """``size`` bytes of ``reader``'s file from ``offset``: read locally, or for a remote dataset's
     stand-in (which holds no record bytes) from the object by one ranged GET."""
-    cache = NodeCache.for_stand_in(reader.file_name)
-    if cache is None:
+    remote = stand_in_object(reader.file_name)
+    if remote is None:
         return np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=offset)
-    return np.frombuffer(cache.remote.read(offset, offset + size, f"GET bytes {offset}-{offset + size}"),
+    return np.frombuffer(remote.read(offset, offset + size, f"GET bytes {offset}-{offset + size}"),
                          dtype=np.uint8)
 
 
@@ -241,15 +250,13 @@ class NodeCache:
         self.check_room()
 
     @classmethod
-    def for_stand_in(cls, stand_in: str | Path) -> NodeCache | None:
-        """The cache of the object ``stand_in`` stands for; None for an ordinary local file."""
-        marker = marker_path(stand_in)
-        if not marker.is_file():
+    def for_stand_in(cls, stand_in: str | Path, settings: CacheSettings) -> NodeCache | None:
+        """The cache, bounded as ``settings`` say, of the object ``stand_in`` stands for; None for an
+        ordinary local file."""
+        remote = stand_in_object(stand_in)
+        if remote is None:
             return None
-        info = json.loads(marker.read_text())
-        remote = RemoteObject(info["url"], open_store(info["url"]), split_url(info["url"])[2], info["size"],
-                              info["etag"])
-        return cls(remote, info["page_size"], CacheSettings(**info["settings"]), str(stand_in))
+        return cls(remote, json.loads(marker_path(stand_in).read_text())["page_size"], settings, str(stand_in))
 
     def check_room(self) -> None:
         """The bound must hold a few pages per request in flight, and fit on the disk."""

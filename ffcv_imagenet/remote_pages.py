@@ -25,7 +25,7 @@ from ffcv.loader import Loader
 from ffcv.memory_managers.process_cache import ProcessCacheContext, ProcessCacheManager
 from ffcv.memory_managers.process_cache.schedule import ScheduleExecutor, compute_schedule
 
-from .remote_cache import INFINITY, NodeCache
+from .remote_cache import INFINITY, CacheSettings, NodeCache
 
 
 class EpochPages:
@@ -189,11 +189,11 @@ class RemotePageManager(ProcessCacheManager):
         return RemoteCacheContext(self, batches)
 
 
-def read_remote_pages(loader: Loader, ranks_on_node: int = 1) -> NodeCache | None:
+def read_remote_pages(loader: Loader, settings: CacheSettings, ranks_on_node: int = 1) -> NodeCache | None:
     """Make ``loader`` (built with ``os_cache=False``) read its pages from the object its file stands
-    for, if it is a stand-in (``remote_cache.local_view``); the node cache, or None for a local file.
-    ``ranks_on_node`` share the cache."""
-    cache = NodeCache.for_stand_in(loader.fname)
+    for, if it is a stand-in (``remote_cache.local_view``), through the node cache ``settings`` bound;
+    the node cache, or None for a local file. ``ranks_on_node`` share the cache."""
+    cache = NodeCache.for_stand_in(loader.fname, settings)
     if cache is not None:
         loader.memory_manager = RemotePageManager(loader.reader, cache, ranks_on_node)
     return cache
