@@ -95,14 +95,23 @@ def is_stand_in(path: str | Path) -> bool:
     return marker_path(path).is_file()
 
 
+_OPENED: dict[str, RemoteObject] = {}  # stand-in path -> its object, opened once per process
+
+
 def stand_in_object(stand_in: str | Path) -> RemoteObject | None:
-    """The object version ``stand_in`` stands for (its marker's URL, size and ETag; no request made);
-    None for an ordinary local file."""
+    """The object version ``stand_in`` stands for (its marker's URL, size and ETag; no request made),
+    opened once per process: inspect reads records one ranged GET at a time; None for an ordinary
+    local file. A stand-in's path names one object version (``stand_in_folder``), so it never goes stale."""
+    opened = _OPENED.get(str(stand_in))
+    if opened is not None:
+        return opened
     marker = marker_path(stand_in)
     if not marker.is_file():
         return None
     info = json.loads(marker.read_text())
-    return RemoteObject(info["url"], open_store(info["url"]), split_url(info["url"])[2], info["size"], info["etag"])
+    opened = RemoteObject(info["url"], open_store(info["url"]), split_url(info["url"])[2], info["size"], info["etag"])
+    _OPENED[str(stand_in)] = opened
+    return opened
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from helpers import REPO, explain, run, tiny_overrides
 from remote_fixtures import PAGE, paged_betons, s3, urls  # noqa: F401  (fixtures)
@@ -38,3 +39,20 @@ def test_an_inspect_between_preflight_and_the_loader_build_leaves_the_training_b
     assert loader.node_cache.settings == CacheSettings(str(folder), bound_gib, 2)
     assert loader.node_cache.settings.limit_bytes == 8 * PAGE
 
+
+def test_records_of_a_stand_in_are_read_by_ranged_gets_without_a_page_cache(s3, urls, paged_betons,
+                                                                            tmp_path: Path) -> None:
+    """inspect's record reads (``stored_record_bytes``) open the object once and build no node cache
+    (no page folder, no scan of it): one ranged GET per record, the file's own bytes."""
+    from ffcv_imagenet.beton_format import open_beton, record_bytes
+    from ffcv_imagenet.remote_cache import local_view, stand_in_object, stored_record_bytes
+
+    settings = CacheSettings(str(tmp_path), gib=1.0, requests=2)
+    stand_in = local_view(urls["train"], settings)
+    remote, local = open_beton(stand_in), open_beton(paged_betons["train"])
+    s3.reset_counts()
+    for index in (0, 70, 143):
+        assert np.array_equal(stored_record_bytes(remote, index), record_bytes(local, index))
+    assert s3.ranged_gets("demo/train.beton") == 3
+    assert stand_in_object(stand_in) is stand_in_object(stand_in)  # opened once
+    assert not (tmp_path / "pages").exists()
