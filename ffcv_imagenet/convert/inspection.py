@@ -59,26 +59,23 @@ def decode_samples(path: str | Path, indices: list[int], fields: Fields = DEFAUL
     """
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
+    from ffcv.loader import OrderOption
 
-    from ..remote_cache import is_stand_in
-    from ..remote_pages import read_remote_pages
+    from ..remote_pages import open_loader
 
     reader = open_beton(path, fields)
     if isinstance(reader.handlers[fields.image], YUV420ImageField):
-        loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
-                        indices=indices, os_cache=not is_stand_in(path),
-                        pipelines={**{name: None for name in reader.field_names}, fields.label: [IntDecoder()]})
-        read_remote_pages(loader, remote)
+        loader, _ = open_loader(path, remote, batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
+                                indices=indices,
+                                pipelines={**{name: None for name in reader.field_names}, fields.label: [IntDecoder()]})
         (label_batch,) = next(iter(loader))
         images = [centre_square(read_image(reader, index, fields), DECODE_SIDE) for index in indices]
         return np.stack(images), np.asarray(label_batch[:, 0]).astype(np.int64)
-    loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
-                    indices=indices, os_cache=not is_stand_in(path),
-                    pipelines=loader_pipelines(path, fields,
-                                               [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
-                                               [IntDecoder()]))
-    read_remote_pages(loader, remote)  # a remote dataset's stand-in: pages through the node cache
+    loader, _ = open_loader(path, remote, batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
+                            indices=indices,
+                            pipelines=loader_pipelines(path, fields,
+                                                       [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
+                                                       [IntDecoder()]))
     images, label_batch = next(iter(loader))
     return np.asarray(images), np.asarray(label_batch[:, 0]).astype(np.int64)
 
@@ -244,5 +241,5 @@ def report(path: str | Path, fields: Fields = DEFAULT_FIELDS, decode_rate: bool 
     if decode_rate:
         from ..decode_rate import measure_decode_rates
 
-        lines.append(str(measure_decode_rates(path, recipe, decode_sample, fields=fields)))
+        lines.append(str(measure_decode_rates(path, recipe, decode_sample, fields=fields, remote=remote)))
     return "\n".join(lines)
