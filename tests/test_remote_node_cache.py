@@ -1,12 +1,14 @@
-"""The node cache's settings come from each reader's own recipe or command, never from the node's
-shared marker file: an ``inspect`` of the same object in the same cache folder between a training
-run's preflight and its loader build leaves the training loader's bound as the recipe set it."""
+"""The node cache: its settings come from each reader's own recipe or command, never from the node's
+shared marker file (an ``inspect`` of the same object in the same cache folder between a training
+run's preflight and its loader build leaves the training loader's bound as the recipe set it);
+inspect's record reads need no page cache; a full cache disk is one line; a stand-in has its file's identity."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from helpers import REPO, explain, run, tiny_overrides
 from remote_fixtures import PAGE, paged_betons, s3, urls  # noqa: F401  (fixtures)
@@ -56,3 +58,30 @@ def test_records_of_a_stand_in_are_read_by_ranged_gets_without_a_page_cache(s3, 
     assert s3.ranged_gets("demo/train.beton") == 3
     assert stand_in_object(stand_in) is stand_in_object(stand_in)  # opened once
     assert not (tmp_path / "pages").exists()
+
+
+def test_a_full_cache_disk_is_one_line_and_leaves_no_page(urls, tmp_path: Path) -> None:
+    """A real ENOSPC from the kernel, without root or a small mount: the page's temporary file is a
+    link to /dev/full, where every write fails with 'No space left on device'."""
+    from ffcv_imagenet.remote import RemoteError
+    from ffcv_imagenet.remote_cache import TEMP, NodeCache, local_view
+
+    settings = CacheSettings(str(tmp_path), gib=1.0, requests=2)
+    cache = NodeCache.for_stand_in(local_view(urls["train"], settings), settings)
+    (cache.folder / (cache.page_name(0) + TEMP)).symlink_to("/dev/full")
+    buffer = np.zeros(cache.page_size, dtype=np.uint8)
+    with pytest.raises(RemoteError) as caught:
+        cache.read_into(0, buffer, lambda name: float("inf"))
+    message = str(caught.value)
+    assert message.startswith(f"the remote cache's disk is full ({tmp_path})") and "\n" not in message
+    assert "data.remote_cache_dir" in message and "data.remote_cache_gib" in message
+    assert sorted(path.name for path in cache.folder.iterdir()) == []  # no page, claim or temporary left
+
+
+def test_a_stand_in_has_the_identity_of_the_file_that_was_uploaded(urls, paged_betons, tmp_path: Path) -> None:
+    """A checkpoint made on the local file resumes on its s3:// copy and back (dataset_identity)."""
+    from ffcv_imagenet.dataset_identity import dataset_identity
+    from ffcv_imagenet.remote_cache import local_view
+
+    stand_in = local_view(urls["train"], CacheSettings(str(tmp_path), gib=1.0, requests=2))
+    assert dataset_identity(stand_in) == dataset_identity(paged_betons["train"])
