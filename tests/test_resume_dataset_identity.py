@@ -1,6 +1,6 @@
 """A checkpoint records the identity of its training set (dataset_identity): a resume on a changed
-one is refused in one line, before any work; a copy of the same file elsewhere resumes; a checkpoint
-from before identities resumes as it always did. Built on conftest's finished tiny run: no training
+one is refused in one line, before any work; a copy of the same file elsewhere has the same identity;
+a checkpoint from before identities resumes as it always did. Built on conftest's finished tiny run: no training
 here, each command below stops, or finds the run finished, before its first batch."""
 from __future__ import annotations
 
@@ -56,16 +56,14 @@ def test_identity_survives_a_copy_and_tells_what_changed(demo_betons: dict, tmp_
     assert identity_change(original, other).startswith("its size changed: ")
 
 
-def test_a_resume_on_a_copy_goes_on_and_on_a_changed_training_set_is_refused_in_one_line(
+def test_a_changed_training_set_is_refused_in_one_line_and_an_older_checkpoint_resumes_on_it(
         tiny_run: tuple[Path, list[str]], demo_betons: dict, tmp_path: Path) -> None:
+    """(A resume on the same file, or a copy, goes on: every resume test does it; dataset_identity is
+    the same for a copy, above.)"""
     train = copy_dataset(demo_betons["train"], tmp_path / "data")
+    relabel_first_record(train)  # re-converted: same size, one label moved
     command = resume_command(tiny_run, tmp_path / "run", train)
     checkpoint = last_checkpoint_path(tmp_path / "run")
-    assert "train_dataset" in torch.load(checkpoint, weights_only=True)
-    accepted = run(command)
-    assert accepted.returncode == 0 and "resumed from" in accepted.stdout, explain(accepted)
-
-    relabel_first_record(train)  # re-converted in place: same path, same size
     saved = checkpoint.read_bytes()
     refused = run(command)
     assert refused.returncode == EXIT_ERROR, explain(refused)
@@ -74,15 +72,8 @@ def test_a_resume_on_a_copy_goes_on_and_on_a_changed_training_set_is_refused_in_
     assert "metadata table" in refused.stderr
     assert checkpoint.read_bytes() == saved  # nothing lost, nothing written
 
-
-def test_a_checkpoint_from_before_identities_resumes_as_before(tiny_run: tuple[Path, list[str]], demo_betons: dict,
-                                                               tmp_path: Path) -> None:
-    train = copy_dataset(demo_betons["train"], tmp_path / "data")
-    relabel_first_record(train)
-    command = resume_command(tiny_run, tmp_path / "run", train)
-    checkpoint = last_checkpoint_path(tmp_path / "run")
     state = torch.load(checkpoint, weights_only=True)
-    del state["train_dataset"]
+    del state["train_dataset"]  # as checkpoints written before the record
     save_file(checkpoint, state)
     resumed = run(command)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, explain(resumed)
