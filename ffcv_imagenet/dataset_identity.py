@@ -55,7 +55,9 @@ def identity_change(saved: dict[str, Any], current: dict[str, Any]) -> str | Non
     if saved["size"] != current["size"]:
         return f"its size changed: {saved['size']} -> {current['size']} bytes"
     changed = [words for part, words in PARTS.items() if saved.get(part) != current.get(part)]
-    return f"same size, but its {' and '.join(changed)} differ" if changed else None
+    if not changed:
+        return None
+    return f"same size, but its {' and its '.join(changed)} {'differs' if len(changed) == 1 else 'differ'}"
 
 
 def check_same_train_dataset(saved: dict[str, Any] | None, current: dict[str, Any], dataset: str,

@@ -51,7 +51,7 @@ def test_identity_survives_a_copy_and_tells_what_changed(demo_betons: dict, tmp_
     assert dataset_identity(copy) == original
     relabel_first_record(copy)
     assert identity_change(original, dataset_identity(copy)) == (
-        "same size, but its metadata table (labels, image sizes, record places) differ")
+        "same size, but its metadata table (labels, image sizes, record places) differs")
     other = dataset_identity(demo_betons["val"])
     assert identity_change(original, other).startswith("its size changed: ")
 
