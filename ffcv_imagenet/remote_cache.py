@@ -5,8 +5,10 @@ of the object's size whose header, field descriptors, metadata and allocation ta
 object's own bytes (fetched once, then found by ETag), the data pages left as holes; the sidecar,
 index and skipped report beside the object are copied beside it. Everything that reads only
 those parts (preflight, FFCV's Reader, ``inspect``'s counts) reads the stand-in as it reads a local
-file. A marker file beside it names the object, so a loader given the stand-in knows to read its
-pages from the object (``remote_pages``).
+file. A marker file beside it names the object (URL, ETag, size, page size), so a loader given the
+stand-in knows to read its pages from the object (``remote_pages``). It holds nothing of how the
+object is cached: every reader passes its own ``CacheSettings`` (a training run its recipe's,
+``inspect`` a small bound), so one command never changes another's bound.
 
 **Pages** live in one folder per cache, one file per page, bounded to ``data.remote_cache_gib`` over
 every object and every rank of the node. Each page is downloaded once per node: a rank that wants
