@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .beton_format import DEFAULT_FIELDS, Fields, loader_pipelines
+from .remote_cache import CacheSettings
 
 BATCH_SIZE = 64
 SAMPLE_SEED = 0
@@ -50,17 +51,20 @@ def _epoch_rate(loader: object) -> float:
 
 
 def measure_decode_rates(path: str | Path, recipe: str | Path | None = None, sample: int = 1000,
-                         rounds: int = 3, fields: Fields = DEFAULT_FIELDS) -> DecodeRates:
-    """The recipe's decoder (defaults when ``recipe`` is None) against FFCV's stock one, per core."""
+                         rounds: int = 3, fields: Fields = DEFAULT_FIELDS,
+                         remote: CacheSettings = CacheSettings()) -> DecodeRates:
+    """The recipe's decoder (defaults when ``recipe`` is None) against FFCV's stock one, per core; a
+    remote dataset's stand-in reads its pages through the node cache ``remote`` bounds."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
+    from ffcv.loader import OrderOption
     from ffcv.reader import Reader
     from ffcv.transforms import RandomHorizontalFlip
 
     from .recipes import load_config
     from .decoders import RandomResizedCropDecoder
     from .loaders import DECODE_METHODS, CropSettings
+    from .remote_pages import open_loader
     from .yuv420_records import YUV420ImageField
 
     config = load_config(recipe)
@@ -74,9 +78,9 @@ def measure_decode_rates(path: str | Path, recipe: str | Path | None = None, sam
                         RandomHorizontalFlip()]}
     if isinstance(reader.handlers[fields.image], YUV420ImageField):
         del images["stock"]
-    loaders = {name: Loader(str(path), batch_size=BATCH_SIZE, num_workers=1, order=OrderOption.RANDOM,
-                            seed=SAMPLE_SEED, indices=indices, drop_last=False,
-                            pipelines=loader_pipelines(path, fields, pipeline, [IntDecoder()]))
+    loaders = {name: open_loader(path, remote, batch_size=BATCH_SIZE, num_workers=1, order=OrderOption.RANDOM,
+                                 seed=SAMPLE_SEED, indices=indices, drop_last=False,
+                                 pipelines=loader_pipelines(path, fields, pipeline, [IntDecoder()]))[0]
                for name, pipeline in images.items()}
     for loader in loaders.values():
         _epoch_rate(loader)  # compile and page cache: not timed

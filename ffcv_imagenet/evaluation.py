@@ -21,6 +21,7 @@ from .distributed import DistContext, all_reduce_sum
 from .loaders import LoaderSettings, ValLoader, build_val_loader, normalize, workers_per_rank
 from .model import autocast_for, prepare_model
 from .preflight import preflight
+from .remote_cache import CacheSettings
 
 if TYPE_CHECKING:
     from .config import Config
@@ -104,7 +105,7 @@ class Evaluator:
             self.loaders[res] = build_val_loader(
                 self.val_path, settings, res=res, crop_ratio=config.validation.crop_ratio,
                 num_samples=self.val_size, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                decoder=config.data.decoder, fields=self.fields)
+                decoder=config.data.decoder, fields=self.fields, remote=CacheSettings.of(config.data))
         return self.loaders[res]
 
     def evaluate(self, model: nn.Module, res: int | None = None) -> EvalResult:
