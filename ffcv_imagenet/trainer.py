@@ -423,9 +423,10 @@ class Trainer:
         barrier(self.ctx)
 
 
-def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
-    """Check everything, then train (resuming if there is a checkpoint) and save the final weights."""
-    datasets = preflight(config, ctx)
+def train(config: Config, ctx: DistContext, resume: str | None = None, datasets: Datasets | None = None) -> None:
+    """Check everything, then train (resuming if there is a checkpoint) and save the final weights;
+    ``datasets``: those ``preflight.check_before_torch`` already read, if any."""
+    datasets = preflight(config, ctx, datasets)
     # Rank 0 decides and tells the others, so a refusal stops every rank instead of leaving them waiting.
     outcome: tuple[Path | None, str | None] = (None, None)
     if ctx.is_main:
