@@ -16,7 +16,6 @@ from torch import nn
 from . import schedule
 from .beton_format import Fields
 from .checkpointing import load_trained_weights
-from .config import ConfigError
 from .distributed import DistContext, all_reduce_sum
 from .loaders import LoaderSettings, ValLoader, build_val_loader, normalize, workers_per_rank
 from .model import autocast_for, prepare_model
@@ -128,9 +127,7 @@ def evaluate_saved(config: Config, ctx: DistContext, path: str | Path, resolutio
     Only the model and the val loaders are built: no optimizer, scaler or train loader. ``datasets``:
     those ``preflight.check_before_torch`` already read, if any.
     """
-    for res in resolutions:
-        if res <= 0:
-            raise ConfigError(f"--eval-res: resolutions must be positive, got {res}")
+    schedule.check_resolutions("--eval-res", resolutions)
     datasets = preflight(config, ctx, datasets)
     model = prepare_model(config, ctx, len(datasets.classes))
     load_trained_weights(model, path, config.model.arch)

@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank, _, world_size = world_from_env()
     speaks = rank == 0  # every rank checks the same recipe: one copy of an error is enough
     try:
+        schedule.check_resolutions("--eval-res", args.eval_res or [])
         config = load_config(args.config, overrides)
         schedule.validate(config.resolution, config.training.epochs)
         if args.print_schedule:
