@@ -397,7 +397,8 @@ class Trainer:
         if record["checkpoint"]:
             self.save(then=log_epoch, background=True, before=best_files)
         elif best_files and self.ctx.is_main:
-            self.checkpoints.submit_job(best_files, self._state(), then=log_epoch)
+            self.checkpoints.submit_job(best_files, checkpointing.best_job_state(self._state(), improved),
+                                        then=log_epoch)
         else:
             self.checkpoints.wait()  # the previous epoch's line first
             log_epoch()
