@@ -12,6 +12,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -44,10 +45,25 @@ def sample_indices(count: int, sample: int) -> np.ndarray:
     return np.sort(np.random.default_rng(SAMPLE_SEED).choice(count, sample, replace=False))
 
 
-def _epoch_rate(loader: object) -> float:
+def epoch_rate(loader: Iterable) -> float:
+    """Images per second of one pass over ``loader`` ((images, labels) batches)."""
     started = time.perf_counter()
     count = sum(len(labels) for _, labels in loader)
     return count / (time.perf_counter() - started)
+
+
+def median_epoch_rates(loaders: dict[str, Iterable], rounds: int) -> dict[str, float]:
+    """Each loader's median epoch rate over ``rounds``, side by side: a first, untimed epoch each (numba
+    compile, page cache), then they take turns, the order rotating every round."""
+    for loader in loaders.values():
+        epoch_rate(loader)
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    names = list(loaders)
+    for round_ix in range(rounds):
+        shift = round_ix % len(names)
+        for name in names[shift:] + names[:shift]:
+            rates[name].append(epoch_rate(loaders[name]))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def measure_decode_rates(path: str | Path, recipe: str | Path | None = None, sample: int = 1000,
@@ -82,11 +98,5 @@ def measure_decode_rates(path: str | Path, recipe: str | Path | None = None, sam
                                  seed=SAMPLE_SEED, indices=indices, drop_last=False,
                                  pipelines=loader_pipelines(path, fields, pipeline, [IntDecoder()]))[0]
                for name, pipeline in images.items()}
-    for loader in loaders.values():
-        _epoch_rate(loader)  # compile and page cache: not timed
-    rates: dict[str, list[float]] = {name: [] for name in loaders}
-    for round_ix in range(rounds):
-        for name in (list(loaders) if round_ix % 2 == 0 else list(loaders)[::-1]):
-            rates[name].append(_epoch_rate(loaders[name]))
-    return DecodeRates(len(indices), res, config.data.decoder, statistics.median(rates["ours"]),
-                       statistics.median(rates["stock"]) if "stock" in rates else None)
+    rates = median_epoch_rates(loaders, rounds)
+    return DecodeRates(len(indices), res, config.data.decoder, rates["ours"], rates.get("stock"))

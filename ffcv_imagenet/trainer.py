@@ -401,7 +401,8 @@ class Trainer:
         if record["checkpoint"]:
             self.save(then=log_epoch, background=True, before=best_files)
         elif best_files and self.ctx.is_main:
-            self.checkpoints.submit_job(best_files, self._state(), then=log_epoch)
+            self.checkpoints.submit_job(best_files, checkpointing.best_job_state(self._state(), improved),
+                                        then=log_epoch)
         else:
             self.checkpoints.wait()  # the previous epoch's line first
             log_epoch()
@@ -427,9 +428,10 @@ class Trainer:
         barrier(self.ctx)
 
 
-def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
-    """Check everything, then train (resuming if there is a checkpoint) and save the final weights."""
-    datasets = preflight(config, ctx)
+def train(config: Config, ctx: DistContext, resume: str | None = None, datasets: Datasets | None = None) -> None:
+    """Check everything, then train (resuming if there is a checkpoint) and save the final weights;
+    ``datasets``: those ``preflight.check_before_torch`` already read, if any."""
+    datasets = preflight(config, ctx, datasets)
     # Rank 0 decides and tells the others, so a refusal stops every rank instead of leaving them waiting.
     outcome: tuple[Path | None, str | None] = (None, None)
     if ctx.is_main:

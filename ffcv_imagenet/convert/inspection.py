@@ -48,9 +48,10 @@ def spread_indices(count: int, wanted: int = SAMPLES_TO_DECODE) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, count - 1, num=min(wanted, count))})
 
 
-def decode_samples(path: str | Path, indices: list[int], fields: Fields = DEFAULT_FIELDS,
+def decode_samples(reader: Reader, indices: list[int], fields: Fields = DEFAULT_FIELDS,
                    remote: CacheSettings = CacheSettings()) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``indices`` through FFCV's Loader, the path training takes: (images NxSxSx3, labels N).
+    """Decode ``indices`` of the file ``reader`` has open (``open_beton``) through FFCV's Loader, the path
+    training takes: (images NxSxSx3, labels N).
 
     Records differ in size, so each is decoded as its full centre square resized
     to DECODE_SIDE: every byte of the image is decoded, the output is uniform. FFCV has no decoder for a
@@ -63,7 +64,7 @@ def decode_samples(path: str | Path, indices: list[int], fields: Fields = DEFAUL
 
     from ..remote_pages import open_loader
 
-    reader = open_beton(path, fields)
+    path = reader.file_name
     if isinstance(reader.handlers[fields.image], YUV420ImageField):
         loader, _ = open_loader(path, remote, batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
                                 indices=indices,
@@ -232,7 +233,7 @@ def report(path: str | Path, fields: Fields = DEFAULT_FIELDS, decode_rate: bool 
     full_size = [read_image(reader, index, fields) for index in indices]
     lines.append(f"decoded {len(full_size)} records at their stored size through FFCV's reader: "
                  + ", ".join(f"#{index} {image.shape[1]}x{image.shape[0]}" for index, image in zip(indices, full_size)))
-    images, decoded_labels = decode_samples(path, indices, fields, remote)
+    images, decoded_labels = decode_samples(reader, indices, fields, remote)
     if decoded_labels.tolist() != label_values[indices].tolist():
         raise ConversionError(f"{path}: labels read through FFCV's Loader differ from its metadata")
     lines.append(f"and through FFCV's Loader (centre {DECODE_SIDE} px), record: label, mean pixel:")
