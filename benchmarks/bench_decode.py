@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +39,7 @@ from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefo
 from ffcv_imagenet.decoders import (FULL, REGION, VAL_CROP_RATIO, CenterCropDecoder,  # noqa: E402
                                     FixResCropDecoder, RandomResizedCropDecoder)
 from ffcv_imagenet.convert.inspection import image_metadata, open_beton  # noqa: E402
+from ffcv_imagenet.decode_rate import median_epoch_rates  # noqa: E402
 
 BATCH_SIZE = 64
 # (crop mode, output resolution): the targets
@@ -58,12 +57,6 @@ def pipeline(reader: str, mode: str, res: int) -> list:
         return [FixResCropDecoder(size, method=FULL)]
     decoder = {"rrc": RandomResizedCropDecoder, "fixres": FixResCropDecoder, "center": CenterCropDecoder}[mode]
     return [decoder(size, method=REGION)]
-
-
-def epoch_rate(loader: Loader) -> float:
-    started = time.perf_counter()
-    count = sum(len(labels) for _, labels in loader)
-    return count / (time.perf_counter() - started)
 
 
 def write_files(root: Path, tmp: Path, write_mode: str) -> dict[str, Path]:
@@ -90,15 +83,7 @@ def time_case(files: dict[str, Path], mode: str, res: int, rounds: int) -> dict[
                             os_cache=True, seed=0,
                             pipelines={"image": pipeline(name, mode, res), "label": [IntDecoder()]})
                for name in files}
-    for loader in loaders.values():
-        epoch_rate(loader)  # warm-up: compile and page cache
-    rates: dict[str, list[float]] = {name: [] for name in loaders}
-    names = list(loaders)
-    for round_ix in range(rounds):
-        shift = round_ix % len(names)
-        for name in names[shift:] + names[:shift]:
-            rates[name].append(epoch_rate(loaders[name]))
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return median_epoch_rates(loaders, rounds)
 
 
 def main() -> None:

@@ -28,13 +28,14 @@ from ffcv.loader import Loader, OrderOption
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_conversion import ffcv_imagenet_way  # noqa: E402
-from bench_decode import CASES, THEIRS, epoch_rate, pipeline  # noqa: E402
+from bench_decode import CASES, THEIRS, pipeline  # noqa: E402
 from real_like_sources import add_sources_option, prepare_sources  # noqa: E402
 
 from ffcv_imagenet.beton_format import stored_bytes  # noqa: E402
 from ffcv_imagenet.convert.conversion import ConversionSettings, convert_imagefolder  # noqa: E402
 from ffcv_imagenet.convert.inspection import open_beton  # noqa: E402
 from ffcv_imagenet.decoders import CenterCropDecoder, RandomResizedCropDecoder  # noqa: E402
+from ffcv_imagenet.decode_rate import median_epoch_rates  # noqa: E402
 
 BATCH_SIZE = 64
 YUV, RGB_RAW = "yuv420+ours", "rgb raw+stock"
@@ -69,14 +70,7 @@ def rates(files: dict[str, Path], mode: str, res: int, rounds: int) -> dict[str,
                             pipelines={"image": pipeline(THEIRS if name.endswith(STOCK) else "ours", mode, res),
                                        "label": [IntDecoder()]})
                for name, path in files.items()}
-    for loader in loaders.values():
-        epoch_rate(loader)  # compile, page cache
-    measured: dict[str, list[float]] = {name: [] for name in loaders}
-    names = list(loaders)
-    for round_ix in range(rounds):
-        for name in names[round_ix % len(names):] + names[:round_ix % len(names)]:
-            measured[name].append(epoch_rate(loaders[name]))
-    return {name: float(np.median(values)) for name, values in measured.items()}
+    return median_epoch_rates(loaders, rounds)
 
 
 def main() -> None:

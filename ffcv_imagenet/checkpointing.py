@@ -248,21 +248,31 @@ def track_best(best: dict[str, dict[str, float]], record: dict[str, Any]) -> lis
     return improved
 
 
+# The run-folder files that hold the best "model" / "ema", each with what goes in it (a ``Write``'s part).
+BEST_FILES: dict[str, list[tuple[str, Callable[[dict[str, Any]], Any] | None]]] = {
+    "model": [(str(BEST_CHECKPOINT), None), (BEST_WEIGHTS, lambda state: torchvision_weights(state["model"]))],
+    "ema": [(BEST_EMA_WEIGHTS, lambda state: torchvision_weights(state["ema"]["weights"]))],
+}
+
+
 def best_writes(run_folder: Path, improved: list[str]) -> list[Write]:
     """The files an improvement rewrites, each made from the epoch's host copy of the state (an EMA
     improves only in a run that has one: only such a run records ``ema_val_top1``)."""
-    files: list[Write] = []
-    if "model" in improved:
-        files += [(best_checkpoint_path(run_folder), None),
-                  (run_folder / BEST_WEIGHTS, lambda state: torchvision_weights(state["model"]))]
-    if "ema" in improved:
-        files.append((run_folder / BEST_EMA_WEIGHTS, lambda state: torchvision_weights(state["ema"]["weights"])))
-    return files
+    return [(run_folder / name, part) for which in improved for name, part in BEST_FILES[which]]
 
 
 def best_files_named(which: str) -> list[str]:
     """The run-folder files that hold the best ``which`` ("model" or "ema")."""
-    return [str(BEST_CHECKPOINT), BEST_WEIGHTS] if which == "model" else [BEST_EMA_WEIGHTS]
+    return [name for name, _ in BEST_FILES[which]]
+
+
+def best_job_state(state: dict[str, Any], improved: list[str]) -> dict[str, Any]:
+    """What a job that writes only best files (``best_writes``) needs of ``state``: all of it where
+    best.pt (a whole checkpoint) is rewritten; for the EMA's best alone, its weights, so that only
+    they are copied to the host, not the model, optimizer and EMA together."""
+    if "model" in improved:
+        return state
+    return {"ema": {"weights": state["ema"]["weights"]}}
 
 
 def write_final_weights(run_folder: Path, models: dict[str, nn.Module]) -> list[Path]:

@@ -12,10 +12,12 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from .beton_format import DEFAULT_FIELDS, Fields, loader_pipelines
+from .remote_cache import CacheSettings
 
 BATCH_SIZE = 64
 SAMPLE_SEED = 0
@@ -43,24 +45,42 @@ def sample_indices(count: int, sample: int) -> np.ndarray:
     return np.sort(np.random.default_rng(SAMPLE_SEED).choice(count, sample, replace=False))
 
 
-def _epoch_rate(loader: object) -> float:
+def epoch_rate(loader: Iterable) -> float:
+    """Images per second of one pass over ``loader`` ((images, labels) batches)."""
     started = time.perf_counter()
     count = sum(len(labels) for _, labels in loader)
     return count / (time.perf_counter() - started)
 
 
+def median_epoch_rates(loaders: dict[str, Iterable], rounds: int) -> dict[str, float]:
+    """Each loader's median epoch rate over ``rounds``, side by side: a first, untimed epoch each (numba
+    compile, page cache), then they take turns, the order rotating every round."""
+    for loader in loaders.values():
+        epoch_rate(loader)
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    names = list(loaders)
+    for round_ix in range(rounds):
+        shift = round_ix % len(names)
+        for name in names[shift:] + names[:shift]:
+            rates[name].append(epoch_rate(loaders[name]))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
 def measure_decode_rates(path: str | Path, recipe: str | Path | None = None, sample: int = 1000,
-                         rounds: int = 3, fields: Fields = DEFAULT_FIELDS) -> DecodeRates:
-    """The recipe's decoder (defaults when ``recipe`` is None) against FFCV's stock one, per core."""
+                         rounds: int = 3, fields: Fields = DEFAULT_FIELDS,
+                         remote: CacheSettings = CacheSettings()) -> DecodeRates:
+    """The recipe's decoder (defaults when ``recipe`` is None) against FFCV's stock one, per core; a
+    remote dataset's stand-in reads its pages through the node cache ``remote`` bounds."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
+    from ffcv.loader import OrderOption
     from ffcv.reader import Reader
     from ffcv.transforms import RandomHorizontalFlip
 
     from .recipes import load_config
     from .decoders import RandomResizedCropDecoder
     from .loaders import DECODE_METHODS, CropSettings
+    from .remote_pages import open_loader
     from .yuv420_records import YUV420ImageField
 
     config = load_config(recipe)
@@ -74,15 +94,9 @@ def measure_decode_rates(path: str | Path, recipe: str | Path | None = None, sam
                         RandomHorizontalFlip()]}
     if isinstance(reader.handlers[fields.image], YUV420ImageField):
         del images["stock"]
-    loaders = {name: Loader(str(path), batch_size=BATCH_SIZE, num_workers=1, order=OrderOption.RANDOM,
-                            seed=SAMPLE_SEED, indices=indices, drop_last=False,
-                            pipelines=loader_pipelines(path, fields, pipeline, [IntDecoder()]))
+    loaders = {name: open_loader(path, remote, batch_size=BATCH_SIZE, num_workers=1, order=OrderOption.RANDOM,
+                                 seed=SAMPLE_SEED, indices=indices, drop_last=False,
+                                 pipelines=loader_pipelines(path, fields, pipeline, [IntDecoder()]))[0]
                for name, pipeline in images.items()}
-    for loader in loaders.values():
-        _epoch_rate(loader)  # compile and page cache: not timed
-    rates: dict[str, list[float]] = {name: [] for name in loaders}
-    for round_ix in range(rounds):
-        for name in (list(loaders) if round_ix % 2 == 0 else list(loaders)[::-1]):
-            rates[name].append(_epoch_rate(loaders[name]))
-    return DecodeRates(len(indices), res, config.data.decoder, statistics.median(rates["ours"]),
-                       statistics.median(rates["stock"]) if "stock" in rates else None)
+    rates = median_epoch_rates(loaders, rounds)
+    return DecodeRates(len(indices), res, config.data.decoder, rates["ours"], rates.get("stock"))

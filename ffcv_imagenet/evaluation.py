@@ -16,11 +16,11 @@ from torch import nn
 from . import schedule
 from .beton_format import Fields
 from .checkpointing import load_trained_weights
-from .config import ConfigError
 from .distributed import DistContext, all_reduce_sum
 from .loaders import LoaderSettings, ValLoader, build_val_loader, normalize, workers_per_rank
 from .model import autocast_for, prepare_model
-from .preflight import preflight
+from .preflight import Datasets, preflight
+from .remote_cache import CacheSettings
 
 if TYPE_CHECKING:
     from .config import Config
@@ -104,7 +104,7 @@ class Evaluator:
             self.loaders[res] = build_val_loader(
                 self.val_path, settings, res=res, crop_ratio=config.validation.crop_ratio,
                 num_samples=self.val_size, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                decoder=config.data.decoder, fields=self.fields)
+                decoder=config.data.decoder, fields=self.fields, remote=CacheSettings.of(config.data))
         return self.loaders[res]
 
     def evaluate(self, model: nn.Module, res: int | None = None) -> EvalResult:
@@ -121,15 +121,15 @@ class Evaluator:
         return rows
 
 
-def evaluate_saved(config: Config, ctx: DistContext, path: str | Path, resolutions: Sequence[int]) -> list[dict]:
+def evaluate_saved(config: Config, ctx: DistContext, path: str | Path, resolutions: Sequence[int],
+                   datasets: Datasets | None = None) -> list[dict]:
     """The separate evaluation command: saved weights at each test resolution, printed as a table.
 
-    Only the model and the val loaders are built: no optimizer, scaler or train loader.
+    Only the model and the val loaders are built: no optimizer, scaler or train loader. ``datasets``:
+    those ``preflight.check_before_torch`` already read, if any.
     """
-    datasets = preflight(config, ctx)
-    for res in resolutions:
-        if res <= 0:
-            raise ConfigError(f"--eval-res: resolutions must be positive, got {res}")
+    schedule.check_resolutions("--eval-res", resolutions)
+    datasets = preflight(config, ctx, datasets)
     model = prepare_model(config, ctx, len(datasets.classes))
     load_trained_weights(model, path, config.model.arch)
     evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)

@@ -17,9 +17,10 @@ from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, fail, interrupt_outs
                   os_error_message, world_from_env)
 from .config import ConfigError
 from .remote import dataset_argument
-from .export_files import check_resolutions, evaluate_saved
+from .export_files import evaluate_saved
 from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
 from .recipes import load_config
+from .schedule import check_resolutions
 
 PROG = "python -m ffcv_imagenet.export"
 
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 ("--dataset", args.dataset), ("--out", args.out)) if not value]
         if missing:
             parser.error(f"{', '.join(missing)} required (or --evaluate-saved DIR)")
-        check_resolutions(args.res or [])
+        check_resolutions("--res", args.res or [])
         config = load_config(args.config, overrides)
         # Imported only now: a mistake above is answered without the seconds torch and FFCV take to load.
         from .exporting import export

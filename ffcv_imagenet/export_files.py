@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,13 +29,6 @@ def resolution_folder(out: Path, res: int) -> Path:
 def partial_path(final: Path) -> Path:
     """The hidden name a file is written under until every rank has finished it."""
     return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
-
-
-def check_resolutions(resolutions: Sequence[int]) -> None:
-    for res in resolutions:
-        if res <= 0:
-            raise ConfigError(f"--res: resolutions must be positive, got {res}")
-
 
 
 def saved_folders(folder: Path) -> list[Path]:

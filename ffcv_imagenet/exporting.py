@@ -32,12 +32,13 @@ from .config import Config, ConfigError, DataConfig, to_dict
 from .decoders import CorruptRecordError
 from .distributed import DistContext, barrier, broadcast_object, init_distributed, shutdown
 from .evaluation import Evaluator, view_logits
-from .export_files import MANIFEST, check_resolutions, partial_path, resolution_folder
+from .export_files import MANIFEST, partial_path, resolution_folder
 from .fileio import atomic_write_text, check_writable_dir
 from .loaders import val_indices
 from .model import prepare_model
 from .preflight import check_precision, dataset_fields
 from .remote_cache import CacheSettings, local_view
+from .schedule import check_resolutions
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ def export_resolution(model: nn.Module, evaluator: Evaluator, plan: ExportPlan, 
 def export(config: Config, weights: Path, dataset: Path, resolutions: Sequence[int], out: Path, *,
            logits: bool, float16: bool) -> list[Path]:
     """The whole command on this rank: checks, model, one folder per resolution."""
-    check_resolutions(resolutions)
+    check_resolutions("--res", resolutions)
     try:
         dataset = Path(local_view(dataset, CacheSettings.of(config.data)))  # a URL: its local stand-in
     except ConversionError as err:

@@ -38,8 +38,8 @@ from .decoders import (FULL, REGION, RRC_RATIO, RRC_SCALE, CenterCropDecoder, Fi
 from .distributed import job_cores, ranks_on_node
 from .preflight import Datasets
 from .remote import STATS
-from .remote_cache import CacheSettings, NodeCache, is_stand_in, local_view
-from .remote_pages import read_remote_pages
+from .remote_cache import CacheSettings, NodeCache, local_view
+from .remote_pages import open_loader
 from .schedule import FIXRES, RRC, EpochPlan
 from .traversal import PageShuffleOrder, RandomOrder, RankShare, samples_by_page, steps_from
 from .yuv420_records import YUV420ImageField
@@ -259,6 +259,7 @@ class TrainLoader:
                  decoder: str = FAST, crop: CropSettings = CropSettings(), fields: Fields = DEFAULT_FIELDS,
                  remote: CacheSettings = CacheSettings()):
         self.path = local_view(path, remote)
+        self.remote = remote
         self.crop = crop
         self.fields = fields
         self.method = _decode_method(decoder)
@@ -291,13 +292,13 @@ class TrainLoader:
         settings = self.settings
         # FFCV's own orders depend on the rank count (DistributedSampler); ours do not, so FFCV
         # reads in the order given (sequential) and never shards.
-        loader = RankDeviceLoader(self.path, batch_size=settings.batch_size, num_workers=settings.num_workers,
-                                  order=OrderOption.SEQUENTIAL, os_cache=self.in_memory and not is_stand_in(self.path),
-                                  distributed=False, seed=self.seed, drop_last=True,
-                                  pipelines=loader_pipelines(self.path, self.fields,
-                                                             [decoder, *_image_tail(settings.device)],
-                                                             _label_pipeline(settings.device)))
-        self.node_cache = read_remote_pages(loader, ranks_on_node()) or self.node_cache
+        loader, node_cache = open_loader(
+            self.path, self.remote, in_memory=self.in_memory, ranks_on_node=ranks_on_node(),
+            loader_class=RankDeviceLoader, batch_size=settings.batch_size, num_workers=settings.num_workers,
+            order=OrderOption.SEQUENTIAL, distributed=False, seed=self.seed, drop_last=True,
+            pipelines=loader_pipelines(self.path, self.fields, [decoder, *_image_tail(settings.device)],
+                                       _label_pipeline(settings.device)))
+        self.node_cache = node_cache or self.node_cache
         inner = (self._page_shuffle(loader) if self.order == "quasi_random"
                  else RandomOrder(loader.indices, seed=self.seed))
         rank, world_size = self.rank_and_world_size()
@@ -456,20 +457,21 @@ class ValLoader:
 
 def build_val_loader(path: str | Path, settings: LoaderSettings, *, res: int, crop_ratio: float,
                      num_samples: int, rank: int, world_size: int, decoder: str = FAST,
-                     fields: Fields = DEFAULT_FIELDS) -> ValLoader:
+                     fields: Fields = DEFAULT_FIELDS, remote: CacheSettings = CacheSettings()) -> ValLoader:
     """Resize + center crop at ``res``, in file order, this rank's share; yields (images, labels (N, 1)).
+    A remote dataset's stand-in reads its pages through the node cache ``remote`` describes.
 
     'stock' is FFCV's own CenterCropRGBImageDecoder (it does not report corrupt records; it reads no yuv420 field).
     """
     ours = CenterCropDecoder((res, res), ratio=crop_ratio) if _decode_method(decoder) == REGION else None
     image_decoder = ours if ours is not None else CenterCropRGBImageDecoder((res, res), ratio=crop_ratio)
-    loader = RankDeviceLoader(str(path), batch_size=settings.batch_size, num_workers=settings.num_workers,
-                              order=OrderOption.SEQUENTIAL, os_cache=not is_stand_in(path), drop_last=False,
-                              indices=val_indices(num_samples, rank, world_size),
-                              pipelines=loader_pipelines(path, fields, [image_decoder, *_image_tail(settings.device)],
-                                                         _label_pipeline(settings.device)))
+    loader, _ = open_loader(path, remote, ranks_on_node=ranks_on_node(), loader_class=RankDeviceLoader,
+                            batch_size=settings.batch_size, num_workers=settings.num_workers,
+                            order=OrderOption.SEQUENTIAL, drop_last=False,
+                            indices=val_indices(num_samples, rank, world_size),
+                            pipelines=loader_pipelines(path, fields, [image_decoder, *_image_tail(settings.device)],
+                                                       _label_pipeline(settings.device)))
     if ours is None and isinstance(loader.reader.handlers[fields.image], YUV420ImageField):
         raise ConfigError(f"{path} holds yuv420 records, which FFCV's stock decoder cannot read: "
                           f"validate with data.decoder={FAST}")
-    read_remote_pages(loader, ranks_on_node())
     return ValLoader(loader, ours, str(path), settings.channels_last, settings.device)

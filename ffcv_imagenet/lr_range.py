@@ -25,13 +25,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import LR_REFERENCE_BATCH, Config, ConfigError, LRRangeConfig, to_dict
 from .distributed import DistContext, barrier, broadcast_object
 from .fileio import atomic_path, atomic_write_text, check_writable_dir
+
+if TYPE_CHECKING:
+    from .preflight import Datasets
 
 PNG_NAME = "lr_range.png"
 JSON_NAME = "lr_range.json"
@@ -183,12 +186,14 @@ def summary(record: dict[str, Any], folder: Path) -> str:
     return "\n".join(lines)
 
 
-def lr_range_test(config: Config, ctx: DistContext, out: str | Path | None = None) -> dict[str, Any]:
-    """The whole command: checks, the sweep, the PNG, JSON and printed suggestion (rank 0)."""
+def lr_range_test(config: Config, ctx: DistContext, out: str | Path | None = None,
+                  datasets: Datasets | None = None) -> dict[str, Any]:
+    """The whole command: checks, the sweep, the PNG, JSON and printed suggestion (rank 0); ``datasets``:
+    those ``preflight.check_before_torch`` already read, if any."""
     from .preflight import check_lr_range, preflight
     from .trainer import Trainer
 
-    datasets = preflight(config, ctx)
+    datasets = preflight(config, ctx, datasets)
     check_lr_range(config)
     folder = Path(out or config.logging.folder)
     refusal = None

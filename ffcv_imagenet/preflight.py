@@ -155,18 +155,22 @@ def check_dataset_fit(config: Config, datasets: Datasets, world_size: int) -> No
                           f"{len(datasets.classes)} classes (one weight per class, or [] for none)")
 
 
-def check_before_torch(config: Config, world_size: int) -> None:
+def check_before_torch(config: Config, world_size: int) -> Datasets | None:
     """The dataset checks (files, fields, labels, classes, and the recipe against them), from the files'
-    headers and metadata alone, so that a mistake answers before torch and FFCV load. Remote datasets
-    are left to ``preflight``, which reads them once FFCV is loaded."""
+    headers and metadata alone, so that a mistake answers before torch and FFCV load; the datasets read,
+    for ``preflight`` to take instead of reading them again. Remote datasets are left to ``preflight``,
+    which reads them once FFCV is loaded (None)."""
     if any(is_remote(path) for path in (config.data.train_dataset, config.data.val_dataset)):
-        return
-    check_dataset_fit(config, check_datasets(config), world_size)
-
-
-def preflight(config: Config, ctx: DistContext) -> Datasets:
-    """The datasets, once every setting is known to fit them, this launch and each other."""
+        return None
     datasets = check_datasets(config)
+    check_dataset_fit(config, datasets, world_size)
+    return datasets
+
+
+def preflight(config: Config, ctx: DistContext, datasets: Datasets | None = None) -> Datasets:
+    """The datasets, once every setting is known to fit them, this launch and each other; ``datasets``:
+    those ``check_before_torch`` already read (None: read them now)."""
+    datasets = datasets or check_datasets(config)
     check_run_settings(config, datasets, ctx.world_size, ctx.device)
     return datasets
 

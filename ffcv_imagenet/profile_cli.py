@@ -52,12 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, overrides)
         settings.check()
         check_out(args.out)
-        check_before_torch(config, world_size=1)  # the datasets against the recipe, before torch loads
+        datasets = check_before_torch(config, world_size=1)  # the datasets against the recipe, before torch loads
         # Imported only now: a mistake above answers without the seconds torch and FFCV take to load.
         from .distributed import init_distributed
         from .profiling import run_profile
         ctx = init_distributed(config.dist)
-        report = run_profile(config, ctx, settings, args.out)
+        report = run_profile(config, ctx, settings, args.out, datasets)
     except ConfigError as err:
         return fail(PROG, str(err))
     except OSError as err:  # the JSON could not be written after all (full disk, folder removed)

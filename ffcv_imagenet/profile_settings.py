@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .fileio import check_writable_dir
+from .schedule import check_resolutions
 
 DEFAULT_WARMUP_STEPS = 5  # more than FFCV's 3 prefetched batches
 DEFAULT_STEPS = 50  # at most: a window fits in one epoch
@@ -30,9 +31,7 @@ class ProfileSettings:
                                      ("--repeats", self.repeats, 1)):
             if value is not None and value < least:
                 raise ConfigError(f"{option} must be at least {least}: {value}")
-        for res in self.resolutions:
-            if res <= 0:
-                raise ConfigError(f"--res must be positive: {res}")
+        check_resolutions("--res", self.resolutions)
 
     def sized_for(self, epoch_batches: int, run_images: int, windows_per_repeat: int,
                   batch_size: int) -> ProfileSettings:

@@ -51,7 +51,7 @@ from .config import Config, ConfigError
 from .distributed import DistContext, job_cores
 from .fileio import atomic_write_text
 from .loaders import Batch, TrainLoader, build_train_loader
-from .preflight import preflight
+from .preflight import Datasets, preflight
 from .profile_settings import ProfileSettings, check_out
 from .trainer import Trainer
 
@@ -329,13 +329,15 @@ def describe_setup(config: Config, trainer: Trainer) -> dict[str, Any]:
             "ffcv": importlib.metadata.version("ffcv")}  # ffcv.__version__ is stale in 1.0.2
 
 
-def run_profile(config: Config, ctx: DistContext, settings: ProfileSettings, out: Path | None = None) -> Report:
-    """Check everything, measure every target, project the run, write ``out`` (JSON) if given."""
+def run_profile(config: Config, ctx: DistContext, settings: ProfileSettings, out: Path | None = None,
+                datasets: Datasets | None = None) -> Report:
+    """Check everything, measure every target, project the run, write ``out`` (JSON) if given; ``datasets``:
+    those ``preflight.check_before_torch`` already read, if any."""
     settings.check()
     if ctx.distributed:
         raise ConfigError("the profile runs as one process (one GPU): run it with python, not torchrun")
     check_out(out)
-    datasets = preflight(config, ctx)
+    datasets = preflight(config, ctx, datasets)
     trainer = Trainer(config, ctx, datasets)
     todo = targets(config, settings.resolutions)
     epoch_images = images_per_epoch(datasets.train_size, trainer.global_batch)

@@ -5,8 +5,10 @@ of the object's size whose header, field descriptors, metadata and allocation ta
 object's own bytes (fetched once, then found by ETag), the data pages left as holes; the sidecar,
 index and skipped report beside the object are copied beside it. Everything that reads only
 those parts (preflight, FFCV's Reader, ``inspect``'s counts) reads the stand-in as it reads a local
-file. A marker file beside it names the object, so a loader given the stand-in knows to read its
-pages from the object (``remote_pages``).
+file. A marker file beside it names the object (URL, ETag, size, page size), so a loader given the
+stand-in knows to read its pages from the object (``remote_pages``). It holds nothing of how the
+object is cached: every reader passes its own ``CacheSettings`` (a training run its recipe's,
+``inspect`` a small bound), so one command never changes another's bound.
 
 **Pages** live in one folder per cache, one file per page, bounded to ``data.remote_cache_gib`` over
 every object and every rank of the node. Each page is downloaded once per node: a rank that wants
@@ -37,7 +39,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -138,6 +140,25 @@ def is_stand_in(path: str | Path) -> bool:
     return marker_path(path).is_file()
 
 
+_OPENED: dict[str, RemoteObject] = {}  # stand-in path -> its object, opened once per process
+
+
+def stand_in_object(stand_in: str | Path) -> RemoteObject | None:
+    """The object version ``stand_in`` stands for (its marker's URL, size and ETag; no request made),
+    opened once per process: inspect reads records one ranged GET at a time; None for an ordinary
+    local file. A stand-in's path names one object version (``stand_in_folder``), so it never goes stale."""
+    opened = _OPENED.get(str(stand_in))
+    if opened is not None:
+        return opened
+    marker = marker_path(stand_in)
+    if not marker.is_file():
+        return None
+    info = json.loads(marker.read_text())
+    opened = RemoteObject(info["url"], open_store(info["url"]), split_url(info["url"])[2], info["size"], info["etag"])
+    _OPENED[str(stand_in)] = opened
+    return opened
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock between the node's processes (and threads: each call opens its own file)."""
@@ -159,17 +180,16 @@ def local_view(path: str | Path, settings: CacheSettings) -> str:
     remote = RemoteObject.open(url)
     stand_in = stand_in_folder(settings, url, remote.etag) / url.rsplit("/", 1)[1]
     marker = marker_path(stand_in)
-    if not marker.is_file() or json.loads(marker.read_text())["settings"] != asdict(settings):
+    if not marker.is_file():
         with file_lock(stand_in.parent / ".lock"):  # the node's other ranks wait, then find it made
             if not marker.is_file():
                 page_size = _write_stand_in(remote, stand_in, settings)
-            else:  # the same object read with other cache settings (a new recipe, inspect)
-                page_size = json.loads(marker.read_text())["page_size"]
-            info = {"url": remote.url, "etag": remote.etag, "size": remote.size, "page_size": page_size,
-                    "settings": asdict(settings)}
-            temp = marker.with_name(marker.name + TEMP)
-            temp.write_text(json.dumps(info))
-            os.replace(temp, marker)
+                # What describes the object, nothing of how it is cached: every reader passes its own
+                # CacheSettings (an inspect with a 1 GiB bound must not change a training run's).
+                info = {"url": remote.url, "etag": remote.etag, "size": remote.size, "page_size": page_size}
+                temp = marker.with_name(marker.name + TEMP)
+                temp.write_text(json.dumps(info))
+                os.replace(temp, marker)
     return str(stand_in)
 
 
@@ -247,10 +267,10 @@ def stored_record_bytes(reader: Any, index: int, fields: Fields = DEFAULT_FIELDS
 def stored_range(reader: Any, offset: int, size: int) -> np.ndarray:
     """``size`` bytes of ``reader``'s file from ``offset``: read locally, or for a remote dataset's
     stand-in (which holds no record bytes) from the object by one ranged GET."""
-    cache = NodeCache.for_stand_in(reader.file_name)
-    if cache is None:
+    remote = stand_in_object(reader.file_name)
+    if remote is None:
         return np.fromfile(reader.file_name, dtype=np.uint8, count=size, offset=offset)
-    return np.frombuffer(cache.remote.read(offset, offset + size, f"GET bytes {offset}-{offset + size}"),
+    return np.frombuffer(remote.read(offset, offset + size, f"GET bytes {offset}-{offset + size}"),
                          dtype=np.uint8)
 
 
@@ -284,15 +304,13 @@ class NodeCache:
         self.check_room()
 
     @classmethod
-    def for_stand_in(cls, stand_in: str | Path) -> NodeCache | None:
-        """The cache of the object ``stand_in`` stands for; None for an ordinary local file."""
-        marker = marker_path(stand_in)
-        if not marker.is_file():
+    def for_stand_in(cls, stand_in: str | Path, settings: CacheSettings) -> NodeCache | None:
+        """The cache, bounded as ``settings`` say, of the object ``stand_in`` stands for; None for an
+        ordinary local file."""
+        remote = stand_in_object(stand_in)
+        if remote is None:
             return None
-        info = json.loads(marker.read_text())
-        remote = RemoteObject(info["url"], open_store(info["url"]), split_url(info["url"])[2], info["size"],
-                              info["etag"])
-        return cls(remote, info["page_size"], CacheSettings(**info["settings"]), str(stand_in))
+        return cls(remote, json.loads(marker_path(stand_in).read_text())["page_size"], settings, str(stand_in))
 
     def check_room(self) -> None:
         """The bound must hold a few pages per request in flight, and fit on the disk."""

@@ -19,15 +19,16 @@ from __future__ import annotations
 import bisect
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from queue import Queue
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from ffcv.loader import Loader
 from ffcv.memory_managers.process_cache import ProcessCacheContext, ProcessCacheManager
 from ffcv.memory_managers.process_cache.schedule import ScheduleExecutor, compute_schedule
 
-from .remote_cache import INFINITY, NodeCache
+from .remote_cache import INFINITY, CacheSettings, NodeCache, is_stand_in
 
 
 class EpochPages:
@@ -195,11 +196,21 @@ class RemotePageManager(ProcessCacheManager):
         return RemoteCacheContext(self, batches)
 
 
-def read_remote_pages(loader: Loader, ranks_on_node: int = 1) -> NodeCache | None:
+def read_remote_pages(loader: Loader, settings: CacheSettings, ranks_on_node: int = 1) -> NodeCache | None:
     """Make ``loader`` (built with ``os_cache=False``) read its pages from the object its file stands
-    for, if it is a stand-in (``remote_cache.local_view``); the node cache, or None for a local file.
-    ``ranks_on_node`` share the cache."""
-    cache = NodeCache.for_stand_in(loader.fname)
+    for, if it is a stand-in (``remote_cache.local_view``), through the node cache ``settings`` bound;
+    the node cache, or None for a local file. ``ranks_on_node`` share the cache."""
+    cache = NodeCache.for_stand_in(loader.fname, settings)
     if cache is not None:
         loader.memory_manager = RemotePageManager(loader.reader, cache, ranks_on_node)
     return cache
+
+
+def open_loader(path: str | Path, remote: CacheSettings, *, in_memory: bool = True, ranks_on_node: int = 1,
+                loader_class: type[Loader] = Loader, **options: Any) -> tuple[Loader, NodeCache | None]:
+    """FFCV's ``loader_class`` over ``path`` (``options``: its other arguments) and the node cache its
+    pages come from. A local file is read through the OS page cache (``in_memory``) or FFCV's process
+    cache; a remote dataset's stand-in always through the process cache, whose pages are fetched from
+    the object into the node cache that ``remote`` bounds, shared by ``ranks_on_node`` (None: a local file)."""
+    loader = loader_class(str(path), os_cache=in_memory and not is_stand_in(path), **options)
+    return loader, read_remote_pages(loader, remote, ranks_on_node)

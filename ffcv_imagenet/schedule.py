@@ -102,6 +102,13 @@ def validate(cfg: ResolutionConfig, epochs: int) -> None:
              f"resolution.fixres_res {cfg.fixres_res} is below the main phase's {largest}: FixRes trains higher")
 
 
+def check_resolutions(option: str, resolutions: Sequence[int]) -> None:
+    """Resolutions asked for on a command line (``--eval-res``, ``--res``): each positive, naming the option."""
+    for res in resolutions:
+        if res <= 0:
+            raise ConfigError(f"{option}: resolutions must be positive, got {res}")
+
+
 def phases(plans: Sequence[EpochPlan]) -> list[tuple[int, int, int, str]]:
     """Consecutive epochs with the same resolution and crop mode: (first, last, res, mode)."""
     rows: list[tuple[int, int, int, str]] = []

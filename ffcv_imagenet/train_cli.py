@@ -16,7 +16,7 @@ from . import schedule
 from .cli import (EXIT_ERROR, EXIT_IO_ERROR, OneLineParser, fail, interrupt_outside_native_callbacks, interrupted,
                   os_error_message, world_from_env)
 from .config import Config, ConfigError
-from .preflight import check_before_torch, check_lr_range
+from .preflight import Datasets, check_before_torch, check_lr_range
 from .recipe_options import add_recipe_options, answer_recipe_questions, split_overrides
 from .recipes import load_config, recipe_text, translation_notes
 
@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank, _, world_size = world_from_env()
     speaks = rank == 0  # every rank checks the same recipe: one copy of an error is enough
     try:
+        schedule.check_resolutions("--eval-res", args.eval_res or [])
         config = load_config(args.config, overrides)
         schedule.validate(config.resolution, config.training.epochs)
         if args.print_schedule:
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes = translation_notes(args.config)
         if notes and speaks:  # an ffcv-imagenet config: say what it became (saved in full as recipe.yaml)
             print(recipe_text(config, notes, full=False), flush=True)
-        check_before_torch(config, world_size)  # the datasets' headers against the recipe, before torch loads
+        datasets = check_before_torch(config, world_size)  # the datasets' headers against the recipe, before torch
         if args.lr_range_test:
             check_lr_range(config)
     except ConfigError as err:
@@ -77,15 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     interrupt_outside_native_callbacks()
     try:
-        return run(args, config, speaks, world_size)
+        return run(args, config, speaks, world_size, datasets)
     except KeyboardInterrupt:  # also during numba's compile (cli.interrupt_outside_native_callbacks)
         kept = "" if args.evaluate or args.lr_range_test else (
             f"; {config.logging.folder} keeps its last checkpoint, if one was written (the same command resumes)")
         return interrupted(PROG, f"interrupted{kept}", speaks)
 
 
-def run(args: argparse.Namespace, config: Config, speaks: bool, world_size: int) -> int:
-    """Training, --evaluate or --lr-range-test on this rank; the exit code."""
+def run(args: argparse.Namespace, config: Config, speaks: bool, world_size: int,
+        datasets: Datasets | None = None) -> int:
+    """Training, --evaluate or --lr-range-test on this rank; the exit code. ``datasets``: what
+    ``check_before_torch`` read (None for remote ones: ``preflight`` reads them)."""
     # Imported only now: --help and recipe mistakes answer in a fraction of a second, without the
     # seconds that loading torch and FFCV (which compiles numba code at import) take.
     from .distributed import init_distributed, shutdown
@@ -101,12 +104,12 @@ def run(args: argparse.Namespace, config: Config, speaks: bool, world_size: int)
     try:
         if args.evaluate:
             resolutions = args.eval_res or config.validation.resolutions or [config.validation.resolution]
-            evaluate_saved(config, ctx, args.evaluate, resolutions)
+            evaluate_saved(config, ctx, args.evaluate, resolutions, datasets)
         elif args.lr_range_test:
             from .lr_range import lr_range_test
-            lr_range_test(config, ctx, args.out)
+            lr_range_test(config, ctx, args.out, datasets)
         else:
-            train(config, ctx, resume=args.resume)
+            train(config, ctx, resume=args.resume, datasets=datasets)
     except ConfigError as err:
         return fail(PROG, str(err), EXIT_ERROR, speaks)
     except CorruptRecordError as err:  # the dataset, not the run: every rank that meets it says so

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from . import checkpointing, schedule
 from .cli import EXIT_DIVERGED, EXIT_PREEMPTED
 from .config import Config, ConfigError, to_dict
+from .dataset_identity import check_same_train_dataset, dataset_identity
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object
 from .evaluation import EvalResult, Evaluator, resolution_table
 from .loaders import LoaderSettings, build_train_loader, host_buffer_bytes, normalize, workers_per_rank
@@ -98,6 +99,7 @@ class Trainer:
                                               num_workers=workers_per_rank(config.data.num_workers),
                                               device=ctx.device, channels_last=config.training.channels_last)
         self.train_loader = build_train_loader(config, self.loader_settings, datasets, distributed=ctx.distributed)
+        self.train_identity = dataset_identity(datasets.train_path)  # kept in checkpoints: a resume checks it
         self.checkpoints = checkpointing.CheckpointWriter()
         self.last_save = time.monotonic()
         self.evaluator = Evaluator(config, ctx, datasets.val_path, datasets.val_size, datasets.val_fields)
@@ -110,7 +112,8 @@ class Trainer:
                 "world_size": self.ctx.world_size, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "rng": checkpointing.rng_states(self.ctx.device), "best": self.best}
+                "rng": checkpointing.rng_states(self.ctx.device), "best": self.best,
+                "train_dataset": self.train_identity}
 
     def save(self, then: Callable[[], None] | None = None, background: bool = False,
              before: Sequence[checkpointing.Write] = ()) -> None:
@@ -129,6 +132,7 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         state = checkpointing.load_checkpoint(path)
         checkpointing.check_resumable(state, self.config, path)
+        check_same_train_dataset(state.get("train_dataset"), self.train_identity, self.config.data.train_dataset, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -397,7 +401,8 @@ class Trainer:
         if record["checkpoint"]:
             self.save(then=log_epoch, background=True, before=best_files)
         elif best_files and self.ctx.is_main:
-            self.checkpoints.submit_job(best_files, self._state(), then=log_epoch)
+            self.checkpoints.submit_job(best_files, checkpointing.best_job_state(self._state(), improved),
+                                        then=log_epoch)
         else:
             self.checkpoints.wait()  # the previous epoch's line first
             log_epoch()
@@ -423,9 +428,10 @@ class Trainer:
         barrier(self.ctx)
 
 
-def train(config: Config, ctx: DistContext, resume: str | None = None) -> None:
-    """Check everything, then train (resuming if there is a checkpoint) and save the final weights."""
-    datasets = preflight(config, ctx)
+def train(config: Config, ctx: DistContext, resume: str | None = None, datasets: Datasets | None = None) -> None:
+    """Check everything, then train (resuming if there is a checkpoint) and save the final weights;
+    ``datasets``: those ``preflight.check_before_torch`` already read, if any."""
+    datasets = preflight(config, ctx, datasets)
     # Rank 0 decides and tells the others, so a refusal stops every rank instead of leaving them waiting.
     outcome: tuple[Path | None, str | None] = (None, None)
     if ctx.is_main:

@@ -48,16 +48,3 @@ def tiny_run(demo_betons: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     result = run(train_command(overrides))
     assert result.returncode == 0, explain(result)
     return folder, overrides
-
-
-@pytest.fixture(scope="session")
-def s3_server():
-    """The local S3 server (tests/s3_server.py), one per test process: moto keeps its buckets and users
-    in process-wide state, so a second server in the same process could not be set up again."""
-    from s3_server import S3Server
-
-    server = S3Server()
-    server.start()
-    server.setup()
-    yield server
-    server.stop()

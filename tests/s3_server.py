@@ -26,20 +26,26 @@ def free_port() -> int:
 
 
 class CountingApp:
-    """The moto WSGI app, counting (method, path, has Range header) per request."""
+    """The moto WSGI app, counting (method, path, has Range header) per request, and each ranged
+    GET by (path, Range header)."""
 
     def __init__(self, app: Callable):
         self.app = app
         self.counts: collections.Counter = collections.Counter()
+        self.ranges: collections.Counter = collections.Counter()
         self.lock = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         with self.lock:
             self.counts[(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), "HTTP_RANGE" in environ)] += 1
+            if environ["REQUEST_METHOD"] == "GET" and "HTTP_RANGE" in environ:
+                self.ranges[(environ.get("PATH_INFO", ""), environ["HTTP_RANGE"])] += 1
         return self.app(environ, start_response)
 
 
 class S3Server:
+    process_keys: dict[str, str] = {}  # the trainer user's keys, once this process has made them
+
     def __init__(self) -> None:
         from moto.server import DomainDispatcherApplication, create_backend_app
 
@@ -66,11 +72,16 @@ class S3Server:
         self.thread.join()
 
     def setup(self) -> None:
-        """A user with every S3 right and its keys, the bucket, then authentication on for every request."""
+        """A user with every S3 right and its keys, the bucket, then authentication on for every request.
+        moto's accounts, buckets and authentication switch live in the process, not in one server: a
+        second server of the same pytest process (another test file's) finds them made, and reuses them."""
         import boto3
         from moto import settings
         from moto.core import authorization
 
+        if S3Server.process_keys:
+            self.keys = S3Server.process_keys
+            return
         iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id="setup",
                            aws_secret_access_key="setup")
         iam.create_user(UserName="trainer")
@@ -79,6 +90,7 @@ class S3Server:
         self.keys = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
         self.client().create_bucket(Bucket=BUCKET)
         settings.INITIAL_NO_AUTH_ACTION_COUNT = authorization.ActionAuthenticatorMixin.request_count
+        S3Server.process_keys = self.keys
 
     def environment(self) -> dict[str, str]:
         """What a process needs to reach this server through obstore, as a real bucket."""
@@ -96,6 +108,12 @@ class S3Server:
             return sum(n for (method, path, ranged), n in self.app.counts.items()
                        if method == "GET" and ranged and path == f"/{BUCKET}/{key}")
 
+    def gets_by_range(self, key: str) -> dict[str, int]:
+        """Ranged GETs of ``key`` per Range header ("bytes=START-END", END inclusive)."""
+        with self.app.lock:
+            return {byte_range: n for (path, byte_range), n in self.app.ranges.items() if path == f"/{BUCKET}/{key}"}
+
     def reset_counts(self) -> None:
         with self.app.lock:
             self.app.counts.clear()
+            self.app.ranges.clear()

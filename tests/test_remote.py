@@ -1,8 +1,7 @@
 """Datasets in an object store, against a local S3 server (moto's server mode, tests/s3_server.py)
-reached over HTTP through obstore as a real bucket is: one server per process (conftest), one upload per module."""
+reached over HTTP through obstore as a real bucket is: one server and one upload per module."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -12,57 +11,17 @@ import numpy as np
 import pytest
 import torch
 from helpers import REPO, epoch_records, explain, interrupt_after_epochs, run, tiny_overrides, train_command
-from s3_server import BUCKET, S3Server
+from remote_fixtures import PAGE, pages_of, paged_betons, s3, urls  # noqa: F401  (fixtures)
+from s3_server import BUCKET
 
 from ffcv_imagenet.cli import EXIT_PREEMPTED
 from ffcv_imagenet.remote import STATS, RemoteChanged, RemoteError
 from ffcv_imagenet.remote_cache import CacheSettings, NodeCache, local_view
 from ffcv_imagenet.checkpointing import FINAL_WEIGHTS
 
-PAGE = 2 ** 21  # FFCV's smallest page: the test file has several
 
-
-@pytest.fixture(scope="module")
-def s3(s3_server: S3Server) -> S3Server:
-    saved = {key: os.environ.get(key) for key in s3_server.environment()}
-    os.environ.update(s3_server.environment())  # this process and the runs it starts
-    yield s3_server
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
-def paged_betons(demo_root: Path, demo_betons: dict[str, Path], tmp_path_factory) -> dict[str, Path]:
-    """The demo train set stored raw in 2 MiB pages (several pages), and the demo val set."""
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
-    from torchvision.datasets import ImageFolder
-
-    train = tmp_path_factory.mktemp("paged") / "train.beton"
-    fields = {"image": RGBImageField(write_mode="raw", max_resolution=160), "label": IntField()}
-    DatasetWriter(str(train), fields, page_size=PAGE, num_workers=2).from_indexed_dataset(
-        ImageFolder(str(demo_root / "train")))
-    return {"train": train, "val": demo_betons["val"]}
-
-
-@pytest.fixture(scope="module")
-def urls(s3: S3Server, paged_betons: dict[str, Path]) -> dict[str, str]:
-    client = s3.client()
-    for name, path in paged_betons.items():
-        for file in [path, *path.parent.glob(path.name + ".*")]:
-            client.upload_file(str(file), BUCKET, f"demo/{file.name}")
-    return {name: f"s3://{BUCKET}/demo/{path.name}" for name, path in paged_betons.items()}
-
-
-def pages_of(path: Path) -> int:
-    return -(-path.stat().st_size // PAGE)
-
-
-def read_every_page(stand_in: str, out_pages: list | None = None) -> NodeCache:
-    cache = NodeCache.for_stand_in(stand_in)
+def read_every_page(stand_in: str, settings: CacheSettings, out_pages: list | None = None) -> NodeCache:
+    cache = NodeCache.for_stand_in(stand_in, settings)
     buffer = np.zeros(cache.page_size, dtype=np.uint8)
     for page in range(-(-cache.remote.size // cache.page_size)):
         cache.read_into(page, buffer, lambda name: float("inf"))
@@ -75,7 +34,7 @@ def test_pages_read_from_the_store_are_the_file_s_bytes(urls, paged_betons, tmp_
     settings = CacheSettings(str(tmp_path), gib=1.0, requests=2)
     stand_in = local_view(urls["train"], settings)
     pages: list[np.ndarray] = []
-    read_every_page(stand_in, pages)
+    read_every_page(stand_in, settings, pages)
     assert np.concatenate(pages).tobytes() == paged_betons["train"].read_bytes()
     assert Path(stand_in + ".remote.json").is_file()
     assert local_view(urls["train"], settings) == stand_in  # found again by its ETag
@@ -103,8 +62,9 @@ def test_an_object_replaced_during_a_run_is_refused(s3, paged_betons, tmp_path: 
     client = s3.client()
     key = "replaced/train.beton"
     client.upload_file(str(paged_betons["train"]), BUCKET, key)
-    stand_in = local_view(f"s3://{BUCKET}/{key}", CacheSettings(str(tmp_path), gib=1.0, requests=2))
-    cache = NodeCache.for_stand_in(stand_in)
+    settings = CacheSettings(str(tmp_path), gib=1.0, requests=2)
+    stand_in = local_view(f"s3://{BUCKET}/{key}", settings)
+    cache = NodeCache.for_stand_in(stand_in, settings)
     buffer = np.zeros(cache.page_size, dtype=np.uint8)
     cache.read_into(0, buffer, lambda name: float("inf"))
     client.put_object(Bucket=BUCKET, Key=key, Body=paged_betons["train"].read_bytes()[::-1])
@@ -119,8 +79,9 @@ def test_the_cache_stays_within_its_bound(urls, paged_betons, tmp_path: Path) ->
     requests = 1
     bound = (requests + 2) * PAGE  # the smallest bound allowed: fewer pages than the file has
     assert pages > requests + 2
-    stand_in = local_view(urls["train"], CacheSettings(str(tmp_path), gib=bound / 2 ** 30, requests=requests))
-    cache = NodeCache.for_stand_in(stand_in)
+    settings = CacheSettings(str(tmp_path), gib=bound / 2 ** 30, requests=requests)
+    stand_in = local_view(urls["train"], settings)
+    cache = NodeCache.for_stand_in(stand_in, settings)
     buffer = np.zeros(cache.page_size, dtype=np.uint8)
     for page in [*range(pages), *range(pages)]:
         cache.read_into(page, buffer, lambda name: float("inf"))
@@ -128,15 +89,16 @@ def test_the_cache_stays_within_its_bound(urls, paged_betons, tmp_path: Path) ->
 
 
 def test_a_bound_larger_than_the_disk_is_one_line(urls, tmp_path: Path) -> None:
-    stand_in = local_view(urls["train"], CacheSettings(str(tmp_path), gib=1e6))
+    settings = CacheSettings(str(tmp_path), gib=1e6)
+    stand_in = local_view(urls["train"], settings)
     with pytest.raises(RemoteError, match="is more than the .* GiB free"):
-        NodeCache.for_stand_in(stand_in)
+        NodeCache.for_stand_in(stand_in, settings)
 
 
 READ_EVERY_PAGE = """
 import sys, numpy as np
-from ffcv_imagenet.remote_cache import NodeCache
-cache = NodeCache.for_stand_in(sys.argv[1])
+from ffcv_imagenet.remote_cache import CacheSettings, NodeCache
+cache = NodeCache.for_stand_in(sys.argv[1], CacheSettings(sys.argv[2], gib=1.0, requests=2))
 buffer = np.zeros(cache.page_size, dtype=np.uint8)
 for page in range(-(-cache.remote.size // cache.page_size)):
     cache.read_into(page, buffer, lambda name: float("inf"))
@@ -146,20 +108,22 @@ for page in range(-(-cache.remote.size // cache.page_size)):
 def test_two_processes_on_one_node_fetch_each_page_once(s3, urls, paged_betons, tmp_path: Path) -> None:
     stand_in = local_view(urls["train"], CacheSettings(str(tmp_path), gib=1.0, requests=2))
     s3.reset_counts()
-    ranks = [subprocess.Popen([sys.executable, "-c", READ_EVERY_PAGE, stand_in], cwd=REPO) for _ in range(2)]
+    ranks = [subprocess.Popen([sys.executable, "-c", READ_EVERY_PAGE, stand_in, str(tmp_path)], cwd=REPO)
+             for _ in range(2)]
     assert [rank.wait(120) for rank in ranks] == [0, 0]
     assert s3.ranged_gets("demo/train.beton") == pages_of(paged_betons["train"])
 
 
 def test_a_server_stopped_and_restarted_is_retried_and_the_read_finishes(s3, urls, paged_betons,
                                                                            tmp_path: Path) -> None:
-    stand_in = local_view(urls["train"], CacheSettings(str(tmp_path), gib=1.0, requests=2))
+    settings = CacheSettings(str(tmp_path), gib=1.0, requests=2)
+    stand_in = local_view(urls["train"], settings)
     retries = STATS.retries
     s3.stop()
     restart = threading.Timer(1.5, s3.start)
     restart.start()
     pages: list[np.ndarray] = []
-    read_every_page(stand_in, pages)
+    read_every_page(stand_in, settings, pages)
     restart.join()
     assert STATS.retries > retries
     assert np.concatenate(pages).tobytes() == paged_betons["train"].read_bytes()
@@ -252,9 +216,10 @@ def test_a_loader_whose_object_is_replaced_raises_the_one_line_error_instead_of_
 
     key = "replaced-in-loader/val.beton"
     s3.client().upload_file(str(paged_betons["val"]), BUCKET, key)
-    stand_in = local_view(f"s3://{BUCKET}/{key}", CacheSettings(str(tmp_path), gib=0.25, requests=2))
+    settings = CacheSettings(str(tmp_path), gib=0.25, requests=2)
+    stand_in = local_view(f"s3://{BUCKET}/{key}", settings)
     loader = build_val_loader(stand_in, LoaderSettings(batch_size=8, num_workers=1, device=torch.device("cpu")),
-                              res=32, crop_ratio=0.875, num_samples=42, rank=0, world_size=1)
+                              res=32, crop_ratio=0.875, num_samples=42, rank=0, world_size=1, remote=settings)
     s3.client().put_object(Bucket=BUCKET, Key=key, Body=b"another object")
     with pytest.raises(RemoteChanged, match="replaced during the run"):
         for _ in loader:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ffcv.reader import Reader
+from remote_fixtures import PAGE, s3  # noqa: F401 - the S3 server fixture
 from s3_server import BUCKET
-from test_remote import PAGE, s3  # noqa: F401 - the module's S3 server fixture
 
 from ffcv_imagenet.remote_cache import CacheSettings, NodeCache, local_view
 from ffcv_imagenet.remote_pages import RemotePageManager
@@ -53,9 +53,9 @@ def test_quasi_random_fetches_each_page_once_per_epoch_with_a_cache_of_a_quarter
     requests = 1
     bound_pages = requests + 2  # the smallest bound allowed: a quarter of the file
     assert bound_pages * 4 <= PAGES
-    stand_in = local_view(counted_url, CacheSettings(str(tmp_path), gib=bound_pages * PAGE / 2 ** 30,
-                                                     requests=requests))
-    cache = NodeCache.for_stand_in(stand_in)
+    settings = CacheSettings(str(tmp_path), gib=bound_pages * PAGE / 2 ** 30, requests=requests)
+    stand_in = local_view(counted_url, settings)
+    cache = NodeCache.for_stand_in(stand_in, settings)
     reader = Reader(stand_in)
     manager = RemotePageManager(reader, cache, ranks_on_node=1)
     pages = samples_by_page(manager.page_to_samples, np.arange(reader.num_samples))

@@ -12,7 +12,7 @@ from ..beton_format import (DEFAULT_FIELDS, JPEG_MODE, ConversionError, Fields, 
                            load_sidecar, open_beton, read_index, record_bytes, sidecar_path, stored_bytes_by_field)
 from .jpeg_passthrough import chroma_sampling, estimated_quality, passthrough_mode, read_jpeg_header
 from ..yuv420_records import YUV420_MODE, YUV420ImageField, decode_yuv420
-from ..remote_cache import stored_range, stored_record_bytes
+from ..remote_cache import CacheSettings, stored_range, stored_record_bytes
 
 SAMPLES_TO_DECODE = 8
 DECODE_SIDE = 64
@@ -48,9 +48,10 @@ def spread_indices(count: int, wanted: int = SAMPLES_TO_DECODE) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, count - 1, num=min(wanted, count))})
 
 
-def decode_samples(path: str | Path, indices: list[int],
-                   fields: Fields = DEFAULT_FIELDS) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``indices`` through FFCV's Loader, the path training takes: (images NxSxSx3, labels N).
+def decode_samples(reader: Reader, indices: list[int], fields: Fields = DEFAULT_FIELDS,
+                   remote: CacheSettings = CacheSettings()) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``indices`` of the file ``reader`` has open (``open_beton``) through FFCV's Loader, the path
+    training takes: (images NxSxSx3, labels N).
 
     Records differ in size, so each is decoded as its full centre square resized
     to DECODE_SIDE: every byte of the image is decoded, the output is uniform. FFCV has no decoder for a
@@ -59,26 +60,23 @@ def decode_samples(path: str | Path, indices: list[int],
     """
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
+    from ffcv.loader import OrderOption
 
-    from ..remote_cache import is_stand_in
-    from ..remote_pages import read_remote_pages
+    from ..remote_pages import open_loader
 
-    reader = open_beton(path, fields)
+    path = reader.file_name
     if isinstance(reader.handlers[fields.image], YUV420ImageField):
-        loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
-                        indices=indices, os_cache=not is_stand_in(path),
-                        pipelines={**{name: None for name in reader.field_names}, fields.label: [IntDecoder()]})
-        read_remote_pages(loader)
+        loader, _ = open_loader(path, remote, batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
+                                indices=indices,
+                                pipelines={**{name: None for name in reader.field_names}, fields.label: [IntDecoder()]})
         (label_batch,) = next(iter(loader))
         images = [centre_square(read_image(reader, index, fields), DECODE_SIDE) for index in indices]
         return np.stack(images), np.asarray(label_batch[:, 0]).astype(np.int64)
-    loader = Loader(str(path), batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
-                    indices=indices, os_cache=not is_stand_in(path),
-                    pipelines=loader_pipelines(path, fields,
-                                               [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
-                                               [IntDecoder()]))
-    read_remote_pages(loader)  # a remote dataset's stand-in: pages through the node cache
+    loader, _ = open_loader(path, remote, batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
+                            indices=indices,
+                            pipelines=loader_pipelines(path, fields,
+                                                       [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
+                                                       [IntDecoder()]))
     images, label_batch = next(iter(loader))
     return np.asarray(images), np.asarray(label_batch[:, 0]).astype(np.int64)
 
@@ -215,9 +213,11 @@ def passthrough_setting(path: Path) -> str:
 
 
 def report(path: str | Path, fields: Fields = DEFAULT_FIELDS, decode_rate: bool = False,
-           recipe: str | Path | None = None, decode_sample: int = 1000) -> str:
+           recipe: str | Path | None = None, decode_sample: int = 1000,
+           remote: CacheSettings = CacheSettings()) -> str:
     """What ``inspect`` prints; raises ConversionError if the file is not a sound conversion. With
-    ``decode_rate``, also the measured per-core decode rate (decode_rate: ``recipe``'s decoder against FFCV's)."""
+    ``decode_rate``, also the measured per-core decode rate (decode_rate: ``recipe``'s decoder against FFCV's).
+    A remote dataset's stand-in reads its pages through the node cache ``remote`` describes."""
     path = Path(path)
     reader = open_beton(path, fields)
     count = int(reader.num_samples)
@@ -233,7 +233,7 @@ def report(path: str | Path, fields: Fields = DEFAULT_FIELDS, decode_rate: bool 
     full_size = [read_image(reader, index, fields) for index in indices]
     lines.append(f"decoded {len(full_size)} records at their stored size through FFCV's reader: "
                  + ", ".join(f"#{index} {image.shape[1]}x{image.shape[0]}" for index, image in zip(indices, full_size)))
-    images, decoded_labels = decode_samples(path, indices, fields)
+    images, decoded_labels = decode_samples(reader, indices, fields, remote)
     if decoded_labels.tolist() != label_values[indices].tolist():
         raise ConversionError(f"{path}: labels read through FFCV's Loader differ from its metadata")
     lines.append(f"and through FFCV's Loader (centre {DECODE_SIDE} px), record: label, mean pixel:")
@@ -242,5 +242,5 @@ def report(path: str | Path, fields: Fields = DEFAULT_FIELDS, decode_rate: bool 
     if decode_rate:
         from ..decode_rate import measure_decode_rates
 
-        lines.append(str(measure_decode_rates(path, recipe, decode_sample, fields=fields)))
+        lines.append(str(measure_decode_rates(path, recipe, decode_sample, fields=fields, remote=remote)))
     return "\n".join(lines)

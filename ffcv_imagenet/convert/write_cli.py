@@ -136,11 +136,12 @@ def run(args: argparse.Namespace) -> None:
         from ..remote_cache import CacheSettings, local_view
         if args.decode_sample < 1:
             raise ValueError(f"--decode-sample must be positive: {args.decode_sample}")
-        beton = local_view(args.beton, CacheSettings(gib=1.0))  # a URL: its stand-in; a few pages read
+        remote = CacheSettings(gib=1.0)  # a few pages read: a small bound on the node cache
+        beton = local_view(args.beton, remote)  # a URL: its stand-in
         from .inspection import report as inspection_report  # imports FFCV's loader: only when needed
         fields = Fields(args.image_field, args.label_field)
         print(inspection_report(beton, fields, decode_rate=args.decode_rate, recipe=args.config,
-                                decode_sample=args.decode_sample), flush=True)
+                                decode_sample=args.decode_sample, remote=remote), flush=True)
     elif args.command == "adopt":
         from .adoption import adopt, adoption_line  # imports FFCV: only when needed
         sidecar = adopt(args.beton, args.classes_from, Fields(args.image_field, args.label_field))

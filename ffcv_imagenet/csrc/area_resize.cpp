@@ -218,8 +218,33 @@ void fill_taps(AxisTaps &axis, int source_size, int output_size) {
     }
 }
 
-thread_local AxisTaps x_taps, y_taps;
+// The last few axes' taps, per (source, output) size, per thread: a yuv420 record's two chroma planes share
+// theirs, a validation set's centre crops and a conversion's photos repeat sizes; filled in turn.
+struct CachedTaps {
+    int source_size = -1, output_size = -1;
+    AxisTaps taps;
+};
+constexpr int kCachedAxes = 8;
+thread_local CachedTaps cached_axes[kCachedAxes];
+thread_local int next_cached_axis = 0;
+
+// The taps of one axis, from the cache or filled into its next entry, never into `keep`'s (the other
+// axis's taps of the same shrink, still in use).
+const AxisTaps &taps_for(int source_size, int output_size, const AxisTaps *keep = nullptr) {
+    for (const CachedTaps &entry : cached_axes) {
+        if (entry.source_size == source_size && entry.output_size == output_size) return entry.taps;
+    }
+    if (&cached_axes[next_cached_axis].taps == keep) next_cached_axis = (next_cached_axis + 1) % kCachedAxes;
+    CachedTaps &entry = cached_axes[next_cached_axis];
+    next_cached_axis = (next_cached_axis + 1) % kCachedAxes;
+    fill_taps(entry.taps, source_size, output_size);
+    entry.source_size = source_size;
+    entry.output_size = output_size;
+    return entry.taps;
+}
+
 thread_local std::vector<uint8_t> down_rows, down_columns, across_columns;
+thread_local std::vector<uint32_t> long_sums;  // sum_down's row sums for taps beyond the unrolled ones
 
 template <int Taps>
 void weighted_rows(const uint8_t *row, size_t stride, const uint16_t *weights, size_t length, uint8_t *__restrict out) {
@@ -248,7 +273,8 @@ void sum_down(const uint8_t *source, size_t stride, const AxisTaps &axis, int ou
             case 3: weighted_rows<3>(row, stride, weights, length, to); break;
             case 4: weighted_rows<4>(row, stride, weights, length, to); break;
             default: {  // a shrink by 3x or more: not the decoders' after their box average
-                std::vector<uint32_t> sums(length, kUnit / 2);
+                uint32_t *sums = sized(long_sums, length);
+                std::fill(sums, sums + length, static_cast<uint32_t>(kUnit / 2));
                 for (int t = 0; t < axis.taps; t++)
                     for (size_t i = 0; i < length; i++) sums[i] += weights[t] * row[t * stride + i];
                 for (size_t i = 0; i < length; i++) to[i] = static_cast<uint8_t>(sums[i] >> kWeightBits);
@@ -295,8 +321,8 @@ template <int Channels>
 int area_shrink_fast_planes(const uint8_t *source, int height, int width, size_t source_stride, uint8_t *out,
                             int out_height, int out_width) {
     if (out_height < 1 || out_width < 1 || out_height > height || out_width > width) return kNotAShrink;
-    fill_taps(x_taps, width, out_width);
-    fill_taps(y_taps, height, out_height);
+    const AxisTaps &x_taps = taps_for(width, out_width);
+    const AxisTaps &y_taps = taps_for(height, out_height, &x_taps);
     const size_t row_length = static_cast<size_t>(width) * Channels;
     const size_t column_length = static_cast<size_t>(out_height) * Channels;
     uint8_t *down = sized(down_rows, static_cast<size_t>(out_height) * row_length);

@@ -90,10 +90,9 @@ void resize_fast(const cv::Mat &window, cv::Mat &out) {
         shrunk.copyTo(out);
         return;
     }
+    // Cannot fail: shrunk is at least the output on each side (k <= window / out per side), the one refusal.
     const auto shrink = shrunk.channels() == 1 ? area_shrink_fast_plane : area_shrink_fast;  // a YUV plane, or RGB
-    if (shrink(shrunk.data, shrunk.rows, shrunk.cols, shrunk.step, out.data, out.rows, out.cols) != kOk) {
-        cv::resize(shrunk, out, out.size(), 0, 0, cv::INTER_AREA);  // a cell too long for its taps: not after the box
-    }
+    shrink(shrunk.data, shrunk.rows, shrunk.cols, shrunk.step, out.data, out.rows, out.cols);
 }
 
 namespace {

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include <opencv2/core.hpp>
+#include <opencv2/core/hal/hal.hpp>
 
 #include "resize_fast.h"
 
@@ -22,7 +23,8 @@ constexpr int kChannels = 3;
 constexpr int kOk = 0;
 constexpr int kBadWindow = -2;
 
-thread_local cv::Mat y_out, red, green, blue;  // planes at the output size, reused across images
+thread_local cv::Mat y_out;  // the luma plane at the output size, reused across images
+thread_local std::vector<uint8_t> rgb_row;  // one output row's R, G and B runs, interleaved into the caller's row
 thread_local std::vector<uint8_t> u_bytes, v_bytes;  // the chroma planes, whose size follows the window
 
 // BT.601 full range (JFIF), as JPEG: R = Y + 1.402 Cr', G = Y - 0.344136 Cb' - 0.714136 Cr', B = Y + 1.772 Cb'
@@ -92,16 +94,17 @@ int32_t yuv420_crop_resize(const uint8_t *source, int32_t height, int32_t width,
     resize_fast(cv::Mat(height, width, CV_8UC1, luma)(window), y_out);
     resize_fast(cv::Mat(chroma_h, chroma_w, CV_8UC1, cb)(chroma_window), u_out);
     resize_fast(cv::Mat(chroma_h, chroma_w, CV_8UC1, cr)(chroma_window), v_out);
-    red.create(out_h, out_w, CV_8UC1);
-    green.create(out_h, out_w, CV_8UC1);
-    blue.create(out_h, out_w, CV_8UC1);
+    // Row by row into the caller's pixels: the row's planes stay in L1 for the interleave (a vectorised shuffle;
+    // the conversion writing interleaved bytes itself does not vectorise), no output-sized planes.
+    if (rgb_row.size() < static_cast<size_t>(out_w) * kChannels) rgb_row.resize(static_cast<size_t>(out_w) * kChannels);
+    uint8_t *r = rgb_row.data(), *g = r + out_w, *b = g + out_w;
+    const uint8_t *planes[kChannels] = {r, g, b};
+    const size_t out_stride = static_cast<size_t>(out_w) * kChannels;
     for (int32_t row = 0; row < out_h; row++) {
         to_rgb_planes(y_out.ptr(row), u_out.ptr(row + rows.offset) + columns.offset,
-                      v_out.ptr(row + rows.offset) + columns.offset, out_w, red.ptr(row), green.ptr(row), blue.ptr(row));
+                      v_out.ptr(row + rows.offset) + columns.offset, out_w, r, g, b);
+        cv::hal::merge8u(planes, destination + row * out_stride, out_w, kChannels);
     }
-    const cv::Mat planes[kChannels] = {red, green, blue};
-    cv::Mat out(out_h, out_w, CV_8UC3, destination);
-    cv::merge(planes, kChannels, out);  // interleaved: a vectorised shuffle
     return kOk;
 }
 
