@@ -175,16 +175,17 @@ class RemoteObject:
             raise RemoteError(f"{url}: the store gives no ETag, so a replaced object could not be told apart")
         return cls(url, store, key, int(meta["size"]), str(meta["e_tag"]))
 
-    def read(self, start: int, end: int, what: str = "") -> bytes:
-        """Bytes [start, end) of this version of the object; short reads are retried like errors."""
+    def read(self, start: int, end: int, what: str = "") -> memoryview:
+        """Bytes [start, end) of this version of the object, a read-only view of the buffer obstore
+        received them in (no copy); short reads are retried like errors."""
         import obstore
 
         expected = min(end, self.size) - start
 
-        def ranged_get() -> bytes:
+        def ranged_get() -> memoryview:
             result = obstore.get(self.store, self.key, options={"range": (start, start + expected),
                                                                    "if_match": self.etag})
-            data = bytes(result.bytes())
+            data = memoryview(result.bytes())
             STATS.add(gets=1, nbytes=len(data))
             if len(data) != expected:
                 raise OSError(f"short read: {len(data)} of {expected} bytes")

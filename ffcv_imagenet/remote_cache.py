@@ -20,7 +20,12 @@ over. A failed or short download leaves no page file, so it is fetched again, ne
 **Eviction** makes room at claim time, in this order: pages the claiming rank will not need again
 this epoch that have been read (least recently read first); then pages it will need, the one
 needed last first; then pages nobody has read yet (prefetched by another rank), oldest first.
-A page's access time records its last read (0: never read).
+A page's access time records its last read (0: never read). What a rank still needs is its
+``next_use`` (remote_pages: a page it has copied into FFCV's memory is not needed again).
+
+**Waiting.** A thread that wants a page another thread of its process is downloading sleeps until
+a download ends or a page is read (``CHANGES``); one that waits for another rank looks again every
+``WAIT_SECONDS``.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +55,45 @@ MARKER_SUFFIX = ".remote.json"  # beside a stand-in: which object it stands for
 SIBLING_SUFFIXES = (".json", ".index", ".skipped")  # beton_format's files beside a .beton
 CLAIM, TEMP = ".claim", ".part"
 WAIT_SECONDS = 0.02  # between looks at a page another rank is fetching
+OWN_WAIT_SECONDS = 1.0  # at most, for a page another thread of this process is fetching (woken when it lands)
 NEVER_READ = 0.0  # a page file's access time until a rank reads it
 INFINITY = float("inf")
+
+
+class _Changes:
+    """This process's page downloads ending and pages being read: a thread waiting for a page another
+    thread of the process is fetching (or for room) sleeps until then, instead of polling: polling
+    costs CPU in proportion to the wait, which a slow store makes long."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.count = 0
+        self.claims: set[str] = set()  # page files this process is downloading
+
+    def seen(self) -> int:
+        with self.condition:
+            return self.count
+
+    def fetching(self, name: str) -> None:
+        with self.condition:
+            self.claims.add(name)
+
+    def is_fetching(self, name: str) -> bool:
+        with self.condition:
+            return name in self.claims
+
+    def happened(self, fetched: str | None = None) -> None:
+        with self.condition:
+            self.claims.discard(fetched)
+            self.count += 1
+            self.condition.notify_all()
+
+    def wait(self, seen: int, seconds: float) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self.count != seen, seconds)
+
+
+CHANGES = _Changes()
 
 
 def default_cache_dir() -> Path:
@@ -307,22 +350,27 @@ class NodeCache:
                 if got == expected:
                     with contextlib.suppress(FileNotFoundError):
                         os.utime(path, (time.time(), written_at))  # read: evictable once no longer needed
+                    CHANGES.happened()
                     return
                 path.unlink(missing_ok=True)  # never written by fetch(): leave nothing half there
             except FileNotFoundError:
                 pass
             self.fetch(page, next_use)
 
-    def fetch(self, page: int, next_use: Callable[[str], float]) -> None:
-        """Make sure ``page`` is in the cache: download it, or wait for the rank that is."""
+    def fetch(self, page: int, next_use: Callable[[str], float], wanted: Callable[[], bool] | None = None) -> None:
+        """Make sure ``page`` is in the cache: download it, or wait for the rank that is. With ``wanted``
+        (a prefetch), nothing is done once it says no, checked under the cache's lock: a page its rank
+        has already read meanwhile (and another rank perhaps evicted) is not fetched again."""
         while True:
-            state = self._claim(page, next_use)
-            if state == "present":
+            seen = CHANGES.seen()
+            state = self._claim(page, next_use, wanted)
+            if state in ("present", "unwanted"):
                 return
             if state == "claimed":
                 self._download(page)
                 return
-            time.sleep(WAIT_SECONDS)  # another rank is fetching it, or the cache is all in flight
+            # another thread of this process is fetching it; another rank is, or the cache is all in flight
+            CHANGES.wait(seen, OWN_WAIT_SECONDS if state == "wait-own" else WAIT_SECONDS)
 
     def _download(self, page: int) -> None:
         name = self.page_name(page)
@@ -339,20 +387,30 @@ class NodeCache:
         finally:
             temp.unlink(missing_ok=True)
             claim.unlink(missing_ok=True)
+            CHANGES.happened(fetched=name)
 
     # ------------------------------------------------------------------ the bound
-    def _claim(self, page: int, next_use: Callable[[str], float]) -> str:
-        """'present', 'claimed' (by this call, with room made for it) or 'wait'."""
+    def _claim(self, page: int, next_use: Callable[[str], float], wanted: Callable[[], bool] | None = None) -> str:
+        """'present', 'unwanted', 'claimed' (by this call, with room made for it), 'wait-own' (another
+        thread of this process has claimed it) or 'wait'."""
         name = self.page_name(page)
         with file_lock(self.lock_path):
             if (self.folder / name).exists():
                 return "present"
+            if wanted is not None and not wanted():
+                return "unwanted"
             claim = self.folder / (name + CLAIM)
-            if claim.exists() and not _stale(claim):
-                return "wait"
+            if claim.exists():
+                if _claimer(claim) == os.getpid():
+                    if CHANGES.is_fetching(name):
+                        return "wait-own"
+                    # else left by an earlier process that had this process id: taken over
+                elif not _stale(claim):
+                    return "wait"
             if not self._make_room(self.page_bytes(page), next_use):
                 return "wait"
             claim.write_text(f"{os.getpid()} {self.page_bytes(page)}")
+            CHANGES.fetching(name)
             return "claimed"
 
     def _page_files(self) -> list[_PageFile]:
@@ -397,11 +455,18 @@ def eviction_rank(page: _PageFile, next_use: float) -> tuple[int, float]:
     return (1, -next_use) if next_use != INFINITY else (2, page.written_at)
 
 
+def _claimer(claim: Path) -> int | None:
+    """The process id written in a claim file; None if it cannot be read."""
+    try:
+        return int(claim.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
 def _stale(claim: Path) -> bool:
     """A claim whose process is gone: its page is fetched again."""
-    try:
-        pid = int(claim.read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
+    pid = _claimer(claim)
+    if pid is None:
         return True
     try:
         os.kill(pid, 0)

@@ -7,7 +7,9 @@ compiled reader, schedule and slots) and changes only where a page comes from: t
 (``remote_cache.NodeCache``), which downloads it on first use. Since the epoch's pages are known in
 order, a prefetcher walks them ahead of the batches, ``data.remote_requests`` at a time, as far as
 this rank's share of the cache allows: no blind read-ahead, and the eviction order knows which
-pages this rank still needs this epoch.
+pages this rank still needs this epoch. FFCV's schedule copies each page into its memory once per
+epoch and keeps it there until its last batch, so a page this rank has copied is not needed from
+the node cache again this epoch, however many later batches use it: it is the first to go.
 
 A remote error in a page reader is handed to FFCV's epoch thread, which raises it
 (``loaders.RankDeviceEpochIterator`` passes it on to the consumer).
@@ -40,14 +42,6 @@ class EpochPages:
         self.in_order = sorted(self.uses, key=lambda page: self.uses[page][0])  # by first use
         self.first_uses = [self.uses[page][0] for page in self.in_order]
 
-    def next_use(self, page: int | None, batch: int) -> float:
-        """The first batch from ``batch`` on that needs ``page``; infinity if none does."""
-        uses = self.uses.get(page) if page is not None else None
-        if not uses:
-            return INFINITY
-        at = bisect.bisect_left(uses, batch)
-        return float(uses[at]) if at < len(uses) else INFINITY
-
     def first_use(self, page: int) -> int:
         return self.uses[page][0]
 
@@ -61,11 +55,20 @@ class Prefetcher(threading.Thread):
         super().__init__(daemon=True)
         self.cache, self.pages, self.ahead, self.requests = cache, pages, ahead, requests
         self.batch = 0
+        self.copied: set[int] = set()  # pages this rank's page readers copied into FFCV's memory
         self.changed = threading.Condition()
         self.stopped = False
 
     def next_use(self, name: str) -> float:
-        return self.pages.next_use(self.cache.page_of(name), self.batch)
+        """The batch at which this rank next reads the page file ``name`` from the node cache: its first
+        use this epoch until a page reader has copied it (FFCV keeps it from then on), then never."""
+        page = self.cache.page_of(name)
+        if page is None or page in self.copied or page not in self.pages.uses:
+            return INFINITY
+        return float(self.pages.first_use(page))
+
+    def note_copied(self, page: int) -> None:
+        self.copied.add(page)
 
     def advance(self, batch: int) -> None:
         with self.changed:
@@ -96,8 +99,8 @@ class Prefetcher(threading.Thread):
 
     def _fetch(self, page: int, slots: threading.Semaphore) -> None:
         try:
-            if not self.stopped:
-                self.cache.fetch(page, self.next_use)
+            name = self.cache.page_name(page)
+            self.cache.fetch(page, self.next_use, wanted=lambda: not self.stopped and self.next_use(name) < INFINITY)
         except Exception:  # noqa: BLE001 - the page reader meets it again and reports it
             pass
         finally:
@@ -121,6 +124,7 @@ class RemotePageReader(threading.Thread):
             page, slot = query
             try:
                 self.cache.read_into(int(page), self.memory[slot], self.prefetcher.next_use)
+                self.prefetcher.note_copied(int(page))
                 self.loaded.put(page)
             except BaseException as err:  # noqa: B036 - handed to the epoch thread, which raises it
                 self.loaded.put(err)
@@ -146,7 +150,8 @@ class RemoteScheduleExecutor(ScheduleExecutor):
     def load_batch(self, current_batch: int) -> None:
         # ScheduleExecutor.load_batch (ffcv 1.0.2), raising a page reader's error
         self.prefetcher.advance(current_batch)
-        for page in self.schedule.can_prefetch_at[current_batch]:
+        # in order of first use (FFCV queues a set): the nearest batch's pages are copied first
+        for page in sorted(self.schedule.can_prefetch_at[current_batch], key=self.prefetcher.pages.first_use):
             self.queries.put((page, self.schedule.page_to_slot[page]))
         for page in self.schedule.entering_at[current_batch]:
             while page not in self.loaded:
@@ -182,9 +187,10 @@ class RemotePageManager(ProcessCacheManager):
     def __init__(self, reader, cache: NodeCache, ranks_on_node: int):
         super().__init__(reader)
         self.cache = cache
-        # Half of this rank's share of the cache: the other half holds pages read but still needed.
+        # This rank's share of the cache, less room for its requests in flight and its page readers' own
+        # fetches: the pages it has copied into FFCV's memory are the first to go, so they need none.
         share_pages = cache.settings.limit_bytes // cache.page_size // max(1, ranks_on_node)
-        self.ahead_pages = max(cache.settings.requests, share_pages // 2)
+        self.ahead_pages = max(cache.settings.requests, share_pages - 2 * cache.settings.requests)
 
     def schedule_epoch(self, batches: Sequence[Sequence[int]]) -> RemoteCacheContext:
         return RemoteCacheContext(self, batches)

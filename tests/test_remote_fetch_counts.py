@@ -1,0 +1,70 @@
+"""How often a node fetches each page, counted at the local S3 server (tests/s3_server.py).
+
+quasi_random through FFCV's process cache fed from a node cache of a quarter of the file: each page
+is fetched once per epoch. The epochs are driven through FFCV's memory context (its schedule, its page
+readers, our prefetcher and node cache) without a decode pipeline, so no numba compile: the
+batches are those of the loader's own quasi_random order (traversal.PageShuffleOrder).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ffcv.reader import Reader
+from remote_fixtures import PAGE, s3  # noqa: F401 - the S3 server fixture
+from s3_server import BUCKET
+
+from ffcv_imagenet.remote_cache import CacheSettings, NodeCache, local_view
+from ffcv_imagenet.remote_pages import RemotePageManager
+from ffcv_imagenet.traversal import PageShuffleOrder, samples_by_page
+
+RECORD_BYTES = 100_000  # 20 records per 2 MiB page
+PAGES = 12
+KEY = "counted/bytes.beton"
+
+
+@pytest.fixture(scope="module")
+def counted_url(s3, tmp_path_factory) -> str:  # noqa: F811 - the fixture imported above
+    """A .beton of PAGES pages of random bytes records, uploaded once."""
+    from ffcv.fields import BytesField, IntField
+    from ffcv.writer import DatasetWriter
+
+    rng = np.random.default_rng(0)
+    records = [(rng.integers(0, 256, RECORD_BYTES, dtype=np.uint8), index % 4) for index in range(20 * PAGES)]
+    path = tmp_path_factory.mktemp("counted") / "bytes.beton"
+    DatasetWriter(str(path), {"data": BytesField(), "label": IntField()}, page_size=PAGE,
+                  num_workers=1).from_indexed_dataset(records)
+    s3.client().upload_file(str(path), BUCKET, KEY)
+    return f"s3://{BUCKET}/{KEY}"
+
+
+def run_epoch(manager: RemotePageManager, order: PageShuffleOrder, epoch: int, batch_size: int) -> None:
+    samples = order.sample_order(epoch)
+    batches = [samples[start:start + batch_size] for start in range(0, len(samples), batch_size)]
+    context = manager.schedule_epoch(batches)
+    with context:
+        for batch in range(len(batches)):
+            context.start_batch(batch)
+
+
+def test_quasi_random_fetches_each_page_once_per_epoch_with_a_cache_of_a_quarter_of_the_file(
+        s3, counted_url: str, tmp_path: Path) -> None:  # noqa: F811
+    requests = 1
+    bound_pages = requests + 2  # the smallest bound allowed: a quarter of the file
+    assert bound_pages * 4 <= PAGES
+    settings = CacheSettings(str(tmp_path), gib=bound_pages * PAGE / 2 ** 30, requests=requests)
+    stand_in = local_view(counted_url, settings)
+    cache = NodeCache.for_stand_in(stand_in, settings)
+    reader = Reader(stand_in)
+    manager = RemotePageManager(reader, cache, ranks_on_node=1)
+    pages = samples_by_page(manager.page_to_samples, np.arange(reader.num_samples))
+    data_pages = len(pages)
+    assert data_pages >= PAGES - 1  # the last page may hold the allocation table only
+    order = PageShuffleOrder(pages, seed=0, window_pages=1)  # the loader's window for this cache: bound // 2
+    for epoch in range(2):
+        s3.reset_counts()
+        run_epoch(manager, order, epoch, batch_size=8)
+        assert s3.ranged_gets(KEY) <= data_pages, f"epoch {epoch}: pages fetched more than once"
+        assert cache.used_bytes() <= bound_pages * PAGE
+    assert s3.ranged_gets(KEY) >= data_pages - bound_pages  # the second epoch too, all but what stayed cached
