@@ -166,19 +166,6 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("handler", ["python", "ours"])
-def test_a_ctrl_c_inside_an_llvm_callback_is_not_lost(handler: str) -> None:
-    """Python's own handler raises KeyboardInterrupt inside the callback, where it is printed and dropped
-    (an export interrupted early in its numba compile ran on to its end); ours delivers it after."""
-    with sigint_not_ignored():
-        result = subprocess.run([sys.executable, "-c", CTRL_C_IN_LLVM_CALLBACK, handler], capture_output=True,
-                                text=True, cwd=REPO, timeout=60)
-    if handler == "python":
-        assert result.stdout.strip() == "not interrupted" and "Exception ignored" in result.stderr
-    else:
-        assert result.stdout.strip() == "interrupted" and result.stderr == "", result.stderr
-
-
 CTRL_C_IN_A_FINALIZER = """
 import gc, os, signal, sys, time, weakref
 if sys.argv[1] == "ours":
@@ -187,30 +174,37 @@ if sys.argv[1] == "ours":
 def ctrl_c():  # a Ctrl-C that lands while the garbage collector runs a clean-up
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.3)
-class Collected:
+class WithDel:
     def __del__(self):
         ctrl_c()
+class Plain:
+    pass
 try:
     if sys.argv[2] == "__del__":
-        Collected()
+        WithDel()
     else:
-        weakref.finalize(Collected.__new__(Collected), ctrl_c)
+        weakref.finalize(Plain(), ctrl_c)
     gc.collect()
     time.sleep(5)
     print("not interrupted")
 except KeyboardInterrupt:
     print("interrupted")
 """
+WHERE_PYTHON_DROPS_IT = {"llvm callback": (CTRL_C_IN_LLVM_CALLBACK, []),
+                         "__del__": (CTRL_C_IN_A_FINALIZER, ["__del__"]),
+                         "weakref.finalize": (CTRL_C_IN_A_FINALIZER, ["finalize"])}
 
 
 @pytest.mark.parametrize("handler", ["python", "ours"])
-@pytest.mark.parametrize("cleanup", ["__del__", "finalize"])
-def test_a_ctrl_c_inside_a_finalizer_is_not_lost(handler: str, cleanup: str) -> None:
-    """A KeyboardInterrupt raised in a ``__del__`` or ``weakref.finalize`` callback is printed and dropped
-    too (numba's dispatchers have such a finalizer, and the collector runs it at any allocation)."""
+@pytest.mark.parametrize("where", list(WHERE_PYTHON_DROPS_IT))
+def test_a_ctrl_c_where_python_drops_it_is_not_lost(handler: str, where: str) -> None:
+    """Python's own handler raises KeyboardInterrupt inside an llvmlite callback, a ``__del__`` or a
+    ``weakref.finalize`` callback, where it is printed and dropped (an export interrupted early in its
+    numba compile ran on to its end; numba's dispatchers have such a finalizer); ours delivers it after."""
+    script, args = WHERE_PYTHON_DROPS_IT[where]
     with sigint_not_ignored():
-        result = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_FINALIZER, handler, cleanup],
-                                capture_output=True, text=True, cwd=REPO, timeout=60)
+        result = subprocess.run([sys.executable, "-c", script, handler, *args], capture_output=True,
+                                text=True, cwd=REPO, timeout=60)
     if handler == "python":
         assert result.stdout.strip() == "not interrupted" and "Exception ignored" in result.stderr
     else:
