@@ -14,7 +14,8 @@ object is cached: every reader passes its own ``CacheSettings`` (a training run 
 every object and every rank of the node. Each page is downloaded once per node: a rank that wants
 a page claims it (an exclusive ``.claim`` file, made under the cache's lock together with the room
 it needs), downloads it to a temporary name, checks its length and renames it; a second rank that
-finds the claim waits for the page instead of fetching it. A claim left by a dead process is taken
+finds the claim waits for the page instead of fetching it. A claim is alive while its file is
+locked (the kernel drops the lock when its process dies), so one left by a dead process is taken
 over. A failed or short download leaves no page file, so it is fetched again, never decoded.
 
 **Eviction** makes room at claim time, in this order: pages the claiming rank will not need again
@@ -314,6 +315,7 @@ class NodeCache:
         self.tag = _digest(remote.url + "\0" + remote.etag)
         self.lock_path = settings.root / ".pages.lock"
         self.ledger_path = settings.root / LEDGER
+        self._held: dict[str, int] = {}  # page name -> the descriptor holding its claim file's lock
         self.check_room()
 
     @classmethod
@@ -399,7 +401,7 @@ class NodeCache:
             raise cache_disk_error(self.settings, err) from None
         finally:
             temp.unlink(missing_ok=True)
-            claim.unlink(missing_ok=True)
+            _drop(claim, self._held.pop(name))  # unlinked, then unlocked: a waiter that takes the lock finds the page
             CHANGES.happened(fetched=name)
 
     # ------------------------------------------------------------------ the bound
@@ -413,18 +415,28 @@ class NodeCache:
             if wanted is not None and not wanted():
                 return "unwanted"
             claim = self.folder / (name + CLAIM)
-            if claim.exists():
-                if _claimer(claim) == os.getpid():
-                    if CHANGES.is_fetching(name):
-                        return "wait-own"
-                    # else left by an earlier process that had this process id: taken over
-                elif not _stale(claim):
-                    return "wait"
+            try:
+                held = _hold(claim)
+            except OSError as err:
+                raise cache_disk_error(self.settings, err) from None
+            if held is None:  # its claimer is downloading it: this process's or another's
+                return "wait-own" if CHANGES.is_fetching(name) else "wait"
+            # held now: a claim file that was there belonged to a process that died (whatever has its id now)
             if (self.folder / name).exists():  # a download renames its page, then drops its claim, unlocked:
-                return "present"  # it may have ended between the first look and the claim's
-            if not self._make_room(self.page_bytes(page), next_use(name), next_use):
-                return "wait"
-            claim.write_text(f"{os.getpid()} {self.page_bytes(page)}")
+                _drop(claim, held)  # it may have ended between the first look and this one
+                return "present"
+            try:
+                if not self._make_room(self.page_bytes(page), next_use(name), next_use):
+                    _drop(claim, held)
+                    return "wait"
+                os.ftruncate(held, 0)
+                os.write(held, f"{os.getpid()} {self.page_bytes(page)}".encode())
+            except BaseException as err:
+                _drop(claim, held)
+                if isinstance(err, OSError):
+                    raise cache_disk_error(self.settings, err) from None
+                raise
+            self._held[name] = held
             CHANGES.fetching(name)
             return "claimed"
 
@@ -499,24 +511,20 @@ def eviction_rank(page: _PageFile, next_use: float) -> tuple[int, float]:
     return (1, -next_use) if next_use != INFINITY else (2, page.written_at)
 
 
-def _claimer(claim: Path) -> int | None:
-    """The process id written in a claim file; None if it cannot be read."""
+def _hold(claim: Path) -> int | None:
+    """Open ``claim`` (made if missing) and lock it without waiting: its descriptor, or None if another
+    descriptor holds it. The lock, not the process id written inside, says a claim is alive: the
+    kernel drops it when its process dies, however it dies, and a reused process id cannot keep it."""
+    held = os.open(claim, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        return int(claim.read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(held)
         return None
+    return held
 
 
-def _stale(claim: Path) -> bool:
-    """A claim whose process is gone: its page is fetched again."""
-    pid = _claimer(claim)
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        claim.unlink(missing_ok=True)
-        return True
-    except PermissionError:
-        return False
-    return False
+def _drop(claim: Path, held: int) -> None:
+    """Remove a claim this process holds, then let go of its lock."""
+    claim.unlink(missing_ok=True)
+    os.close(held)

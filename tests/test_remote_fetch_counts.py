@@ -103,3 +103,51 @@ def test_the_ledger_spares_claims_a_recount_and_a_count_too_high_heals(s3, count
     run_epoch(manager, order, 2, batch_size=8)
     assert s3.ranged_gets(KEY) <= len(pages) and cache.used_bytes() <= bound_pages * PAGE
     assert int(cache.ledger_path.read_text()) == cache.used_bytes()
+
+
+HOLD_CLAIM = """
+import fcntl, os, sys, time
+held = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(held, fcntl.LOCK_EX)
+os.write(held, f"{os.getpid()} {sys.argv[2]}".encode())
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_claim_is_waited_on_while_its_process_lives_and_taken_over_when_it_dies(s3, counted_url: str,
+                                                                                tmp_path: Path) -> None:  # noqa: F811
+    """Another rank's claim (a process holding the claim file's lock) is waited on, not fetched again;
+    once that process is killed the page is fetched. A claim file naming a live process that holds no
+    lock (a dead rank's id reused by another process) is taken over at once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    settings = CacheSettings(str(tmp_path), gib=8 * PAGE / 2 ** 30, requests=1)
+    cache = NodeCache.for_stand_in(local_view(counted_url, settings), settings)
+    claim = cache.folder / (cache.page_name(0) + ".claim")
+    claim.write_text(f"{os.getppid()} {PAGE}")  # a live process that is not fetching anything
+    s3.reset_counts()
+    cache.fetch(0, lambda name: 0.0)
+    assert (cache.folder / cache.page_name(0)).is_file() and not claim.exists()
+
+    claim = cache.folder / (cache.page_name(1) + ".claim")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLAIM, str(claim), str(PAGE)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        fetching = threading.Thread(target=cache.fetch, args=(1, lambda name: 0.0), daemon=True)
+        fetching.start()
+        fetching.join(1.0)
+        assert fetching.is_alive() and not (cache.folder / cache.page_name(1)).exists()  # waits for its claimer
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        fetching.join(30)
+        assert not fetching.is_alive() and (cache.folder / cache.page_name(1)).is_file()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert s3.ranged_gets(KEY) == 2 and not claim.exists()
