@@ -470,13 +470,16 @@ class NodeCache:
         files = self._page_files()  # the recount
         used = sum(page.size for page in files) + self._claimed_bytes()
         slack = limit // EVICTION_SLACK
-        uses = {page.name: next_use(page.name) for page in files}
-        for victim in sorted(files, key=lambda page: eviction_rank(page, uses[page.name])):
-            kind, _ = eviction_rank(victim, uses[victim.name])
+        ranked = []
+        for page in files:
+            use = next_use(page.name)
+            ranked.append((eviction_rank(page, use), use, page))
+        ranked.sort(key=lambda entry: entry[0])
+        for (kind, _), use, victim in ranked:
             fits = used + need <= limit
             if fits and not (kind == 0 and used + need + slack > limit):  # slack: only pages done with
                 break
-            if kind == 1 and uses[victim.name] <= claimed_use:  # needed no later than the claimed page: kept
+            if kind == 1 and use <= claimed_use:  # needed no later than the claimed page: kept
                 continue
             with contextlib.suppress(FileNotFoundError):
                 (self.folder / victim.name).unlink()

@@ -65,20 +65,19 @@ def decode_samples(reader: Reader, indices: list[int], fields: Fields = DEFAULT_
     from ..remote_pages import open_loader
 
     path = reader.file_name
-    if isinstance(reader.handlers[fields.image], YUV420ImageField):
-        loader, _ = open_loader(path, remote, batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
-                                indices=indices,
-                                pipelines={**{name: None for name in reader.field_names}, fields.label: [IntDecoder()]})
-        (label_batch,) = next(iter(loader))
-        images = [centre_square(read_image(reader, index, fields), DECODE_SIDE) for index in indices]
-        return np.stack(images), np.asarray(label_batch[:, 0]).astype(np.int64)
+    yuv420 = isinstance(reader.handlers[fields.image], YUV420ImageField)
+    if yuv420:  # the Loader reads the labels only
+        pipelines = {**{name: None for name in reader.field_names}, fields.label: [IntDecoder()]}
+    else:
+        pipelines = loader_pipelines(path, fields, [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
+                                     [IntDecoder()])
     loader, _ = open_loader(path, remote, batch_size=len(indices), num_workers=1, order=OrderOption.SEQUENTIAL,
-                            indices=indices,
-                            pipelines=loader_pipelines(path, fields,
-                                                       [CenterCropRGBImageDecoder((DECODE_SIDE, DECODE_SIDE), ratio=1.0)],
-                                                       [IntDecoder()]))
-    images, label_batch = next(iter(loader))
-    return np.asarray(images), np.asarray(label_batch[:, 0]).astype(np.int64)
+                            indices=indices, pipelines=pipelines)
+    batch = next(iter(loader))
+    labels = np.asarray(batch[-1][:, 0]).astype(np.int64)
+    if yuv420:
+        return np.stack([centre_square(read_image(reader, index, fields), DECODE_SIDE) for index in indices]), labels
+    return np.asarray(batch[0]), labels
 
 
 def centre_square(image: np.ndarray, side: int) -> np.ndarray:
